@@ -1,0 +1,51 @@
+"""The `.s2l` bundle: format (s2l.fbs), in-memory model, writer and verifying reader."""
+
+from s2rt.bundle.model import (
+    FORMAT_MAJOR,
+    FORMAT_MINOR,
+    Bundle,
+    CacheField,
+    CacheFieldKind,
+    CacheLayout,
+    DType,
+    Head,
+    InputSignature,
+    Loss,
+    Optimizer,
+    OutputActivation,
+    Provenance,
+    Segment,
+    SegmentBackend,
+    Tap,
+    TapReduction,
+    TrainDefaults,
+    plan_cache_layout,
+)
+from s2rt.bundle.reader import parse_bundle, read_bundle
+from s2rt.bundle.writer import serialize_bundle, write_bundle
+
+__all__ = [
+    "FORMAT_MAJOR",
+    "FORMAT_MINOR",
+    "Bundle",
+    "CacheField",
+    "CacheFieldKind",
+    "CacheLayout",
+    "DType",
+    "Head",
+    "InputSignature",
+    "Loss",
+    "Optimizer",
+    "OutputActivation",
+    "Provenance",
+    "Segment",
+    "SegmentBackend",
+    "Tap",
+    "TapReduction",
+    "TrainDefaults",
+    "parse_bundle",
+    "plan_cache_layout",
+    "read_bundle",
+    "serialize_bundle",
+    "write_bundle",
+]

@@ -1,0 +1,276 @@
+"""The in-memory picture of a bundle: small frozen dataclasses mirroring `s2l.fbs`.
+
+The converter builds a `Bundle` and hands it to `writer.write_bundle`; the runtime gets
+one back from `reader.read_bundle`. Enum values mirror the schema's enums line for line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+FILE_IDENTIFIER = b"S2LB"
+ARRAY_ALIGNMENT = 16
+
+
+class DType(IntEnum):
+    """s2l.fbs `enum DType`."""
+
+    FLOAT32 = 0
+    FLOAT16 = 1
+    INT8 = 2
+    INT32 = 3
+    INT64 = 4
+    UINT8 = 5
+
+    @property
+    def numpy(self) -> np.dtype:
+        return np.dtype(_NUMPY_DTYPES[self]).newbyteorder("<")
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype | type | str) -> DType:
+        name = np.dtype(dtype).name
+        for code, np_name in _NUMPY_DTYPES.items():
+            if np_name == name:
+                return code
+        raise ValueError(f"no s2l DType for numpy dtype {name!r}")
+
+
+_NUMPY_DTYPES = {
+    DType.FLOAT32: "float32",
+    DType.FLOAT16: "float16",
+    DType.INT8: "int8",
+    DType.INT32: "int32",
+    DType.INT64: "int64",
+    DType.UINT8: "uint8",
+}
+
+
+class SegmentBackend(IntEnum):
+    """s2l.fbs `enum SegmentBackend`."""
+
+    ONNX = 0
+    TFLITE = 1
+
+
+class TapReduction(IntEnum):
+    """s2l.fbs `enum TapReduction`."""
+
+    NONE = 0
+    GLOBAL_AVG_POOL = 1
+
+
+class Loss(IntEnum):
+    """s2l.fbs `enum Loss`."""
+
+    SOFTMAX_CROSS_ENTROPY = 0
+    MSE = 1
+
+
+class Optimizer(IntEnum):
+    """s2l.fbs `enum Optimizer`."""
+
+    SGD = 0
+    ADAM = 1
+
+
+class OutputActivation(IntEnum):
+    """s2l.fbs `enum OutputActivation`: what the source model applied after its logits."""
+
+    NONE = 0
+    SOFTMAX = 1
+    LOG_SOFTMAX = 2
+
+
+class CacheFieldKind(IntEnum):
+    """s2l.fbs `enum CacheFieldKind`."""
+
+    KEY = 0
+    TAP = 1
+    LOGITS = 2
+    LABEL = 3
+
+
+@dataclass(frozen=True)
+class Provenance:
+    source_sha256: str
+    source_name: str
+    producer: str
+    producer_version: str
+    created_utc: str
+    options_json: str = "{}"
+
+
+@dataclass(frozen=True, eq=False)
+class InputSignature:
+    """One sample's input: `shape` has no batch dimension."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: DType = DType.FLOAT32
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    """A frozen segment: outputs every `Tap.name` plus `logits_output`."""
+
+    backend: SegmentBackend
+    model: bytes | memoryview
+    input_name: str
+    logits_output: str
+
+
+@dataclass(frozen=True)
+class Tap:
+    name: str
+    source: str
+    layer: str
+    shape: tuple[int, ...]
+    reduction: TapReduction = TapReduction.NONE
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    optimizer: Optimizer = Optimizer.ADAM
+    learning_rate: float = 0.01
+    epochs: int = 20
+    batch_size: int = 32
+
+
+@dataclass(frozen=True, eq=False)
+class Head:
+    """Skip2-LoRA head: z = logits + (alpha / rank) * sum_l B_l A_l x_l, B_l = 0 at start.
+
+    `a_init[l]` is the (rank x taps[l].size) float32 initial A of tap l.
+    """
+
+    rank: int
+    alpha: float
+    num_outputs: int
+    a_init: tuple[np.ndarray, ...]
+    loss: Loss = Loss.SOFTMAX_CROSS_ENTROPY
+    seed: int = 0
+    defaults: TrainDefaults = field(default_factory=TrainDefaults)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(a.size for a in self.a_init) + self.num_outputs * self.rank * len(self.a_init)
+
+
+@dataclass(frozen=True)
+class CacheField:
+    kind: CacheFieldKind
+    name: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: DType
+    scale: float = 1.0
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.numpy.itemsize
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """The byte layout of one cached sample; a cache is a flat array of such records.
+
+    Taps are stored back to back in tap order with one storage dtype, so all of a
+    record's taps read as one fused row X = [x_1 ... x_L].
+    """
+
+    fields: tuple[CacheField, ...]
+    record_size: int
+    alignment: int
+
+    def field(self, name: str) -> CacheField:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def taps(self) -> tuple[CacheField, ...]:
+        return tuple(f for f in self.fields if f.kind == CacheFieldKind.TAP)
+
+
+KEY_FIELD = "key"
+LOGITS_FIELD = "logits"
+LABEL_FIELD = "label"
+KEY_BYTES = 16
+
+
+def plan_cache_layout(
+    taps: tuple[Tap, ...] | list[Tap],
+    num_outputs: int,
+    tap_dtype: DType = DType.FLOAT32,
+    alignment: int = ARRAY_ALIGNMENT,
+) -> CacheLayout:
+    """Lay out one record: key (16 bytes), label (int64), logits (float32), then all taps."""
+    if tap_dtype not in (DType.FLOAT32, DType.FLOAT16):
+        raise ValueError(f"cache storage dtype must be float32 or float16, got {tap_dtype.name}")
+    fields: list[CacheField] = []
+    offset = 0
+
+    def add(kind: CacheFieldKind, name: str, shape: tuple[int, ...], dtype: DType) -> None:
+        nonlocal offset
+        f = CacheField(kind, name, offset, shape, dtype)
+        fields.append(f)
+        offset += f.nbytes
+
+    add(CacheFieldKind.KEY, KEY_FIELD, (KEY_BYTES,), DType.UINT8)
+    add(CacheFieldKind.LABEL, LABEL_FIELD, (), DType.INT64)
+    add(CacheFieldKind.LOGITS, LOGITS_FIELD, (num_outputs,), DType.FLOAT32)
+    offset = _round_up(offset, tap_dtype.numpy.itemsize)
+    for tap in taps:
+        add(CacheFieldKind.TAP, tap.name, tap.shape, tap_dtype)
+    return CacheLayout(tuple(fields), _round_up(offset, alignment), alignment)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+@dataclass(frozen=True, eq=False)
+class Bundle:
+    provenance: Provenance
+    input: InputSignature
+    labels: tuple[str, ...]
+    segments: tuple[Segment, ...]
+    taps: tuple[Tap, ...]
+    head: Head
+    cache: CacheLayout
+    output_activation: OutputActivation = OutputActivation.NONE
+    format_version: tuple[int, int] = (FORMAT_MAJOR, FORMAT_MINOR)
+    digest: str = ""  # hex SHA-256 of the body; set by the reader and the writer
+
+    def segment(self, backend: SegmentBackend) -> Segment:
+        for s in self.segments:
+            if s.backend == backend:
+                return s
+        have = ", ".join(s.backend.name for s in self.segments) or "none"
+        raise KeyError(f"bundle has no {backend.name} segment (it has: {have})")
+
+    @property
+    def tap_width(self) -> int:
+        """D: the length of the fused tap row [x_1 ... x_L]."""
+        return sum(t.size for t in self.taps)

@@ -1,0 +1,345 @@
+"""Read and verify a `.s2l` bundle.
+
+Order of checks: file identifier, format version, body digest, then a field-by-field
+parse in which every vector length is capped by the file size, then the semantic checks
+that tie fields together (tap shapes against A, the cache layout against the record).
+Anything wrong raises `BundleError` naming the file and field; large arrays come back as
+read-only zero-copy NumPy views into the file's bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import struct
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from s2rt.bundle.fb.BundleBody import BundleBody
+from s2rt.bundle.fb.BundleFile import BundleFile
+from s2rt.bundle.model import (
+    FILE_IDENTIFIER,
+    FORMAT_MAJOR,
+    Bundle,
+    CacheField,
+    CacheFieldKind,
+    CacheLayout,
+    DType,
+    Head,
+    InputSignature,
+    Loss,
+    Optimizer,
+    OutputActivation,
+    Provenance,
+    Segment,
+    SegmentBackend,
+    Tap,
+    TapReduction,
+    TrainDefaults,
+)
+from s2rt.errors import BundleError
+
+# Bounds on declared sizes that no sane bundle reaches; they keep a hostile header from
+# turning into a huge allocation or loop before the file-size checks even apply.
+MAX_RANK = 4096
+MAX_DIMS = 8
+MAX_ELEMENTS = 1 << 31
+
+_PARSE_ERRORS = (IndexError, struct.error, ValueError, TypeError, UnicodeDecodeError, OverflowError, KeyError)
+
+
+def read_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Read, verify and parse the bundle at `path`. Raises BundleError."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{p}: no such bundle file") from None
+    except IsADirectoryError:
+        raise BundleError(f"{p}: is a directory, expected an .s2l bundle file") from None
+    except OSError as e:
+        raise BundleError(f"{p}: cannot read bundle: {e.strerror}") from None
+    return parse_bundle(data, source=str(p))
+
+
+def parse_bundle(data: bytes, source: str = "<bundle>") -> Bundle:
+    """Verify and parse bundle bytes. Raises BundleError."""
+    return _Parser(data, source).bundle()
+
+
+class _Parser:
+    def __init__(self, data: bytes, source: str) -> None:
+        self.data = data
+        self.source = source
+        self.where = "file header"
+
+    def fail(self, message: str) -> BundleError:
+        return BundleError(f"{self.source}: {self.where}: {message}")
+
+    @contextmanager
+    def field(self, name: str) -> Iterator[None]:
+        outer, self.where = self.where, name
+        try:
+            yield
+        except BundleError:
+            raise
+        except _PARSE_ERRORS as e:
+            raise self.fail(f"corrupt or truncated ({type(e).__name__}: {e})") from None
+        self.where = outer
+
+    # -- envelope -------------------------------------------------------------------
+    def bundle(self) -> Bundle:
+        body_pos, digest = self.envelope()
+        with self.field("body"):
+            body = BundleBody.GetRootAs(self.data, body_pos)
+        bundle = self.body(body)
+        self.check_consistency(bundle)
+        return Bundle(
+            provenance=bundle.provenance,
+            input=bundle.input,
+            labels=bundle.labels,
+            segments=bundle.segments,
+            taps=bundle.taps,
+            head=bundle.head,
+            cache=bundle.cache,
+            output_activation=bundle.output_activation,
+            format_version=self.version,
+            digest=digest,
+        )
+
+    def envelope(self) -> tuple[int, str]:
+        if len(self.data) < 16:
+            raise self.fail(f"file is {len(self.data)} bytes, too short to be an s2l bundle")
+        if self.data[4:8] != FILE_IDENTIFIER:
+            raise self.fail(
+                f"not an s2l bundle: file identifier is {bytes(self.data[4:8])!r}, expected {FILE_IDENTIFIER!r}"
+            )
+        with self.field("envelope"):
+            root = BundleFile.GetRootAs(self.data, 0)
+            major, minor = root.FormatMajor(), root.FormatMinor()
+            self.version = (int(major), int(minor))
+            if major == 0 or major > FORMAT_MAJOR:
+                raise self.fail(
+                    f"format version {major}.{minor} is not readable by this runtime, which reads "
+                    f"major version {FORMAT_MAJOR} and older; upgrade s2rt or re-convert the model"
+                )
+            body = self.byte_vector(root._tab, 8, "body")
+            expected = bytes(self.byte_vector(root._tab, 10, "body_sha256"))
+        if len(expected) != 32:
+            raise self.fail(f"body_sha256 has {len(expected)} bytes, expected 32")
+        actual = hashlib.sha256(body).digest()
+        if actual != expected:
+            raise self.fail("digest mismatch: the bundle body does not match its SHA-256 (corrupt or altered file)")
+        if len(body) < 8:
+            raise self.fail("bundle body is empty")
+        return self.vector_start(root._tab, 8), actual.hex()
+
+    # -- primitive readers -----------------------------------------------------------
+    def vector_start(self, tab: Any, slot: int) -> int:
+        o = tab.Offset(slot)
+        return int(tab.Vector(o)) if o else 0
+
+    def byte_vector(self, tab: Any, slot: int, what: str, itemsize: int = 1) -> memoryview:
+        """The bytes of a scalar vector, bounds-checked against the file."""
+        o = tab.Offset(slot)
+        if o == 0:
+            return memoryview(b"")
+        start, n = int(tab.Vector(o)), int(tab.VectorLen(o))
+        if start < 0 or n < 0 or start + n * itemsize > len(self.data):
+            raise self.fail(f"{what}: declares {n} elements at offset {start}, past the end of the {len(self.data)}-byte file")
+        return memoryview(self.data)[start : start + n * itemsize]
+
+    def count(self, n: int, what: str, itemsize: int = 4) -> int:
+        if n < 0 or n * itemsize > len(self.data):
+            raise self.fail(f"{what}: declares {n} entries, more than the file can hold")
+        return int(n)
+
+    def shape(self, tab: Any, slot: int, what: str) -> tuple[int, ...]:
+        raw = self.byte_vector(tab, slot, what, itemsize=8)
+        dims = tuple(int(d) for d in np.frombuffer(raw, dtype="<i8"))
+        if len(dims) > MAX_DIMS or any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
+            raise self.fail(f"{what}: implausible shape {dims}")
+        return dims
+
+    def enum(self, cls: Any, value: int, what: str) -> Any:
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(f"{m.name}={m.value}" for m in cls)
+            raise self.fail(f"{what}: unknown value {value} (known: {names})") from None
+
+    def text(self, raw: bytes | None, what: str) -> str:
+        if raw is None:
+            return ""
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{what}: not valid UTF-8") from None
+
+    def tensor(self, t: Any, what: str) -> np.ndarray:
+        shape = self.shape(t._tab, 4, f"{what}.shape")
+        dtype = self.enum(DType, t.Dtype(), f"{what}.dtype").numpy
+        raw = self.byte_vector(t._tab, 8, f"{what}.data")
+        expected = math.prod(shape) * dtype.itemsize
+        if len(raw) != expected:
+            raise self.fail(f"{what}: holds {len(raw)} bytes, shape {shape} of {dtype} needs {expected}")
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+    # -- tables ----------------------------------------------------------------------
+    def body(self, body: BundleBody) -> Bundle:
+        with self.field("provenance"):
+            provenance = self.provenance(body.Provenance())
+        with self.field("input"):
+            signature = self.input(body.Input())
+        with self.field("labels"):
+            n = self.count(body.LabelsLength(), "labels")
+            labels = tuple(self.text(body.Labels(i), f"labels[{i}]") for i in range(n))
+        with self.field("segments"):
+            n = self.count(body.SegmentsLength(), "segments")
+            segments = tuple(self.segment(body.Segments(i), i) for i in range(n))
+        with self.field("taps"):
+            n = self.count(body.TapsLength(), "taps")
+            taps = tuple(self.tap(body.Taps(i), i) for i in range(n))
+        with self.field("head"):
+            head = self.head(body.Head())
+        with self.field("cache"):
+            cache = self.cache(body.Cache())
+        with self.field("output_activation"):
+            activation = self.enum(OutputActivation, body.OutputActivation(), "output_activation")
+        return Bundle(provenance, signature, labels, segments, taps, head, cache, activation)
+
+    def require(self, table: Any, what: str) -> Any:
+        if table is None:
+            raise self.fail(f"missing {what} table")
+        return table
+
+    def provenance(self, p: Any) -> Provenance:
+        p = self.require(p, "provenance")
+        return Provenance(
+            source_sha256=self.text(p.SourceSha256(), "source_sha256"),
+            source_name=self.text(p.SourceName(), "source_name"),
+            producer=self.text(p.Producer(), "producer"),
+            producer_version=self.text(p.ProducerVersion(), "producer_version"),
+            created_utc=self.text(p.CreatedUtc(), "created_utc"),
+            options_json=self.text(p.OptionsJson(), "options_json"),
+        )
+
+    def input(self, s: Any) -> InputSignature:
+        s = self.require(s, "input")
+        mean = self.tensor(s.Mean(), "input.mean") if s.Mean() is not None else None
+        std = self.tensor(s.Std(), "input.std") if s.Std() is not None else None
+        return InputSignature(
+            name=self.text(s.Name(), "input.name"),
+            shape=self.shape(s._tab, 6, "input.shape"),
+            dtype=self.enum(DType, s.Dtype(), "input.dtype"),
+            mean=mean,
+            std=std,
+        )
+
+    def segment(self, s: Any, i: int) -> Segment:
+        what = f"segments[{i}]"
+        s = self.require(s, what)
+        return Segment(
+            backend=self.enum(SegmentBackend, s.Backend(), f"{what}.backend"),
+            model=self.byte_vector(s._tab, 6, f"{what}.model"),
+            input_name=self.text(s.InputName(), f"{what}.input_name"),
+            logits_output=self.text(s.LogitsOutput(), f"{what}.logits_output"),
+        )
+
+    def tap(self, t: Any, i: int) -> Tap:
+        what = f"taps[{i}]"
+        t = self.require(t, what)
+        return Tap(
+            name=self.text(t.Name(), f"{what}.name"),
+            source=self.text(t.Source(), f"{what}.source"),
+            layer=self.text(t.Layer(), f"{what}.layer"),
+            shape=self.shape(t._tab, 10, f"{what}.shape"),
+            reduction=self.enum(TapReduction, t.Reduction(), f"{what}.reduction"),
+        )
+
+    def head(self, h: Any) -> Head:
+        h = self.require(h, "head")
+        n = self.count(h.AInitLength(), "head.a_init")
+        a_init = tuple(self.tensor(self.require(h.AInit(i), f"a_init[{i}]"), f"head.a_init[{i}]") for i in range(n))
+        d = h.Defaults()
+        defaults = TrainDefaults()
+        if d is not None:
+            defaults = TrainDefaults(
+                optimizer=self.enum(Optimizer, d.Optimizer(), "head.defaults.optimizer"),
+                learning_rate=float(d.LearningRate()),
+                epochs=int(d.Epochs()),
+                batch_size=int(d.BatchSize()),
+            )
+        return Head(
+            rank=int(h.Rank()),
+            alpha=float(h.Alpha()),
+            num_outputs=int(h.NumOutputs()),
+            a_init=a_init,
+            loss=self.enum(Loss, h.Loss(), "head.loss"),
+            seed=int(h.Seed()),
+            defaults=defaults,
+        )
+
+    def cache(self, c: Any) -> CacheLayout:
+        c = self.require(c, "cache")
+        n = self.count(c.FieldsLength(), "cache.fields")
+        fields = []
+        for i in range(n):
+            f = self.require(c.Fields(i), f"cache.fields[{i}]")
+            what = f"cache.fields[{i}]"
+            fields.append(
+                CacheField(
+                    kind=self.enum(CacheFieldKind, f.Kind(), f"{what}.kind"),
+                    name=self.text(f.Name(), f"{what}.name"),
+                    offset=int(f.Offset()),
+                    shape=self.shape(f._tab, 10, f"{what}.shape"),
+                    dtype=self.enum(DType, f.Dtype(), f"{what}.dtype"),
+                    scale=float(f.Scale()),
+                )
+            )
+        return CacheLayout(tuple(fields), record_size=int(c.RecordSize()), alignment=int(c.Alignment()))
+
+    # -- semantics -------------------------------------------------------------------
+    def check_consistency(self, b: Bundle) -> None:
+        self.where = "contents"
+        h = b.head
+        if not b.segments:
+            raise self.fail("bundle has no frozen segment")
+        if not b.taps:
+            raise self.fail("bundle has no taps")
+        if not 1 <= h.rank <= MAX_RANK:
+            raise self.fail(f"head.rank is {h.rank}, expected 1..{MAX_RANK}")
+        if h.num_outputs < 1:
+            raise self.fail(f"head.num_outputs is {h.num_outputs}, expected at least 1")
+        if not math.isfinite(h.alpha):
+            raise self.fail(f"head.alpha is {h.alpha}")
+        if len(h.a_init) != len(b.taps):
+            raise self.fail(f"head.a_init has {len(h.a_init)} matrices for {len(b.taps)} taps")
+        for i, (tap, a) in enumerate(zip(b.taps, h.a_init)):
+            if a.shape != (h.rank, tap.size) or a.dtype != np.float32:
+                raise self.fail(
+                    f"head.a_init[{i}] is {a.dtype} {a.shape}, expected float32 ({h.rank}, {tap.size}) for tap {tap.name!r}"
+                )
+        if h.loss == Loss.SOFTMAX_CROSS_ENTROPY and len(b.labels) != h.num_outputs:
+            raise self.fail(f"{len(b.labels)} labels for {h.num_outputs} outputs")
+        self.check_cache(b)
+
+    def check_cache(self, b: Bundle) -> None:
+        c = b.cache
+        if c.alignment < 1 or c.record_size < 1 or c.record_size % c.alignment:
+            raise self.fail(f"cache.record_size {c.record_size} is not a positive multiple of alignment {c.alignment}")
+        for f in c.fields:
+            if f.offset < 0 or f.offset + f.nbytes > c.record_size:
+                raise self.fail(f"cache field {f.name!r} ({f.offset}+{f.nbytes} bytes) lies outside the {c.record_size}-byte record")
+        names = {f.name for f in c.fields}
+        missing = [t.name for t in b.taps if t.name not in names]
+        if missing:
+            raise self.fail(f"cache layout has no field for taps {missing}")
+        for tap in b.taps:
+            f = c.field(tap.name)
+            if f.shape != tap.shape:
+                raise self.fail(f"cache field {tap.name!r} has shape {f.shape}, tap has {tap.shape}")

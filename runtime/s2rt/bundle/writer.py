@@ -1,0 +1,249 @@
+"""Serialise a `Bundle` into the `.s2l` FlatBuffers format (see s2l.fbs)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import flatbuffers
+import numpy as np
+
+from s2rt.bundle.fb import (
+    BundleBody,
+    BundleFile,
+    CacheField,
+    CacheLayout,
+    Head,
+    InputSignature,
+    Provenance,
+    Segment,
+    Tap,
+    Tensor,
+    TrainDefaults,
+)
+from s2rt.bundle.model import (
+    ARRAY_ALIGNMENT,
+    FILE_IDENTIFIER,
+    FORMAT_MAJOR,
+    FORMAT_MINOR,
+    Bundle,
+    DType,
+)
+from s2rt.bundle.model import CacheLayout as CacheLayoutModel
+from s2rt.bundle.model import Head as HeadModel
+from s2rt.bundle.model import InputSignature as InputModel
+from s2rt.bundle.model import Provenance as ProvenanceModel
+from s2rt.bundle.model import Segment as SegmentModel
+from s2rt.bundle.model import Tap as TapModel
+
+
+def serialize_bundle(bundle: Bundle) -> tuple[bytes, str]:
+    """Return the file bytes and the hex SHA-256 digest of the body."""
+    body = _build_body(bundle)
+    digest = hashlib.sha256(body).digest()
+    b = flatbuffers.Builder(len(body) + 256)
+    body_vec = _aligned_bytes(b, body)
+    sha_vec = b.CreateByteVector(digest)
+    BundleFile.Start(b)
+    BundleFile.AddFormatMajor(b, FORMAT_MAJOR)
+    BundleFile.AddFormatMinor(b, FORMAT_MINOR)
+    BundleFile.AddBody(b, body_vec)
+    BundleFile.AddBodySha256(b, sha_vec)
+    b.Finish(BundleFile.End(b), file_identifier=FILE_IDENTIFIER)
+    return bytes(b.Output()), digest.hex()
+
+
+def write_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Bundle:
+    """Write `bundle` to `path` atomically and return it with its digest filled in.
+
+    Writes one file (temp file in the same folder, fsync, rename). Raises OSError when
+    the folder is not writable.
+    """
+    data, digest = serialize_bundle(bundle)
+    atomic_write_bytes(Path(path), data)
+    return replace(bundle, digest=digest, format_version=(FORMAT_MAJOR, FORMAT_MINOR))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _build_body(bundle: Bundle) -> bytes:
+    b = flatbuffers.Builder(sum(len(s.model) for s in bundle.segments) + 4096)
+    provenance = _provenance(b, bundle.provenance)
+    signature = _input(b, bundle.input)
+    labels = _vector_of_offsets(b, [b.CreateString(x) for x in bundle.labels])
+    segments = _vector_of_offsets(b, [_segment(b, s) for s in bundle.segments])
+    taps = _vector_of_offsets(b, [_tap(b, t) for t in bundle.taps])
+    head = _head(b, bundle.head)
+    cache = _cache_layout(b, bundle.cache)
+    BundleBody.Start(b)
+    BundleBody.AddProvenance(b, provenance)
+    BundleBody.AddInput(b, signature)
+    BundleBody.AddLabels(b, labels)
+    BundleBody.AddSegments(b, segments)
+    BundleBody.AddTaps(b, taps)
+    BundleBody.AddHead(b, head)
+    BundleBody.AddCache(b, cache)
+    BundleBody.AddOutputActivation(b, int(bundle.output_activation))
+    b.Finish(BundleBody.End(b))
+    return bytes(b.Output())
+
+
+def _aligned_bytes(b: flatbuffers.Builder, data: bytes | memoryview) -> int:
+    """A byte vector whose first byte is ARRAY_ALIGNMENT-aligned in the finished buffer."""
+    n = len(data)
+    b.StartVector(1, n, ARRAY_ALIGNMENT)
+    b.head = b.head - n
+    b.Bytes[b.head : b.head + n] = data
+    return int(b.EndVector())
+
+
+def _longs(b: flatbuffers.Builder, values: Sequence[int]) -> int:
+    return int(b.CreateNumpyVector(np.asarray(values, dtype="<i8").reshape(-1)))
+
+
+def _vector_of_offsets(b: flatbuffers.Builder, offsets: Sequence[int]) -> int:
+    b.StartVector(4, len(offsets), 4)
+    for off in reversed(offsets):
+        b.PrependUOffsetTRelative(off)
+    return int(b.EndVector())
+
+
+def _tensor(b: flatbuffers.Builder, array: np.ndarray) -> int:
+    dtype = DType.from_numpy(array.dtype)
+    data = _aligned_bytes(b, np.ascontiguousarray(array, dtype=dtype.numpy).tobytes())
+    shape = _longs(b, array.shape)
+    Tensor.Start(b)
+    Tensor.AddShape(b, shape)
+    Tensor.AddDtype(b, int(dtype))
+    Tensor.AddData(b, data)
+    return int(Tensor.End(b))
+
+
+def _strings(b: flatbuffers.Builder, *values: str) -> list[int]:
+    return [b.CreateString(v) for v in values]
+
+
+def _provenance(b: flatbuffers.Builder, p: ProvenanceModel) -> int:
+    sha, name, producer, version, created, options = _strings(
+        b, p.source_sha256, p.source_name, p.producer, p.producer_version, p.created_utc, p.options_json
+    )
+    Provenance.Start(b)
+    Provenance.AddSourceSha256(b, sha)
+    Provenance.AddSourceName(b, name)
+    Provenance.AddProducer(b, producer)
+    Provenance.AddProducerVersion(b, version)
+    Provenance.AddCreatedUtc(b, created)
+    Provenance.AddOptionsJson(b, options)
+    return int(Provenance.End(b))
+
+
+def _input(b: flatbuffers.Builder, s: InputModel) -> int:
+    (name,) = _strings(b, s.name)
+    shape = _longs(b, s.shape)
+    mean = _tensor(b, s.mean) if s.mean is not None else None
+    std = _tensor(b, s.std) if s.std is not None else None
+    InputSignature.Start(b)
+    InputSignature.AddName(b, name)
+    InputSignature.AddShape(b, shape)
+    InputSignature.AddDtype(b, int(s.dtype))
+    _add_if(b, InputSignature.AddMean, mean)
+    _add_if(b, InputSignature.AddStd, std)
+    return int(InputSignature.End(b))
+
+
+def _add_if(b: flatbuffers.Builder, add: Callable[[flatbuffers.Builder, int], None], off: int | None) -> None:
+    if off is not None:
+        add(b, off)
+
+
+def _segment(b: flatbuffers.Builder, s: SegmentModel) -> int:
+    model = _aligned_bytes(b, s.model)
+    input_name, logits = _strings(b, s.input_name, s.logits_output)
+    Segment.Start(b)
+    Segment.AddBackend(b, int(s.backend))
+    Segment.AddModel(b, model)
+    Segment.AddInputName(b, input_name)
+    Segment.AddLogitsOutput(b, logits)
+    return int(Segment.End(b))
+
+
+def _tap(b: flatbuffers.Builder, t: TapModel) -> int:
+    name, source, layer = _strings(b, t.name, t.source, t.layer)
+    shape = _longs(b, t.shape)
+    Tap.Start(b)
+    Tap.AddName(b, name)
+    Tap.AddSource(b, source)
+    Tap.AddLayer(b, layer)
+    Tap.AddShape(b, shape)
+    Tap.AddReduction(b, int(t.reduction))
+    return int(Tap.End(b))
+
+
+def _head(b: flatbuffers.Builder, h: HeadModel) -> int:
+    a_init = _vector_of_offsets(b, [_tensor(b, np.asarray(a, dtype=np.float32)) for a in h.a_init])
+    d = h.defaults
+    TrainDefaults.Start(b)
+    TrainDefaults.AddOptimizer(b, int(d.optimizer))
+    TrainDefaults.AddLearningRate(b, d.learning_rate)
+    TrainDefaults.AddEpochs(b, d.epochs)
+    TrainDefaults.AddBatchSize(b, d.batch_size)
+    defaults = TrainDefaults.End(b)
+    Head.Start(b)
+    Head.AddRank(b, h.rank)
+    Head.AddAlpha(b, h.alpha)
+    Head.AddNumOutputs(b, h.num_outputs)
+    Head.AddLoss(b, int(h.loss))
+    Head.AddSeed(b, h.seed)
+    Head.AddAInit(b, a_init)
+    Head.AddDefaults(b, defaults)
+    return int(Head.End(b))
+
+
+def _cache_layout(b: flatbuffers.Builder, c: CacheLayoutModel) -> int:
+    fields = []
+    for f in c.fields:
+        (name,) = _strings(b, f.name)
+        shape = _longs(b, f.shape)
+        CacheField.Start(b)
+        CacheField.AddKind(b, int(f.kind))
+        CacheField.AddName(b, name)
+        CacheField.AddOffset(b, f.offset)
+        CacheField.AddShape(b, shape)
+        CacheField.AddDtype(b, int(f.dtype))
+        CacheField.AddScale(b, f.scale)
+        fields.append(CacheField.End(b))
+    vec = _vector_of_offsets(b, fields)
+    CacheLayout.Start(b)
+    CacheLayout.AddFields(b, vec)
+    CacheLayout.AddRecordSize(b, c.record_size)
+    CacheLayout.AddAlignment(b, c.alignment)
+    return int(CacheLayout.End(b))
