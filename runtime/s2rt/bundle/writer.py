@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,6 +11,7 @@ from typing import Callable, Sequence
 import flatbuffers
 import numpy as np
 
+from s2rt.atomic import atomic_write_bytes
 from s2rt.bundle.fb import (
     BundleBody,
     BundleFile,
@@ -66,33 +66,6 @@ def write_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Bundle:
     data, digest = serialize_bundle(bundle)
     atomic_write_bytes(Path(path), data)
     return replace(bundle, digest=digest, format_version=(FORMAT_MAJOR, FORMAT_MINOR))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a directory; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _build_body(bundle: Bundle) -> bytes:
