@@ -1,0 +1,142 @@
+"""Sample files: `.npz` (arrays `x` and, for training, `y`) or CSV. No pickle, ever.
+
+CSV: one sample per row, numbers only, an optional header. A row with one value more
+than the input size carries its label last (or in a column named `label` / `y` when
+there is a header); a row of exactly the input size is unlabelled.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from s2rt.bundle.model import InputSignature
+from s2rt.errors import RuntimeInputError
+
+LABEL_COLUMNS = ("label", "y")
+
+
+@dataclass(frozen=True)
+class Samples:
+    x: np.ndarray  # (N, *input shape)
+    y: np.ndarray | None  # (N,) int64, or None when unlabelled
+
+
+def load_samples(
+    path: str | os.PathLike[str],
+    signature: InputSignature,
+    num_classes: int | None = None,
+    require_labels: bool = False,
+) -> Samples:
+    """Read a sample file and check it against the bundle's input signature."""
+    p = Path(path)
+    if not p.is_file():
+        raise RuntimeInputError(f"{p}: no such data file")
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        x, y = _read_npz(p)
+    elif suffix in (".csv", ".txt"):
+        x, y = _read_csv(p, signature.size)
+    else:
+        raise RuntimeInputError(f"{p}: unknown data file type {suffix!r}; expected .npz (arrays x, y) or .csv")
+    return _checked(p, x, y, signature, num_classes, require_labels)
+
+
+def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            if "x" not in npz.files:
+                raise RuntimeInputError(f"{p}: has arrays {npz.files}, expected 'x' (and 'y' for labels)")
+            x = npz["x"]
+            y = npz["y"] if "y" in npz.files else None
+    except RuntimeInputError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise RuntimeInputError(f"{p}: not a readable .npz file ({e})") from None
+    return x, y
+
+
+def _read_csv(p: Path, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f) if row]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise RuntimeInputError(f"{p}: not a readable CSV file ({e})") from None
+    if not rows:
+        raise RuntimeInputError(f"{p}: no rows")
+    label_col = None
+    if not _is_number(rows[0][0]):
+        header = [h.strip().lower() for h in rows.pop(0)]
+        label_col = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
+    values = np.empty((len(rows), len(rows[0]) if rows else 0), dtype=np.float64)
+    for i, row in enumerate(rows):
+        if len(row) != values.shape[1]:
+            raise RuntimeInputError(f"{p}: row {i + 1} has {len(row)} values, the first row has {values.shape[1]}")
+        try:
+            values[i] = [float(v) for v in row]
+        except ValueError:
+            raise RuntimeInputError(f"{p}: row {i + 1} holds a value that is not a number") from None
+    if values.shape[1] == size:
+        return values, None
+    if values.shape[1] == size + 1:
+        col = values.shape[1] - 1 if label_col is None else label_col
+        return np.delete(values, col, axis=1), values[:, col]
+    raise RuntimeInputError(f"{p}: rows have {values.shape[1]} values, expected {size} features (+1 label)")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _checked(
+    p: Path,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    signature: InputSignature,
+    num_classes: int | None,
+    require_labels: bool,
+) -> Samples:
+    if x.dtype.kind not in "fiu":
+        raise RuntimeInputError(f"{p}: x has dtype {x.dtype}, expected numbers")
+    if len(x) == 0:
+        raise RuntimeInputError(f"{p}: holds no samples")
+    if x.shape[1:] != signature.shape:
+        if math.prod(x.shape[1:]) != signature.size:
+            raise RuntimeInputError(
+                f"{p}: samples have shape {x.shape[1:]}, the bundle's input {signature.name!r} expects {signature.shape}"
+            )
+        x = x.reshape((len(x), *signature.shape))
+    x = x.astype(signature.dtype.numpy, copy=False)
+    if not np.isfinite(x).all():
+        raise RuntimeInputError(f"{p}: x contains NaN or Inf")
+    if y is None:
+        if require_labels:
+            raise RuntimeInputError(f"{p}: has no labels (array 'y' / a label column), which training needs")
+        return Samples(x, None)
+    return Samples(x, _labels(p, y, len(x), num_classes))
+
+
+def _labels(p: Path, y: np.ndarray, n: int, num_classes: int | None) -> np.ndarray:
+    y = np.asarray(y).reshape(-1)
+    if len(y) != n:
+        raise RuntimeInputError(f"{p}: {len(y)} labels for {n} samples")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
+            raise RuntimeInputError(f"{p}: labels must be whole class indices")
+    elif y.dtype.kind not in "iu":
+        raise RuntimeInputError(f"{p}: labels have dtype {y.dtype}, expected integer class indices")
+    y = y.astype(np.int64)
+    if num_classes is not None and ((y < 0) | (y >= num_classes)).any():
+        bad = int(y[(y < 0) | (y >= num_classes)][0])
+        raise RuntimeInputError(f"{p}: label {bad} is outside the bundle's classes 0..{num_classes - 1}")
+    return y
