@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from s2rt.bundle.model import InputSignature
 from s2rt.errors import RuntimeInputError
+from s2rt.npz import read_npz
 
 LABEL_COLUMNS = ("label", "y")
 
@@ -49,17 +49,10 @@ def load_samples(
 
 
 def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
-        with np.load(p, allow_pickle=False) as npz:
-            if "x" not in npz.files:
-                raise RuntimeInputError(f"{p}: has arrays {npz.files}, expected 'x' (and 'y' for labels)")
-            x = npz["x"]
-            y = npz["y"] if "y" in npz.files else None
-    except RuntimeInputError:
-        raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise RuntimeInputError(f"{p}: not a readable .npz file ({e})") from None
-    return x, y
+    arrays = read_npz(p, RuntimeInputError, ".npz file")
+    if "x" not in arrays:
+        raise RuntimeInputError(f"{p}: has arrays {sorted(arrays)}, expected 'x' (and 'y' for labels)")
+    return arrays["x"], arrays.get("y")
 
 
 def _read_csv(p: Path, size: int) -> tuple[np.ndarray, np.ndarray | None]:

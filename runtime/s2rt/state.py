@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 from s2rt.atomic import atomic_write_bytes
 from s2rt.bundle.model import Bundle
 from s2rt.errors import StateError
+from s2rt.npz import read_npz
 
 STATE_FORMAT = 1
 Adapters = list[tuple[np.ndarray, np.ndarray]]
@@ -49,11 +49,7 @@ def load_adapters(path: str | os.PathLike[str], bundle: Bundle) -> tuple[Adapter
     p = Path(path)
     if not p.is_file():
         raise StateError(f"{p}: no such adapter file")
-    try:
-        with np.load(p, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise StateError(f"{p}: not a readable adapter file ({e})") from None
+    arrays = read_npz(p, StateError, "adapter file")
     meta = _meta(p, arrays)
     if meta.get("bundle_digest") != bundle.digest:
         raise StateError(
