@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
 from s2rt.bundle import (
     Bundle,
     DType,

@@ -8,7 +8,6 @@ import hashlib
 import numpy as np
 import pytest
 from helpers.tiny import tiny_bundle
-
 from s2rt.bundle import (
     FORMAT_MAJOR,
     DType,

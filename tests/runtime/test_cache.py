@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers.tiny import tiny_bundle
-
 from s2rt.bundle import DType
 from s2rt.cache import SkipCache, sample_keys
 
