@@ -1,0 +1,202 @@
+"""`s2conv`: convert an ONNX model into an s2l bundle, or inspect a bundle.
+
+    s2conv MODEL.onnx -o BUNDLE.s2l [options]
+    s2conv inspect BUNDLE.s2l [--json]
+
+Errors print one line, `s2conv: error: <message>`, on stderr: exit status 2 for a usage
+error, 1 when the model cannot be converted or the bundle cannot be read. `--debug`
+shows the traceback and debug logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from s2rt.bundle import read_bundle
+from s2rt.bundle.model import Bundle, OutputActivation
+from s2rt.errors import ConversionError, S2LError
+
+from s2conv.convert import CACHE_DTYPES, LOSSES, OPTIMIZERS, ConvertOptions, InvalidOptionError, convert
+from s2conv.describe import describe_bundle, render_text
+from s2conv.emit import emit
+from s2conv.version import PRODUCER, __version__
+
+AUTO_TAPS = "auto"
+CONVERT_DESCRIPTION = (
+    "Convert an ONNX model (one input, one output) into an s2l bundle: the frozen segment, which outputs every tap "
+    "and the frozen logits, plus an initial Skip2-LoRA adapter head. To look at a bundle: s2conv inspect BUNDLE.s2l"
+)
+DEFAULTS = ConvertOptions()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is the one line `s2conv: error: ...` (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PRODUCER}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["inspect"]:
+        parser, run = _inspect_parser(), _inspect
+        args_list = args_list[1:]
+    else:
+        parser, run = _convert_parser(), _convert
+    args = parser.parse_args(args_list)
+    _configure_logging(args.debug)
+    try:
+        return run(args, parser)
+    except S2LError as e:
+        if args.debug:
+            raise
+        print(f"{PRODUCER}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PRODUCER}: interrupted", file=sys.stderr)
+        return 130
+
+
+# --- convert ------------------------------------------------------------------------------
+
+
+def _convert_parser() -> _Parser:
+    p = _Parser(
+        prog=PRODUCER,
+        usage="%(prog)s MODEL.onnx -o BUNDLE.s2l [options]\n       %(prog)s inspect BUNDLE.s2l [--json]",
+        description=CONVERT_DESCRIPTION,
+    )
+    p.add_argument("model", metavar="MODEL.onnx", help="the source ONNX model")
+    p.add_argument("-o", "--output", metavar="BUNDLE.s2l", required=True, help="where to write the bundle")
+    p.add_argument("--rank", type=int, default=DEFAULTS.rank, help=_help("rank"))
+    p.add_argument("--alpha", type=float, default=DEFAULTS.alpha, help=_help("alpha"))
+    p.add_argument(
+        "--taps",
+        default=AUTO_TAPS,
+        metavar="auto|NAME1,NAME2,...",
+        help="tap tensors of the source model, comma-separated, in order; 'auto' (default) takes the input of "
+        "every Gemm/MatMul layer on the path from the model input to the logits",
+    )
+    p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES), default=DEFAULTS.cache_dtype, help=_help("cache_dtype"))
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help=_help("seed"))
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument(
+        "--labels", metavar="A,B,...", help="class labels, comma-separated, one per model output (default: class_0 ... class_{C-1})"
+    )
+    labels.add_argument("--labels-file", metavar="FILE", type=Path, help="class labels, one per line")
+    p.add_argument("--loss", choices=list(LOSSES), default=DEFAULTS.loss, help=_help("loss"))
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=DEFAULTS.optimizer, help=_help("optimizer"))
+    p.add_argument("--lr", type=float, default=DEFAULTS.learning_rate, help=_help("learning_rate"))
+    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help=_help("epochs"))
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help=_help("batch_size"))
+    p.add_argument(
+        "--save-segment",
+        metavar="FILE.onnx",
+        type=Path,
+        help="also write the frozen segment as a plain ONNX model (to look at it in Netron, say)",
+    )
+    _add_common(p)
+    return p
+
+
+def _help(field: str) -> str:
+    return ConvertOptions.help(field) + " (default: %(default)s)"
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show debug logs and the traceback of an error")
+    p.add_argument("--version", action="version", version=f"{PRODUCER} {__version__}")
+
+
+def _convert(args: argparse.Namespace, parser: _Parser) -> int:
+    options = _options(args, parser)
+    bundle = convert(args.model, options)
+    bundle, artefacts = emit(bundle, args.output, args.save_segment)
+    for artefact in artefacts:
+        print(f"wrote {artefact.kind} {artefact.path} ({artefact.size:,} bytes)")
+    print(_summary(bundle))
+    return 0
+
+
+def _options(args: argparse.Namespace, parser: _Parser) -> ConvertOptions:
+    try:
+        return ConvertOptions(
+            rank=args.rank,
+            alpha=args.alpha,
+            taps=None if args.taps.strip() == AUTO_TAPS else _split_names(args.taps),
+            cache_dtype=args.cache_dtype,
+            seed=args.seed,
+            labels=_labels(args),
+            loss=args.loss,
+            optimizer=args.optimizer,
+            learning_rate=args.lr,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+        )
+    except InvalidOptionError as e:
+        parser.error(str(e))
+
+
+def _split_names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(","))
+
+
+def _labels(args: argparse.Namespace) -> tuple[str, ...] | None:
+    if args.labels is not None:
+        return _split_names(args.labels)
+    if args.labels_file is None:
+        return None
+    try:
+        lines = args.labels_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{args.labels_file}: cannot read the labels file: {e}") from e
+    return tuple(line.strip() for line in lines if line.strip())
+
+
+def _summary(bundle: Bundle) -> str:
+    widths = " + ".join(str(t.size) for t in bundle.taps)
+    head = bundle.head
+    activation = bundle.output_activation
+    then = "" if activation == OutputActivation.NONE else f" (then {activation.name.lower()})"
+    return (
+        f"{bundle.provenance.source_name}: {len(bundle.taps)} taps ({widths} = {bundle.tap_width} features), "
+        f"{head.num_outputs} outputs{then}, rank {head.rank}, alpha {head.alpha:g}, "
+        f"{head.num_parameters:,} trainable parameters, cache record {bundle.cache.record_size:,} bytes, "
+        f"digest {bundle.digest[:16]}"
+    )
+
+
+# --- inspect ------------------------------------------------------------------------------
+
+
+def _inspect_parser() -> _Parser:
+    p = _Parser(prog=f"{PRODUCER} inspect", description="Show what an s2l bundle holds.")
+    p.add_argument("bundle", metavar="BUNDLE.s2l", help="the bundle to read (it is verified against its digest)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_common(p)
+    return p
+
+
+def _inspect(args: argparse.Namespace, parser: _Parser) -> int:
+    bundle = read_bundle(args.bundle)
+    description = {"bundle": str(args.bundle), **describe_bundle(bundle)}
+    print(json.dumps(description, indent=2) if args.json else f"bundle      {args.bundle}\n" + render_text(description))
+    return 0
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format=f"{PRODUCER}: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The pipeline: load ▸ analyse ▸ split ▸ head ▸ layout → an in-memory `Bundle`.
+
+`convert(model_path, options)` builds the bundle; `s2conv.emit.write` puts it on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from s2rt.bundle.model import (
+    Bundle,
+    DType,
+    Loss,
+    Optimizer,
+    Provenance,
+    Segment,
+    SegmentBackend,
+    Tap,
+    TrainDefaults,
+    plan_cache_layout,
+)
+from s2rt.errors import ConversionError
+
+from s2conv.analyse import TapPlan, find_taps, input_signature
+from s2conv.graph import view_graph
+from s2conv.head import init_head
+from s2conv.load import LoadedModel, load_model
+from s2conv.split import LOGITS_OUTPUT, extract_segment, segment_outputs, tap_output_name
+from s2conv.version import PRODUCER, __version__
+
+log = logging.getLogger(__name__)
+
+CACHE_DTYPES = {"float32": DType.FLOAT32, "float16": DType.FLOAT16}
+LOSSES = {"cross_entropy": Loss.SOFTMAX_CROSS_ENTROPY, "mse": Loss.MSE}
+OPTIMIZERS = {"adam": Optimizer.ADAM, "sgd": Optimizer.SGD}
+MAX_SEED = 2**63 - 1
+MAX_RANK = 4096  # the bundle reader's limit
+
+
+class InvalidOptionError(ConversionError, ValueError):
+    """A `ConvertOptions` field has a value the converter cannot use."""
+
+
+def _option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's name for it
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to convert; written into the bundle's `Provenance.options_json`."""
+
+    rank: int = _option(4, "rank r of every adapter: A_l is r x d_l, B_l is C x r")
+    alpha: float = _option(8.0, "LoRA alpha: the adapters' sum is scaled by alpha / rank")
+    taps: tuple[str, ...] | None = _option(None, "tap tensors of the source model, in order; None finds one tap per layer input")
+    cache_dtype: str = _option("float32", "storage dtype of cached taps: float32, or float16 to halve the cache")
+    seed: int = _option(0, "seed of the random initial A matrices")
+    labels: tuple[str, ...] | None = _option(None, "class labels, one per model output; None: class_0 ... class_{C-1}")
+    loss: str = _option("cross_entropy", "training loss: cross_entropy (softmax, classification) or mse")
+    optimizer: str = _option("adam", "default optimizer for fine-tuning: adam or sgd")
+    learning_rate: float = _option(0.01, "default learning rate for fine-tuning")
+    epochs: int = _option(20, "default number of fine-tuning epochs")
+    batch_size: int = _option(32, "default mini-batch size for fine-tuning")
+
+    def __post_init__(self) -> None:
+        self._normalise_names("taps")
+        self._normalise_names("labels")
+        _require_int("rank", self.rank, minimum=1, maximum=MAX_RANK)
+        for name in ("epochs", "batch_size"):
+            _require_int(name, getattr(self, name), minimum=1)
+        _require_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        for name in ("alpha", "learning_rate"):
+            _require_positive_float(name, getattr(self, name))
+        _require_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
+        _require_choice("loss", self.loss, LOSSES)
+        _require_choice("optimizer", self.optimizer, OPTIMIZERS)
+
+    def _normalise_names(self, name: str) -> None:
+        value = getattr(self, name)
+        if value is None:
+            return
+        if isinstance(value, str) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise InvalidOptionError(f"option {name}: expected a sequence of non-empty names, got {value!r}")
+        names = tuple(v.strip() for v in value)
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if not names or duplicates:
+            problem = "is empty" if not names else "repeats " + ", ".join(repr(d) for d in duplicates)
+            raise InvalidOptionError(f"option {name}: the list {problem}; expected distinct names")
+        object.__setattr__(self, name, names)
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The help string of field `name` (the CLI uses these, so they stay true)."""
+        return str(next(f for f in dataclasses.fields(cls) if f.name == name).metadata["help"])
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @property
+    def train_defaults(self) -> TrainDefaults:
+        return TrainDefaults(OPTIMIZERS[self.optimizer], self.learning_rate, self.epochs, self.batch_size)
+
+
+def _require_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
+    in_range = isinstance(value, int) and value >= minimum and (maximum is None or value <= maximum)
+    if isinstance(value, bool) or not in_range:
+        bound = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+        raise InvalidOptionError(f"option {name}: expected {bound}, got {value!r}")
+
+
+def _require_positive_float(name: str, value: object) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        raise InvalidOptionError(f"option {name}: expected a finite number > 0, got {value!r}")
+
+
+def _require_choice(name: str, value: object, choices: dict[str, Any]) -> None:
+    if value not in choices:
+        raise InvalidOptionError(f"option {name}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def convert(model_path: str | Path, options: ConvertOptions | None = None) -> Bundle:
+    """Convert the ONNX model at `model_path` into an in-memory bundle.
+
+    Raises `ConversionError` (or its `UnsupportedGraphError`) naming the file, node or
+    tensor at fault when the model cannot be converted.
+    """
+    options = options or ConvertOptions()
+    loaded = load_model(model_path)
+    view = view_graph(loaded.model, loaded.input_name, loaded.output_name)
+    plan = find_taps(view, options.taps)
+    labels = resolve_labels(options.labels, plan.num_outputs)
+    signature = input_signature(view)
+    segment = extract_segment(loaded.model, signature, segment_outputs(plan))
+    taps = bundle_taps(plan)
+    log.debug("taps: %s", ", ".join(f"{t.source} {t.shape}" for t in taps))
+    head = init_head(
+        taps,
+        plan.num_outputs,
+        rank=options.rank,
+        alpha=options.alpha,
+        seed=options.seed,
+        loss=LOSSES[options.loss],
+        defaults=options.train_defaults,
+    )
+    return Bundle(
+        provenance=provenance(loaded, options),
+        input=signature,
+        labels=labels,
+        segments=(Segment(SegmentBackend.ONNX, segment.SerializeToString(), signature.name, LOGITS_OUTPUT),),
+        taps=taps,
+        head=head,
+        cache=plan_cache_layout(taps, plan.num_outputs, CACHE_DTYPES[options.cache_dtype]),
+        output_activation=plan.output_activation,
+    )
+
+
+def bundle_taps(plan: TapPlan) -> tuple[Tap, ...]:
+    return tuple(Tap(tap_output_name(i), t.source, t.layer, t.shape) for i, t in enumerate(plan.taps))
+
+
+def resolve_labels(labels: tuple[str, ...] | None, num_outputs: int) -> tuple[str, ...]:
+    """The given labels if there is one per output, else `class_0 … class_{C-1}`."""
+    if labels is None:
+        return tuple(f"class_{i}" for i in range(num_outputs))
+    if len(labels) != num_outputs:
+        raise ConversionError(
+            f"{len(labels)} labels given ({', '.join(labels)}) but the model has {num_outputs} outputs; give exactly {num_outputs} labels"
+        )
+    return labels
+
+
+def provenance(loaded: LoadedModel, options: ConvertOptions) -> Provenance:
+    return Provenance(
+        source_sha256=loaded.sha256,
+        source_name=loaded.source_name,
+        producer=PRODUCER,
+        producer_version=__version__,
+        created_utc=_created_utc(),
+        options_json=options.to_json(),
+    )
+
+
+def _created_utc() -> str:
+    """Now, or `SOURCE_DATE_EPOCH` when set (reproducible builds)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    moment = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch.isdigit() else datetime.now(timezone.utc)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,135 @@
+"""`s2conv inspect`: what a bundle holds, as a JSON-ready dict or as text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from s2rt.bundle.model import Bundle
+
+
+def describe_bundle(bundle: Bundle) -> dict[str, Any]:
+    """Everything `inspect` shows, as plain JSON-serialisable data."""
+    head = bundle.head
+    return {
+        "format_version": "{}.{}".format(*bundle.format_version),
+        "digest": bundle.digest,
+        "provenance": _provenance(bundle),
+        "input": {
+            "name": bundle.input.name,
+            "shape": list(bundle.input.shape),
+            "dtype": bundle.input.dtype.name.lower(),
+            "normalised": bundle.input.mean is not None,
+        },
+        "labels": list(bundle.labels),
+        "output_activation": bundle.output_activation.name.lower(),
+        "segments": [
+            {
+                "backend": s.backend.name.lower(),
+                "size_bytes": len(s.model),
+                "input": s.input_name,
+                "logits_output": s.logits_output,
+            }
+            for s in bundle.segments
+        ],
+        "taps": [
+            {
+                "name": t.name,
+                "source": t.source,
+                "layer": t.layer,
+                "shape": list(t.shape),
+                "size": t.size,
+                "reduction": t.reduction.name.lower(),
+            }
+            for t in bundle.taps
+        ],
+        "tap_width": bundle.tap_width,
+        "head": {
+            "rank": head.rank,
+            "alpha": head.alpha,
+            "scaling": head.scaling,
+            "num_outputs": head.num_outputs,
+            "loss": head.loss.name.lower(),
+            "seed": head.seed,
+            "trainable_parameters": head.num_parameters,
+            "defaults": {
+                "optimizer": head.defaults.optimizer.name.lower(),
+                "learning_rate": head.defaults.learning_rate,
+                "epochs": head.defaults.epochs,
+                "batch_size": head.defaults.batch_size,
+            },
+        },
+        "cache": {
+            "record_size": bundle.cache.record_size,
+            "alignment": bundle.cache.alignment,
+            "fields": [
+                {
+                    "kind": f.kind.name.lower(),
+                    "name": f.name,
+                    "offset": f.offset,
+                    "shape": list(f.shape),
+                    "dtype": f.dtype.name.lower(),
+                    "nbytes": f.nbytes,
+                }
+                for f in bundle.cache.fields
+            ],
+        },
+    }
+
+
+def _provenance(bundle: Bundle) -> dict[str, Any]:
+    p = bundle.provenance
+    try:
+        options = json.loads(p.options_json or "{}")
+    except json.JSONDecodeError:
+        options = p.options_json
+    return {
+        "source_name": p.source_name,
+        "source_sha256": p.source_sha256,
+        "producer": p.producer,
+        "producer_version": p.producer_version,
+        "created_utc": p.created_utc,
+        "options": options,
+    }
+
+
+def render_text(d: dict[str, Any]) -> str:
+    """The human-readable view of `describe_bundle`'s result."""
+    p, i, h = d["provenance"], d["input"], d["head"]
+    defaults = h["defaults"]
+    lines = [
+        f"format      {d['format_version']}",
+        f"digest      {d['digest'] or '(not written yet)'}",
+        f"source      {p['source_name']}  sha256 {p['source_sha256']}",
+        f"producer    {p['producer']} {p['producer_version']}, {p['created_utc']}",
+        f"options     {json.dumps(p['options'], sort_keys=True)}",
+        f"input       {i['name']}  {i['dtype']} {_shape(i['shape'])}" + ("  (normalised)" if i["normalised"] else ""),
+        f"labels      {', '.join(d['labels'])}",
+        f"output      {_activation(d['output_activation'])}",
+        "segments    " + "; ".join(f"{s['backend']} {s['size_bytes']:,} bytes" for s in d["segments"]),
+        f"taps        {len(d['taps'])}, fused width {d['tap_width']}",
+        *_table(["name", "source", "layer", "shape"], [[t["name"], t["source"], t["layer"] or "-", _shape(t["shape"])] for t in d["taps"]]),
+        f"head        rank {h['rank']}, alpha {h['alpha']:g} (scaling {h['scaling']:g}), {h['num_outputs']} outputs, "
+        f"{h['trainable_parameters']:,} trainable parameters, loss {h['loss']}, seed {h['seed']}",
+        f"defaults    {defaults['optimizer']}, learning rate {defaults['learning_rate']:g}, "
+        f"{defaults['epochs']} epochs, batch size {defaults['batch_size']}",
+        f"cache       record {d['cache']['record_size']:,} bytes, alignment {d['cache']['alignment']}",
+        *_table(
+            ["offset", "bytes", "kind", "name", "dtype", "shape"],
+            [[str(f["offset"]), str(f["nbytes"]), f["kind"], f["name"], f["dtype"], _shape(f["shape"])] for f in d["cache"]["fields"]],
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def _activation(name: str) -> str:
+    return "logits (no activation)" if name == "none" else f"logits, then {name} (cut from the source model)"
+
+
+def _shape(shape: list[int]) -> str:
+    return "[" + ", ".join(str(n) for n in shape) + "]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    return ["            " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]

@@ -1,0 +1,55 @@
+"""Stage 5, emit: write the bundle (and, on request, the frozen segment) to disk."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from s2rt.bundle import write_bundle
+from s2rt.bundle.model import Bundle, SegmentBackend
+from s2rt.errors import ConversionError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """A file the converter wrote."""
+
+    kind: str  # "bundle" or "onnx segment"
+    path: Path
+    size: int  # bytes
+
+
+def emit(bundle: Bundle, bundle_path: str | Path, segment_path: str | Path | None = None) -> tuple[Bundle, list[Artefact]]:
+    """Write `bundle` to `bundle_path` (atomically, via the runtime's bundle writer) and,
+    if `segment_path` is given, its ONNX frozen segment as a plain .onnx file.
+
+    Returns the bundle with its digest set, and one `Artefact` per file written, in the
+    order written; logs one line per artefact. Raises `ConversionError` naming the file
+    when it cannot be written.
+    """
+    written = _write_bundle(bundle, Path(bundle_path))
+    artefacts = [Artefact("bundle", Path(bundle_path), Path(bundle_path).stat().st_size)]
+    if segment_path is not None:
+        artefacts.append(_write_segment(bundle, Path(segment_path)))
+    for artefact in artefacts:
+        log.info("wrote %s %s (%d bytes)", artefact.kind, artefact.path, artefact.size)
+    return written, artefacts
+
+
+def _write_bundle(bundle: Bundle, path: Path) -> Bundle:
+    try:
+        return write_bundle(bundle, path)
+    except OSError as e:
+        raise ConversionError(f"{path}: cannot write the bundle: {e.strerror or e}") from e
+
+
+def _write_segment(bundle: Bundle, path: Path) -> Artefact:
+    model = bytes(bundle.segment(SegmentBackend.ONNX).model)
+    try:
+        path.write_bytes(model)
+    except OSError as e:
+        raise ConversionError(f"{path}: cannot write the frozen segment: {e.strerror or e}") from e
+    return Artefact("onnx segment", path, len(model))

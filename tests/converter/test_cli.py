@@ -1,0 +1,99 @@
+"""cli: `s2conv` and `s2conv inspect` as a user runs them, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conv_graphs import gemm_chain, residual, with_op_between
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "runtime"), str(ROOT / "converter")])}
+
+
+def s2conv(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "s2conv.cli", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=60)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], status: int, *fragments: str) -> None:
+    assert result.returncode == status, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("s2conv: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert result.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    model = gemm_chain(softmax="Softmax").save(folder)
+    (folder / "labels.txt").write_text("cat\ndog\n\nbird\n")
+    bundle = folder / "out" / "model.s2l"
+    result = s2conv(model, "-o", bundle, "--rank", 2, "--labels-file", folder / "labels.txt", "--cache-dtype", "float16")
+    return result, bundle
+
+
+def test_convert_prints_one_line_per_artefact_and_a_summary(converted):
+    result, bundle = converted
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"wrote bundle {bundle} ({bundle.stat().st_size:,} bytes)"
+    assert lines[1].startswith("model.onnx: 3 taps (6 + 5 + 4 = 15 features), 3 outputs (then softmax), rank 2")
+    assert len(lines) == 2 and result.stderr == ""
+
+
+def test_inspect_json_shows_what_the_bundle_holds(converted):
+    _, bundle = converted
+    result = s2conv("inspect", bundle, "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["format_version"] == "1.0" and len(info["digest"]) == 64
+    assert info["labels"] == ["cat", "dog", "bird"]
+    assert [t["source"] for t in info["taps"]] == ["x", "r0", "r1"]
+    assert info["head"]["rank"] == 2 and info["head"]["trainable_parameters"] == 2 * 15 + 3 * 2 * 3
+    assert info["segments"][0]["backend"] == "onnx" and info["segments"][0]["size_bytes"] > 0
+    assert info["cache"]["fields"][-1] == {"kind": "tap", "name": "s2l.tap.2", "offset": 58, "shape": [4], "dtype": "float16", "nbytes": 8}
+    assert info["provenance"]["options"]["cache_dtype"] == "float16"
+
+
+def test_inspect_text(converted):
+    _, bundle = converted
+    result = s2conv("inspect", bundle)
+    assert result.returncode == 0, result.stderr
+    assert "labels      cat, dog, bird" in result.stdout
+    assert "s2l.tap.1  r0      fc1    [5]" in result.stdout
+
+
+def test_errors_are_one_line_with_status_1(tmp_path):
+    assert_one_line_error(s2conv(tmp_path / "missing.onnx", "-o", tmp_path / "b.s2l"), 1, "missing.onnx: no such file")
+    weird = with_op_between("Sin", "weird").save(tmp_path, "weird.onnx")
+    assert_one_line_error(s2conv(weird, "-o", tmp_path / "b.s2l"), 1, "node 'weird' (Sin)", "--taps")
+    model = residual().save(tmp_path, "res.onnx")
+    assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--taps", "x,nope"), 1, "no tensor named 'nope'", "candidates")
+    assert_one_line_error(s2conv("inspect", model), 1, "res.onnx")
+    assert not (tmp_path / "b.s2l").exists()
+
+
+def test_usage_errors_are_one_line_with_status_2(tmp_path):
+    model = gemm_chain().save(tmp_path)
+    assert_one_line_error(s2conv(model), 2, "-o/--output")
+    assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--rank", 0), 2, "option rank")
+    assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--cache-dtype", "int8"), 2, "--cache-dtype")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = s2conv(tmp_path / "missing.onnx", "-o", tmp_path / "b.s2l", "--debug")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "ConversionError" in result.stderr
+
+
+def test_help_and_python_dash_m(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "s2conv", "--help"], capture_output=True, text=True, env=ENV, timeout=60)
+    assert result.returncode == 0
+    assert "s2conv inspect BUNDLE.s2l" in result.stdout and "--taps" in result.stdout
