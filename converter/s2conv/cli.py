@@ -190,12 +190,17 @@ def _inspect(args: argparse.Namespace, parser: _Parser) -> int:
     return 0
 
 
+class _LogFormatter(logging.Formatter):
+    """`s2conv: warning: ...`, in the style of the error line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{PRODUCER}: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def _configure_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format=f"{PRODUCER}: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter())
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ class OnnxValue:
 
     @property
     def sample_shape(self) -> tuple[int, ...] | None:
-        """The per-sample shape (batch dimension dropped) if every dim is a fixed size."""
-        if self.shape is None or len(self.shape) < 1:
+        """The per-sample shape (batch dimension dropped) if every dim is a fixed size;
+        None for an unknown shape, or a rank below 2 (no dimension besides the batch)."""
+        if self.shape is None or len(self.shape) < 2:
             return None
         dims = self.shape[1:]
         if not all(isinstance(d, int) and d > 0 for d in dims):

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 TAP_OUTPUT_PREFIX = "s2l.tap."
 LOGITS_OUTPUT = "s2l.logits"
 BATCH_DIM = "batch"
+# Op domains that a stock onnxruntime implements.
+ONNXRUNTIME_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ def extract_segment(model: onnx.ModelProto, signature: InputSignature, outputs: 
     segment = _make_model(model, segment_graph)
     _check(segment)
     _check_batch_is_free(segment, outputs)
+    _warn_about_custom_ops(nodes)
     log.debug("segment: %d of %d nodes, %d outputs", len(nodes), len(graph.node), len(outputs))
     return segment
 
@@ -181,4 +184,16 @@ def _check_batch_is_free(segment: onnx.ModelProto, outputs: Sequence[SegmentOutp
                 f"{dims[0].dim_value} even with a free input batch: the model pins the batch size (a Reshape to "
                 "a constant shape?), but s2l runs batches of any size; re-export the model with a dynamic batch "
                 "dimension (a -1 in the Reshape, or torch.onnx.export(..., dynamic_shapes=...))"
+            )
+
+
+def _warn_about_custom_ops(nodes: Sequence[onnx.NodeProto]) -> None:
+    for node in nodes:
+        if node.domain not in ONNXRUNTIME_DOMAINS:
+            log.warning(
+                "the frozen segment uses op %s::%s (node %r), which a stock onnxruntime does not implement; "
+                "the device's backend must provide it",
+                node.domain,
+                node.op_type,
+                node.name,
             )

@@ -166,13 +166,15 @@ def double_chain() -> Case:
     return Case(model, ["xd", "h"], "logits", input_shape=(4,), layers=["fc0", "fc1"])
 
 
-def with_op_between(op: str = "Sin", name: str = "weird") -> Case:
-    """x → Gemm → <op> → Gemm: `op` sits on the path between two layers."""
+def with_op_between(op: str = "Sin", name: str = "weird", domain: str = "") -> Case:
+    """x → Gemm → <op> → Gemm: `op` (of `domain`) sits on the path between two layers."""
     g = GraphBuilder(5)
     g.gemm("x", 4, 4, "h0", "fc0")
-    g.node(op, ["h0"], "u0", name=name)
+    g.nodes.append(helper.make_node(op, ["h0"], ["u0"], name=name, domain=domain))
     g.gemm("u0", 4, 2, "logits", "fc1")
     model = g.model([("x", [BATCH, 4], TensorProto.FLOAT)], [("logits", [BATCH, 2])])
+    if domain:
+        model.opset_import.append(helper.make_opsetid(domain, 1))
     return Case(model, ["x", "u0"], "logits", input_shape=(4,))
 
 

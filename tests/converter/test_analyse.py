@@ -70,6 +70,12 @@ def test_unknown_op_on_the_path_names_node_op_and_what_was_expected():
     assert "Relu" in message and "--taps" in message
 
 
+def test_custom_domain_op_is_named_with_its_domain(tmp_path):
+    case = with_op_between("Foo", "foo", domain="acme")
+    with pytest.raises(UnsupportedGraphError, match=r"node 'foo' \(Foo\) .* does not know op acme::Foo"):
+        find_taps(view_of(case.model))
+
+
 def test_every_registered_op_is_walked_through():
     for op in ("Relu", "Sigmoid", "Tanh", "Elu", "Selu", "HardSigmoid", "HardSwish", "Identity"):
         assert op in PASS_THROUGH_OPS

@@ -97,3 +97,11 @@ def test_help_and_python_dash_m(tmp_path):
     result = subprocess.run([sys.executable, "-m", "s2conv", "--help"], capture_output=True, text=True, env=ENV, timeout=60)
     assert result.returncode == 0
     assert "s2conv inspect BUNDLE.s2l" in result.stdout and "--taps" in result.stdout
+
+
+def test_named_taps_get_past_a_custom_op_with_a_warning(tmp_path):
+    model = with_op_between("Foo", "foo", domain="acme").save(tmp_path)
+    result = s2conv(model, "-o", tmp_path / "b.s2l", "--taps", "x,h0")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("s2conv: warning: the frozen segment uses op acme::Foo (node 'foo')")
+    assert result.stdout.startswith("wrote bundle")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from conv_graphs import BATCH, GraphBuilder, gemm_chain
 from onnx import TensorProto, shape_inference
-from s2conv.graph import GraphView, view_graph
+from s2conv.graph import GraphView, OnnxValue, view_graph
 
 
 def view_of(model, input_name="x", output_name=None) -> GraphView:
@@ -28,6 +28,17 @@ def test_fixed_batch_dimension_is_dropped_too():
     view = view_of(gemm_chain(batch=3).model)
     assert view.value("x").shape == (3, 6)
     assert view.value("r1").sample_shape == (4,)
+
+
+def test_sample_shape_needs_a_batch_and_fixed_sizes():
+    def value(shape):
+        return OnnxValue("t", TensorProto.FLOAT, shape, constant=False)
+
+    assert value((BATCH, 2, 3)).sample_shape == (2, 3)
+    assert value((8,)).sample_shape is None  # no batch dimension
+    assert value((BATCH, "width")).sample_shape is None
+    assert value((BATCH, None)).sample_shape is None
+    assert value(None).sample_shape is None
 
 
 def test_shape_only_subgraphs_are_constants():
