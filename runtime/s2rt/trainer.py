@@ -1,0 +1,375 @@
+"""The fine-tuning loop: epochs of mini-batches over a feature source, early stop, rollback.
+
+The trainer never sees where features come from: a `FeatureSource` serves the fused
+tap rows X and frozen logits F for sample indices (from the Skip-Cache on a hit, from
+the frozen segment on a miss). Only the head's adapters are trained.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from s2rt.bundle.model import Loss, Optimizer
+from s2rt.errors import RuntimeInputError
+from s2rt.head import FLOAT, AdapterHead
+from s2rt.loss import LOSSES
+from s2rt.optim import StepOptimizer, make_optimizer
+from s2rt.progress import EpochListener, ProgressCallback
+
+
+class FeatureSource(Protocol):
+    def features(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(X: len(idx) x D float32, F: len(idx) x C float32) for sample indices `idx`."""
+        ...
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=20, metadata=_help("passes over the training split"))
+    batch_size: int = field(default=32, metadata=_help("samples per gradient step"))
+    learning_rate: float = field(default=0.01, metadata=_help("optimizer step size"))
+    optimizer: Optimizer = field(default=Optimizer.ADAM, metadata=_help("SGD or ADAM"))
+    loss: Loss = field(
+        default=Loss.SOFTMAX_CROSS_ENTROPY,
+        metadata=_help("SOFTMAX_CROSS_ENTROPY (integer labels) or MSE (float targets)"),
+    )
+    seed: int = field(default=0, metadata=_help("seeds the validation split and the shuffling"))
+    shuffle: bool = field(default=True, metadata=_help("reshuffle the training split each epoch"))
+    val_fraction: float = field(default=0.0, metadata=_help("fraction held out for validation (0: no validation)"))
+    patience: int = field(
+        default=0,
+        metadata=_help(
+            "stop after this many epochs without a lower validation loss and restore the best weights (0: off; needs val_fraction > 0)"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("patience", 0)):
+            value = getattr(self, name)
+            _require(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
+        lr, vf = self.learning_rate, self.val_fraction
+        _require("learning_rate", lr, _is_real(lr) and 0 < lr < math.inf, "a finite number > 0")
+        _require("val_fraction", vf, _is_real(vf) and 0 <= vf < 1, "a number in [0, 1)")
+        _require("shuffle", self.shuffle, isinstance(self.shuffle, bool), "True or False")
+        object.__setattr__(self, "optimizer", _enum(Optimizer, "optimizer", self.optimizer))
+        object.__setattr__(self, "loss", _enum(Loss, "loss", self.loss))
+        if self.patience and not self.val_fraction:
+            raise RuntimeInputError(
+                f"TrainConfig.patience={self.patience} needs a validation split: set val_fraction > 0 (e.g. 0.2) or patience=0"
+            )
+
+
+@dataclass
+class TrainReport:
+    """What `train` did. The four phase times cover training batches only (time_forward
+    includes the loss and one rollback snapshot per epoch); validation and callbacks are
+    in `time_total` alone."""
+
+    epochs_run: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    diverged: bool = False
+    message: str = ""
+    n_train: int = 0
+    n_val: int = 0
+    time_features: float = 0.0
+    time_forward: float = 0.0
+    time_backward: float = 0.0
+    time_update: float = 0.0
+    time_total: float = 0.0
+
+
+class _Diverged(Exception):
+    pass
+
+
+def train(
+    head: AdapterHead,
+    source: FeatureSource,
+    y: np.ndarray,
+    config: TrainConfig,
+    *,
+    progress: ProgressCallback | None = None,
+) -> TrainReport:
+    """Fine-tune `head` in place on samples 0..len(y)-1 of `source` with targets `y`.
+
+    `progress` is called after every batch; if it is an `EpochListener` it also gets
+    each finished epoch's history entry and a `close()` at the end. Early stopping
+    (patience > 0) leaves the head at the epoch with the lowest validation loss. A
+    non-finite loss or weight rolls head and optimizer back to the start of the
+    failing epoch and stops with `diverged=True`.
+    """
+    start = time.perf_counter()
+    targets = prepare_targets(y, head.num_outputs, config.loss)
+    rng = np.random.default_rng(config.seed)
+    train_idx, val_idx = split_indices(targets, config.val_fraction, rng, stratify=config.loss == Loss.SOFTMAX_CROSS_ENTROPY)
+    run = _Run(head, source, targets, config, progress)
+    report = TrainReport(n_train=len(train_idx), n_val=len(val_idx))
+    listener = progress if isinstance(progress, EpochListener) else None
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # the divergence guard handles inf/NaN
+            _epochs(run, rng, train_idx, val_idx, report, listener)
+    finally:
+        if listener is not None:
+            listener.close()
+    report.time_total = time.perf_counter() - start
+    return report
+
+
+def _epochs(
+    run: _Run,
+    rng: np.random.Generator,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    report: TrainReport,
+    listener: EpochListener | None,
+) -> None:
+    config, params = run.config, run.head.parameters()
+    best_loss, best_params, waited = math.inf, None, 0
+    for epoch in range(1, config.epochs + 1):
+        order = rng.permutation(train_idx) if config.shuffle else train_idx
+        try:
+            entry = run.epoch(epoch, order, report) | _validate(run, val_idx)
+            _check_finite(params, entry, epoch)
+        except _Diverged as exc:
+            _roll_back(run, report, str(exc))
+            if best_params is not None:
+                report.message += f", then to the best-validation epoch {report.best_epoch}"
+            break
+        report.history.append(entry)
+        report.epochs_run = epoch
+        if listener is not None:
+            listener.epoch_end(epoch, config.epochs, entry)
+        if not len(val_idx):
+            continue
+        if entry["val_loss"] < best_loss:
+            best_loss, report.best_epoch, waited = entry["val_loss"], epoch, 0
+            if config.patience:
+                best_params = _copy(params)
+        else:
+            waited += 1
+            if config.patience and waited >= config.patience:
+                report.stopped_early = True
+                report.message = f"validation loss did not improve for {waited} epochs; restored epoch {report.best_epoch}"
+                break
+    if best_params is not None:
+        _copy_into(params, best_params)
+
+
+def _roll_back(run: _Run, report: TrainReport, why: str) -> None:
+    """Restore the last epoch-start state known to give a finite loss; the report keeps
+    only the epochs that state has seen."""
+    _copy_into(run.head.parameters(), run.good[0])
+    run.optimizer.load_state_dict(run.good[1])
+    del report.history[run.good_epoch - 1 :]
+    report.epochs_run = run.good_epoch - 1
+    report.diverged = True
+    report.message = f"{why}; rolled back to the start of epoch {run.good_epoch}"
+
+
+class _Run:
+    """One training run's fixed parts (head, optimizer, data, loss) and its last good state.
+
+    The good state is taken at an epoch's start once its first batch gave a finite
+    loss, so a rollback never lands on weights that were never checked.
+    """
+
+    def __init__(
+        self,
+        head: AdapterHead,
+        source: FeatureSource,
+        targets: np.ndarray,
+        config: TrainConfig,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.head, self.source, self.targets, self.config = head, source, targets, config
+        self.progress = progress
+        self.optimizer: StepOptimizer = make_optimizer(config.optimizer, head.parameters(), config.learning_rate)
+        self.loss_fn = LOSSES[config.loss]
+        self.good_epoch = 1
+        self.good = self._snapshot()
+
+    def _snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        return _copy(self.head.parameters()), self.optimizer.state_dict()
+
+    def epoch(self, epoch: int, order: np.ndarray, report: TrainReport) -> dict[str, float]:
+        head, source, targets, loss_fn = self.head, self.source, self.targets, self.loss_fn
+        step, grads, progress = self.optimizer.step, head.grads, self.progress
+        bs = self.config.batch_size
+        batches = -(-len(order) // bs)
+        t_feat = t_fwd = t_bwd = t_upd = total = 0.0
+        for b in range(batches):
+            idx = order[b * bs : (b + 1) * bs]
+            t0 = time.perf_counter()
+            X, F = source.features(idx)
+            t1 = time.perf_counter()
+            _check_batch(X, F, len(idx), head)
+            loss, dz = loss_fn(head.forward(X, F), targets[idx])
+            if not math.isfinite(loss):
+                where = f"epoch {epoch}, batch {b + 1}/{batches}"
+                raise _Diverged(f"loss became {loss} at {where}{_DIVERGED_HINT}")
+            if b == 0:
+                self.good, self.good_epoch = self._snapshot(), epoch
+            t2 = time.perf_counter()
+            head.backward(dz)
+            t3 = time.perf_counter()
+            step(grads)
+            t4 = time.perf_counter()
+            t_feat += t1 - t0
+            t_fwd += t2 - t1
+            t_bwd += t3 - t2
+            t_upd += t4 - t3
+            total += loss * len(idx)
+            if progress is not None:
+                progress(epoch, self.config.epochs, b + 1, batches, loss)
+        report.time_features += t_feat
+        report.time_forward += t_fwd
+        report.time_backward += t_bwd
+        report.time_update += t_upd
+        return {"epoch": epoch, "train_loss": total / len(order)}
+
+
+_DIVERGED_HINT = " (lower the learning rate, or check the features for NaN/inf)"
+
+
+def _validate(run: _Run, val_idx: np.ndarray) -> dict[str, float]:
+    if not len(val_idx):
+        return {}
+    metrics = evaluate(run.head, run.source, run.targets, run.config.batch_size, loss=run.config.loss, idx=val_idx)
+    out = {"val_loss": metrics["loss"]}
+    if metrics["accuracy"] is not None:
+        out["val_accuracy"] = metrics["accuracy"]
+    return out
+
+
+def _check_finite(params: Mapping[str, np.ndarray], entry: Mapping[str, float], epoch: int) -> None:
+    if not all(np.isfinite(p).all() for p in params.values()):
+        raise _Diverged(f"adapter weights became non-finite during epoch {epoch}{_DIVERGED_HINT}")
+    if not math.isfinite(entry.get("val_loss", 0.0)):
+        raise _Diverged(f"validation loss became {entry['val_loss']} at epoch {epoch}{_DIVERGED_HINT}")
+
+
+def evaluate(
+    head: AdapterHead,
+    source: FeatureSource,
+    y: np.ndarray,
+    batch_size: int,
+    *,
+    loss: Loss = Loss.SOFTMAX_CROSS_ENTROPY,
+    idx: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Mean loss, accuracy (None for MSE) and count over samples `idx` (default: all of y)."""
+    targets = prepare_targets(y, head.num_outputs, loss)
+    idx = np.arange(len(targets)) if idx is None else np.asarray(idx)
+    loss_fn, classify = LOSSES[loss], loss == Loss.SOFTMAX_CROSS_ENTROPY
+    total, correct = 0.0, 0
+    for start in range(0, len(idx), batch_size):
+        batch = idx[start : start + batch_size]
+        X, F = source.features(batch)
+        _check_batch(X, F, len(batch), head)
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite loss is the answer
+            z = predict_logits(head, X, F)
+            total += loss_fn(z, targets[batch])[0] * len(batch)
+        if classify:
+            correct += int(np.count_nonzero(z.argmax(axis=1) == targets[batch]))
+    n = len(idx)
+    return {
+        "loss": total / n if n else math.nan,
+        "accuracy": (correct / n if n else math.nan) if classify else None,
+        "n": n,
+    }
+
+
+def predict_logits(head: AdapterHead, X: np.ndarray, F: np.ndarray) -> np.ndarray:
+    """The adapted logits F + head(X); keeps no state, so it is safe between forward and backward."""
+    z = head.delta_logits(X)
+    z += F
+    return z
+
+
+def prepare_targets(y: np.ndarray, num_outputs: int, loss: Loss) -> np.ndarray:
+    """Integer labels in [0, C) as int64 for cross-entropy; float32 (N x C) targets for MSE."""
+    y = np.asarray(y)
+    if loss == Loss.MSE:
+        if not np.issubdtype(y.dtype, np.number) or y.size != len(y) * num_outputs:
+            raise RuntimeInputError(f"MSE targets must be numbers of shape (N, {num_outputs}), found {y.dtype} {y.shape}")
+        return y.astype(FLOAT, copy=False).reshape(len(y), num_outputs)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise RuntimeInputError(f"class labels must be a 1-D integer array, found {y.dtype} of shape {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= num_outputs):
+        raise RuntimeInputError(f"class labels must be in [0, {num_outputs}), found {y.min()}..{y.max()}")
+    return y.astype(np.int64, copy=False)
+
+
+def split_indices(y: np.ndarray, val_fraction: float, rng: np.random.Generator, *, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, val) sample indices; `stratify` keeps each class's share in val."""
+    n = len(y)
+    if not val_fraction:
+        if not n:
+            raise RuntimeInputError("no training samples")
+        return np.arange(n), np.arange(0)
+    perm = rng.permutation(n)
+    if stratify:
+        grouped = perm[np.argsort(y[perm], kind="stable")]
+        _, starts, counts = np.unique(y[grouped], return_index=True, return_counts=True)
+        takes = np.rint(counts * val_fraction).astype(np.int64)
+        val = np.concatenate([grouped[s : s + k] for s, k in zip(starts, takes)])
+    else:
+        val = perm[: round(n * val_fraction)]
+    in_val = np.zeros(n, bool)
+    in_val[val] = True
+    train_idx, val_idx = np.flatnonzero(~in_val), np.flatnonzero(in_val)
+    if not len(train_idx) or not len(val_idx):
+        raise RuntimeInputError(
+            f"{n} samples are too few for val_fraction={val_fraction}: {len(train_idx)} would train and {len(val_idx)} validate"
+        )
+    return train_idx, val_idx
+
+
+def _check_batch(X: np.ndarray, F: np.ndarray, n: int, head: AdapterHead) -> None:
+    if X.shape != (n, head.tap_width) or F.shape != (n, head.num_outputs) or X.dtype != FLOAT or F.dtype != FLOAT:
+        raise RuntimeInputError(
+            f"feature source returned X {X.dtype}{X.shape} and F {F.dtype}{F.shape} for "
+            f"{n} samples; expected float32 ({n}, {head.tap_width}) and ({n}, {head.num_outputs})"
+        )
+
+
+def _copy(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.copy() for k, v in arrays.items()}
+
+
+def _copy_into(dst: Mapping[str, np.ndarray], src: Mapping[str, np.ndarray]) -> None:
+    for k, v in dst.items():
+        v[...] = src[k]
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _require(name: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise RuntimeInputError(f"TrainConfig.{name} must be {expected}, got {value!r}")
+
+
+def _enum(kind: type[Loss] | type[Optimizer], name: str, value: Any) -> Any:
+    try:
+        return kind[value] if isinstance(value, str) else kind(value)
+    except (KeyError, ValueError):
+        known = ", ".join(m.name for m in kind)
+        raise RuntimeInputError(f"TrainConfig.{name} must be one of {known}, got {value!r}") from None
