@@ -15,13 +15,14 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # The device runtime and the host converter (numpy, onnxruntime, flatbuffers, onnx).
+# PYTHONWARNINGS silences setuptools' notice about editable installs.
 $(VENV)/.runtime: $(BIN)/python runtime/pyproject.toml converter/pyproject.toml
-	$(BIN)/pip install -q -e 'runtime[onnx]' -e converter
+	PYTHONWARNINGS=ignore $(BIN)/pip install -q -e 'runtime[onnx]' -e converter
 	touch $@
 
 # Everything for tests and model building (torch CPU, data packages, pytest, linters).
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt models/pyproject.toml
-	$(BIN)/pip install -q -r requirements-dev.txt -e models
+	PYTHONWARNINGS=ignore $(BIN)/pip install -q -r requirements-dev.txt -e models
 	touch $@
 
 demo: $(VENV)/.runtime

@@ -1,0 +1,159 @@
+"""`s2rt`: fine-tune, evaluate and run an s2l bundle on the device."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+from s2rt import __version__
+from s2rt.backend import BACKENDS
+from s2rt.bundle import Optimizer
+from s2rt.data import load_samples
+from s2rt.errors import S2LError
+from s2rt.progress import make_progress
+from s2rt.session import Model
+from s2rt.trainer import TrainConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except S2LError as e:
+        if args.debug:
+            raise
+        print(f"s2rt: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("s2rt: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s2rt", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"s2rt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="fine-tune the adapters on labelled samples")
+    _common(train, data_help="labelled samples (.npz with x and y, or .csv)")
+    train.add_argument("-o", "--output", required=True, help="where to write the trained adapters (.npz)")
+    train.add_argument("--init", metavar="ADAPTERS", help="continue from these adapters instead of the bundle's initial head")
+    train.add_argument("--epochs", type=int, help="passes over the training samples (default: the bundle's)")
+    train.add_argument("--batch-size", type=int, help="samples per step (default: the bundle's)")
+    train.add_argument("--lr", type=float, help="learning rate (default: the bundle's)")
+    train.add_argument("--optimizer", choices=[o.name.lower() for o in Optimizer], help="default: the bundle's")
+    train.add_argument("--seed", type=int, default=0, help="seed for the validation split and shuffling (default: 0)")
+    train.add_argument("--val-fraction", type=float, default=0.0, help="share of samples held out for early stopping (default: 0)")
+    train.add_argument("--patience", type=int, default=0, help="early stop after this many epochs without validation gain; 0 = off")
+    train.add_argument("--no-cache", action="store_true", help="run the frozen forward every epoch (no Skip-Cache), for comparison")
+    train.add_argument("--cache-file", help="keep the Skip-Cache in this memory-mapped file (default: in memory)")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.set_defaults(run=_train)
+
+    evaluate = sub.add_parser("eval", help="accuracy on labelled samples")
+    _common(evaluate, data_help="labelled samples (.npz with x and y, or .csv)")
+    evaluate.add_argument("--adapters", help="trained adapters (.npz); without them the bundle's frozen model is evaluated")
+    evaluate.set_defaults(run=_eval)
+
+    predict = sub.add_parser("predict", help="class and probabilities for each sample")
+    _common(predict, data_help="samples (.npz with x, or .csv)")
+    predict.add_argument("--adapters", help="trained adapters (.npz)")
+    predict.set_defaults(run=_predict)
+    return parser
+
+
+def _common(p: argparse.ArgumentParser, data_help: str) -> None:
+    p.add_argument("bundle", help="the .s2l bundle")
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="inference backend (default: auto)")
+    p.add_argument("--threads", type=int, default=1, help="backend threads (default: 1)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _open(args: argparse.Namespace) -> Model:
+    return Model.open(args.bundle, args.backend, args.threads, getattr(args, "adapters", None))
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
+    print(json.dumps(result) if args.json else text)
+
+
+def _train(args: argparse.Namespace) -> int:
+    model = _open(args)
+    head = model.bundle.head
+    samples = load_samples(args.data, model.bundle.input, head.num_outputs, require_labels=True)
+    if args.init:
+        model.load_adapters(args.init)
+    d = head.defaults
+    config = TrainConfig(
+        epochs=args.epochs if args.epochs is not None else d.epochs,
+        batch_size=args.batch_size if args.batch_size is not None else d.batch_size,
+        learning_rate=args.lr if args.lr is not None else d.learning_rate,
+        optimizer=Optimizer[args.optimizer.upper()] if args.optimizer else d.optimizer,
+        loss=head.loss,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        patience=args.patience,
+    )
+    progress = None if args.quiet or args.json else make_progress()
+    result = model.fine_tune(
+        samples, config, use_cache=not args.no_cache, cache_path=args.cache_file, progress=progress
+    )
+    r = result.report
+    metrics = {
+        "epochs": r.epochs_run,
+        "best_epoch": r.best_epoch,
+        "stopped_early": r.stopped_early,
+        "diverged": r.diverged,
+        "train_loss": r.history[-1]["train_loss"] if r.history else None,
+        "val_accuracy": r.history[r.best_epoch - 1].get("val_accuracy") if r.history and r.best_epoch else None,
+        "seconds": result.seconds,
+        "frozen_seconds": result.frozen_seconds,
+        "cache": not args.no_cache,
+        "cache_hits": result.cache_hits,
+        "cache_misses": result.cache_misses,
+        "n": len(samples.x),
+        "trainable_parameters": model.head.num_parameters,
+    }
+    model.save_adapters(args.output, metrics=metrics)
+    text = (
+        f"trained {r.epochs_run} epochs on {len(samples.x)} samples in {result.seconds:.3f} s "
+        f"(cache hits {result.cache_hits}, misses {result.cache_misses}); "
+        f"final loss {metrics['train_loss']:.4f}\nwrote {args.output}"
+    )
+    if r.diverged:
+        text += f"\nwarning: {r.message}"
+    _emit(args, {**metrics, "output": args.output}, text)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    model = _open(args)
+    samples = load_samples(args.data, model.bundle.input, model.bundle.head.num_outputs, require_labels=True)
+    result = model.evaluate(samples)
+    _emit(args, result, f"accuracy {result['accuracy']:.4f} on {result['n']} samples")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    model = _open(args)
+    samples = load_samples(args.data, model.bundle.input, model.bundle.head.num_outputs)
+    classes, probs = model.predict(samples.x)
+    labels = model.bundle.labels
+    rows = [
+        {"index": i, "class": int(c), "label": labels[c] if c < len(labels) else str(c), "probabilities": p.round(6).tolist()}
+        for i, (c, p) in enumerate(zip(classes, probs))
+    ]
+    text = "\n".join(f"{r['index']}\t{r['label']}\t{float(np.max(r['probabilities'])):.4f}" for r in rows)
+    _emit(args, {"predictions": rows}, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Where the trainer's features come from: the Skip-Cache on a hit, the frozen forward on a miss."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from s2rt.cache import SkipCache, sample_keys
+from s2rt.frozen import FrozenModel
+
+
+class CachedFeatures:
+    """Serves (X, F) for sample indices of one data set.
+
+    With `cache=None` every request runs the frozen segment (the "no Skip-Cache"
+    baseline); otherwise a sample runs it once, the first time it is seen.
+    """
+
+    def __init__(self, frozen: FrozenModel, x: np.ndarray, y: np.ndarray, cache: SkipCache | None) -> None:
+        self.frozen = frozen
+        self.x = frozen.check_input(x)
+        self.y = y
+        self.cache = cache
+        self.hits = 0
+        self.misses = 0
+        self.frozen_seconds = 0.0
+        if cache is not None:
+            self.keys = sample_keys(self.x)
+            self.slots = cache.lookup(self.keys)
+
+    def _forward(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        start = time.perf_counter()
+        out = self.frozen.run(self.x[idx])
+        self.frozen_seconds += time.perf_counter() - start
+        self.misses += len(idx)
+        return out
+
+    def features(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.cache is None:
+            return self._forward(idx)
+        slots = self.slots[idx]
+        miss = slots < 0
+        if not miss.any():
+            self.hits += len(idx)
+            return self.cache.gather(slots)
+        if miss.all():
+            x, f = self._forward(idx)
+        else:
+            x = np.empty((len(idx), self.cache.width), dtype=np.float32)
+            f = np.empty((len(idx), self.frozen.num_outputs), dtype=np.float32)
+            hit = ~miss
+            x[hit], f[hit] = self.cache.gather(slots[hit])
+            self.hits += int(hit.sum())
+            x[miss], f[miss] = self._forward(idx[miss])
+        missed = idx[miss]
+        self.slots[missed] = self.cache.put(self.keys[missed], x[miss], f[miss], self.y[missed])
+        return x, f
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0

@@ -1,0 +1,132 @@
+"""The runtime's library API: one bundle, one backend, one adapter head.
+
+    model = Model.open("bundle.s2l")
+    model.fine_tune(load_samples("ft.npz", model.bundle.input, ...), TrainConfig(...))
+    model.save_adapters("adapters.npz")
+    labels, probs = model.predict(x)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s2rt.backend import open_backend
+from s2rt.bundle import Bundle, Loss, read_bundle
+from s2rt.cache import SkipCache
+from s2rt.data import Samples
+from s2rt.features import CachedFeatures
+from s2rt.frozen import FrozenModel
+from s2rt.head import AdapterHead
+from s2rt.progress import ProgressCallback
+from s2rt.state import load_adapters, save_adapters
+from s2rt.trainer import TrainConfig, TrainReport, predict_logits, train
+
+
+@dataclass(frozen=True)
+class FineTuneResult:
+    report: TrainReport
+    seconds: float
+    cache_hits: int
+    cache_misses: int
+    frozen_seconds: float
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.cache_hits + self.cache_misses
+        return self.cache_hits / total if total else 0.0
+
+
+class Model:
+    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int = 1) -> None:
+        self.bundle = bundle
+        self.frozen = FrozenModel(bundle, open_backend(bundle, backend, threads))
+        self.head = new_head(bundle)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        backend: str = "auto",
+        threads: int = 1,
+        adapters: str | os.PathLike[str] | None = None,
+    ) -> Model:
+        model = cls(read_bundle(path), backend, threads)
+        if adapters is not None:
+            model.load_adapters(adapters)
+        return model
+
+    # -- adapters --------------------------------------------------------------------
+    def load_adapters(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        adapters, meta = load_adapters(path, self.bundle)
+        self.head.load_per_tap(adapters)
+        return meta
+
+    def save_adapters(self, path: str | os.PathLike[str], **meta: Any) -> None:
+        save_adapters(path, self.head.per_tap(), self.bundle, **meta)
+
+    def reset_adapters(self) -> None:
+        self.head = new_head(self.bundle)
+
+    # -- inference -------------------------------------------------------------------
+    def logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Tuned logits: frozen logits plus the head's correction."""
+        out = []
+        for start in range(0, len(x), batch_size):
+            taps, frozen_logits = self.frozen.run(x[start : start + batch_size])
+            out.append(predict_logits(self.head, taps, frozen_logits))
+        return np.concatenate(out) if out else np.empty((0, self.bundle.head.num_outputs), np.float32)
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class index, class probabilities) per sample."""
+        z = self.logits(x)
+        if self.bundle.head.loss != Loss.SOFTMAX_CROSS_ENTROPY:
+            return np.zeros(len(z), dtype=np.int64), z
+        return z.argmax(axis=1), softmax(z)
+
+    def evaluate(self, samples: Samples) -> dict[str, float | int]:
+        if samples.y is None:
+            raise ValueError("evaluation needs labelled samples")
+        predicted, _ = self.predict(samples.x)
+        return {"accuracy": float(np.mean(predicted == samples.y)), "n": len(samples.y)}
+
+    # -- training --------------------------------------------------------------------
+    def fine_tune(
+        self,
+        samples: Samples,
+        config: TrainConfig,
+        *,
+        use_cache: bool = True,
+        cache_path: str | os.PathLike[str] | None = None,
+        cache_capacity: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> FineTuneResult:
+        """Train the adapters on labelled samples; the frozen forward runs once per sample with the cache on."""
+        if samples.y is None:
+            raise ValueError("fine-tuning needs labelled samples")
+        cache = None
+        if use_cache:
+            capacity = cache_capacity or len(samples.x)
+            cache = SkipCache(self.bundle.cache, capacity, Path(cache_path) if cache_path else None, self.bundle.digest)
+        start = time.perf_counter()
+        source = CachedFeatures(self.frozen, samples.x, samples.y, cache)
+        report = train(self.head, source, samples.y, config, progress=progress)
+        seconds = time.perf_counter() - start
+        if cache is not None:
+            cache.close()
+        return FineTuneResult(report, seconds, source.hits, source.misses, source.frozen_seconds)
+
+
+def new_head(bundle: Bundle) -> AdapterHead:
+    h = bundle.head
+    return AdapterHead([t.size for t in bundle.taps], h.rank, h.alpha, h.num_outputs, h.a_init)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
