@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=0, help="early stop after this many epochs without validation gain; 0 = off")
     train.add_argument("--no-cache", action="store_true", help="run the frozen forward every epoch (no Skip-Cache), for comparison")
     train.add_argument("--cache-file", help="keep the Skip-Cache in this memory-mapped file (default: in memory)")
+    train.add_argument(
+        "--cache-capacity", type=int, help="most samples the cache holds; the rest run the frozen forward every epoch (default: all)"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(run=_train)
 
@@ -103,7 +106,12 @@ def _train(args: argparse.Namespace) -> int:
     )
     progress = None if args.quiet or args.json else make_progress()
     result = model.fine_tune(
-        samples, config, use_cache=not args.no_cache, cache_path=args.cache_file, progress=progress
+        samples,
+        config,
+        use_cache=not args.no_cache,
+        cache_path=args.cache_file,
+        cache_capacity=args.cache_capacity,
+        progress=progress,
     )
     r = result.report
     metrics = {
