@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from s2conv import ConvertOptions, convert
 from s2rt.bundle import read_bundle, write_bundle
 from s2rt.data import load_samples

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 from helpers.tiny import tiny_bundle
-
 from s2rt.bundle import write_bundle
 
 ROOT = Path(__file__).resolve().parents[2]

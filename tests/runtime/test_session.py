@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers.tiny import tiny_bundle, tiny_weights
-
 from s2rt.bundle import DType, parse_bundle, serialize_bundle
 from s2rt.data import Samples
 from s2rt.session import Model
