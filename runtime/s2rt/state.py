@@ -40,7 +40,7 @@ def save_adapters(path: str | os.PathLike[str], adapters: Adapters, bundle: Bund
         arrays[f"A.{i}"] = np.ascontiguousarray(a, dtype=np.float32)
         arrays[f"B.{i}"] = np.ascontiguousarray(b, dtype=np.float32)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy stubs mistake **arrays for allow_pickle
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
