@@ -14,7 +14,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -42,13 +42,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PRODUCER}: error: {message} (see `{self.prog} --help`)\n")
 
 
+Runner = Callable[[argparse.Namespace, _Parser], int]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["inspect"]:
-        parser, run = _inspect_parser(), _inspect
+    if args_list[:1] and args_list[0] in SUBCOMMANDS:
+        make_parser, run = SUBCOMMANDS[args_list[0]]
         args_list = args_list[1:]
     else:
-        parser, run = _convert_parser(), _convert
+        make_parser, run = _convert_parser, _convert
+    parser = make_parser()
     args = parser.parse_args(args_list)
     _configure_logging(args.debug)
     try:
@@ -188,6 +192,12 @@ def _inspect(args: argparse.Namespace, parser: _Parser) -> int:
     description = {"bundle": str(args.bundle), **describe_bundle(bundle)}
     print(json.dumps(description, indent=2) if args.json else f"bundle      {args.bundle}\n" + render_text(description))
     return 0
+
+
+# The first word of the command line selects one of these; anything else is a model to convert.
+SUBCOMMANDS: dict[str, tuple[Callable[[], _Parser], Runner]] = {
+    "inspect": (_inspect_parser, _inspect),
+}
 
 
 class _LogFormatter(logging.Formatter):
