@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from s2rt.errors import S2LError
 from s2rt.progress import make_progress
 from s2rt.session import Model
 from s2rt.trainer import TrainConfig
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s2rt", description=__doc__)
     parser.add_argument("--version", action="version", version=f"s2rt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
 
+
+def _add_train(sub: Subparsers) -> None:
     train = sub.add_parser("train", help="fine-tune the adapters on labelled samples")
     _common(train, data_help="labelled samples (.npz with x and y, or .csv)")
     train.add_argument("-o", "--output", required=True, help="where to write the trained adapters (.npz)")
@@ -58,16 +66,19 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(run=_train)
 
+
+def _add_eval(sub: Subparsers) -> None:
     evaluate = sub.add_parser("eval", help="accuracy on labelled samples")
     _common(evaluate, data_help="labelled samples (.npz with x and y, or .csv)")
     evaluate.add_argument("--adapters", help="trained adapters (.npz); without them the bundle's frozen model is evaluated")
     evaluate.set_defaults(run=_eval)
 
+
+def _add_predict(sub: Subparsers) -> None:
     predict = sub.add_parser("predict", help="class and probabilities for each sample")
     _common(predict, data_help="samples (.npz with x, or .csv)")
     predict.add_argument("--adapters", help="trained adapters (.npz)")
     predict.set_defaults(run=_predict)
-    return parser
 
 
 def _common(p: argparse.ArgumentParser, data_help: str) -> None:
@@ -161,6 +172,10 @@ def _predict(args: argparse.Namespace) -> int:
     text = "\n".join(f"{r['index']}\t{r['label']}\t{float(np.max(r['probabilities'])):.4f}" for r in rows)
     _emit(args, {"predictions": rows}, text)
     return 0
+
+
+# Each adds one subcommand (its parser, with `run` set to the function that executes it).
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_train, _add_eval, _add_predict)
 
 
 if __name__ == "__main__":
