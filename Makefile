@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test check models schema clean
+.PHONY: demo test test-numpy1 check models schema clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,18 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
+
+# The runtime promises NumPy 1.23+: run its torch-free tests against the oldest NumPy.
+NUMPY1_VENV := .venv-numpy1
+NUMPY1_TESTS := $(addprefix tests/runtime/,test_bundle.py test_cache.py test_data.py test_state.py test_frozen.py test_session.py)
+$(NUMPY1_VENV)/.ready: runtime/pyproject.toml
+	$(PYTHON) -m venv $(NUMPY1_VENV)
+	$(NUMPY1_VENV)/bin/pip install -q 'numpy==1.23.5' onnxruntime flatbuffers onnx pytest
+	touch $@
+
+test-numpy1: $(NUMPY1_VENV)/.ready
+	$(NUMPY1_VENV)/bin/python -m pytest -q -p no:cacheprovider $(NUMPY1_TESTS)
+	$(NUMPY1_VENV)/bin/python -c 'import numpy; assert numpy.__version__ == "1.23.5", numpy.__version__'
 
 check: $(VENV)/.dev
 	$(BIN)/ruff check .
