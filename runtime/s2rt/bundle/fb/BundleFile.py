@@ -104,8 +104,42 @@ class BundleFile(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
         return o == 0
 
+    # BundleFile
+    def Signature(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            a = self._tab.Vector(o)
+            return self._tab.Get(flatbuffers.number_types.Uint8Flags, a + flatbuffers.number_types.UOffsetTFlags.py_type(j * 1))
+        return 0
+
+    # BundleFile
+    def SignatureAsNumpy(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.GetVectorAsNumpy(flatbuffers.number_types.Uint8Flags, o)
+        return 0
+
+    # BundleFile
+    def SignatureLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # BundleFile
+    def SignatureIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        return o == 0
+
+    # BundleFile
+    def SignerKeyId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
 def BundleFileStart(builder):
-    builder.StartObject(4)
+    builder.StartObject(6)
 
 def Start(builder):
     BundleFileStart(builder)
@@ -152,6 +186,24 @@ def BundleFileStartBodySha256Vector(builder, numElems):
 
 def StartBodySha256Vector(builder, numElems):
     return BundleFileStartBodySha256Vector(builder, numElems)
+
+def BundleFileAddSignature(builder, signature):
+    builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(signature), 0)
+
+def AddSignature(builder, signature):
+    BundleFileAddSignature(builder, signature)
+
+def BundleFileStartSignatureVector(builder, numElems):
+    return builder.StartVector(1, numElems, 1)
+
+def StartSignatureVector(builder, numElems):
+    return BundleFileStartSignatureVector(builder, numElems)
+
+def BundleFileAddSignerKeyId(builder, signerKeyId):
+    builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(signerKeyId), 0)
+
+def AddSignerKeyId(builder, signerKeyId):
+    BundleFileAddSignerKeyId(builder, signerKeyId)
 
 def BundleFileEnd(builder):
     return builder.EndObject()
