@@ -10,11 +10,17 @@ the frozen forward every time they are needed (training stays correct, only slow
 
 Keys are stable sample ids: `sample_keys` hashes each sample's bytes (BLAKE2b-128), so
 the same sample maps to the same record whatever file or order it arrives in.
+
+Integrity: after the records comes one 8-byte checksum per record (BLAKE2b-64 of its
+bytes). A file is reopened only if its header matches the bundle and layout; then its
+records are checked in order and the cache keeps those before the first bad one (a
+crash or power cut may leave records half written), so nothing in it is trusted blindly.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import struct
 from pathlib import Path
@@ -32,9 +38,12 @@ from s2rt.bundle.model import (
 from s2rt.errors import BundleError, RuntimeInputError
 
 MAGIC = b"S2LCACHE"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("<8sIIQQQ32s")  # magic, version, alignment, record size, capacity, count, bundle digest
 HEADER_BYTES = 128
+CHECK_BYTES = 8  # per-record checksum, stored after all records
+
+log = logging.getLogger(__name__)
 
 
 def sample_keys(x: np.ndarray) -> np.ndarray:
@@ -63,6 +72,8 @@ class SkipCache:
         self._check_layout()
         self.storage = self._open_storage()
         self._make_views()
+        if self.path is not None:
+            self._drop_bad_records()
         self.index: dict[bytes, int] = {bytes(self.keys[i]): i for i in range(self.count)}
 
     # -- layout ----------------------------------------------------------------------
@@ -87,7 +98,7 @@ class SkipCache:
 
     @property
     def nbytes(self) -> int:
-        return HEADER_BYTES + self.capacity * self.layout.record_size
+        return HEADER_BYTES + self.capacity * (self.layout.record_size + CHECK_BYTES)
 
     def _open_storage(self) -> np.ndarray:
         if self.path is None:
@@ -143,6 +154,18 @@ class SkipCache:
         self.labels = view(label.offset, label.shape, label.dtype.numpy)
         self.logits = view(logits.offset, logits.shape, logits.dtype.numpy)
         self.taps = view(self.tap_offset, (self.width,), self.tap_dtype)
+        end = base + self.capacity * stride
+        self.records = self.storage[base:end].reshape(self.capacity, stride)
+        self.checks = np.ndarray((self.capacity,), dtype="<u8", buffer=self.storage, offset=end)
+
+    def _drop_bad_records(self) -> None:
+        """Keep the records before the first one whose checksum does not match."""
+        count = self.count
+        for i in range(count):
+            if self.checks[i] != _checksum(self.records[i]):
+                log.warning("%s: cache record %d of %d fails its checksum; keeping the %d before it", self.path, i, count, i)
+                self._write_header(self.storage, i)
+                return
 
     @property
     def count(self) -> int:
@@ -166,6 +189,7 @@ class SkipCache:
                 self.labels[slot] = labels[i]
                 self.logits[slot] = logits[i]
                 self.taps[slot] = taps[i]
+                self.checks[slot] = _checksum(self.records[slot])
                 self.index[k] = slot
                 count += 1
             if slot is not None:
@@ -183,5 +207,9 @@ class SkipCache:
 
     def close(self) -> None:
         self.flush()
-        del self.keys, self.labels, self.logits, self.taps
+        del self.keys, self.labels, self.logits, self.taps, self.records, self.checks
         self.storage = np.zeros(0, dtype=np.uint8)
+
+
+def _checksum(record: np.ndarray) -> int:
+    return int.from_bytes(hashlib.blake2b(record.tobytes(), digest_size=CHECK_BYTES).digest(), "little")
