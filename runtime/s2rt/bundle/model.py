@@ -62,7 +62,8 @@ class TapReduction(IntEnum):
     """s2l.fbs `enum TapReduction`."""
 
     NONE = 0
-    GLOBAL_AVG_POOL = 1
+    GLOBAL_AVG_POOL = 1  # [C, H, W] -> [C]
+    AVG_POOL = 2  # [C, H, W] -> [C, gh, gw], a small fixed grid
 
 
 class Loss(IntEnum):

@@ -5,3 +5,4 @@
 class TapReduction(object):
     NONE = 0
     GLOBAL_AVG_POOL = 1
+    AVG_POOL = 2
