@@ -1,6 +1,6 @@
 """Build every workload: data, pretrained MLP, ONNX, device npz files and models.json.
 
-    python -m s2models.build [--out models/] [--only har|digits]
+    python -m s2models.build [--out models/] [--only har|digits|fan]
 
 Writes, under --out: <name>_mlp.onnx, data/<name>_ft.npz, data/<name>_test.npz,
 data/<name>_labels.txt (one class name a line) and models.json (one entry per workload;
@@ -20,7 +20,7 @@ from typing import Any
 
 import onnx
 
-from s2models.data import Workload, digits, har, save_npz
+from s2models.data import Workload, digits, fan, har, save_npz
 from s2models.export import INPUT_NAME, OUTPUT_NAME, accuracy, export, session
 from s2models.mlp import Standardize, feature_stats, mlp
 from s2models.train import TrainConfig, TrainResult, pretrain
@@ -40,6 +40,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "har": Recipe(load=har.load, standardize=True),
     "digits": Recipe(load=digits.load, standardize=False),
+    "fan": Recipe(load=fan.load, standardize=True),
 }
 
 
