@@ -10,6 +10,7 @@ import pytest
 from helpers.tiny import tiny_bundle
 from s2rt.bundle import (
     FORMAT_MAJOR,
+    FORMAT_MINOR,
     DType,
     Loss,
     Optimizer,
@@ -45,7 +46,7 @@ def test_every_field_round_trips():
     data, digest = serialize_bundle(b)
     r = parse_bundle(data)
     assert r.digest == digest == hashlib.sha256(_body(data)).hexdigest()
-    assert r.format_version == (FORMAT_MAJOR, 0)
+    assert r.format_version == (FORMAT_MAJOR, FORMAT_MINOR)
     assert r.provenance == b.provenance
     assert r.labels == b.labels
     assert r.taps == b.taps
@@ -122,7 +123,7 @@ def test_future_major_version_is_refused(monkeypatch):
 
     monkeypatch.setattr(writer, "FORMAT_MAJOR", FORMAT_MAJOR + 1)
     data, _ = writer.serialize_bundle(tiny_bundle())
-    with pytest.raises(BundleError, match=rf"format version {FORMAT_MAJOR + 1}\.0 is not readable"):
+    with pytest.raises(BundleError, match=rf"format version {FORMAT_MAJOR + 1}\.{FORMAT_MINOR} is not readable"):
         parse_bundle(data)
 
 

@@ -7,15 +7,28 @@ one back from `reader.read_bundle`. Enum values mirror the schema's enums line f
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 import numpy as np
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1  # 1.1: the envelope's optional signature and signer_key_id
 FILE_IDENTIFIER = b"S2LB"
 ARRAY_ALIGNMENT = 16
+
+# Signatures (s2l.fbs `BundleFile.signature`): Ed25519 over signing_message(...).
+SIGNATURE_BYTES = 64
+KEY_ID_CHARS = 16
+SIGNED_SINCE = (1, 1)
+_SIGNATURE_DOMAIN = b"s2l bundle signature v1\x00"
+
+
+def signing_message(version: tuple[int, int], body_sha256: bytes) -> bytes:
+    """What a bundle's signature covers: a domain tag, the format version and the body's SHA-256."""
+    major, minor = version
+    return _SIGNATURE_DOMAIN + major.to_bytes(2, "little") + minor.to_bytes(2, "little") + bytes(body_sha256)
 
 
 class DType(IntEnum):
@@ -220,21 +233,32 @@ LABEL_FIELD = "label"
 KEY_BYTES = 16
 
 
+CACHE_TAP_DTYPES = (DType.FLOAT32, DType.FLOAT16, DType.INT8)
+SCALE_ON_DEVICE = 0.0  # an int8 tap field's scale when the runtime chooses it (s2rt.cache)
+
+
 def plan_cache_layout(
     taps: tuple[Tap, ...] | list[Tap],
     num_outputs: int,
     tap_dtype: DType = DType.FLOAT32,
     alignment: int = ARRAY_ALIGNMENT,
+    tap_scales: Sequence[float] | None = None,
 ) -> CacheLayout:
-    """Lay out one record: key (16 bytes), label (int64), logits (float32), then all taps."""
-    if tap_dtype not in (DType.FLOAT32, DType.FLOAT16):
-        raise ValueError(f"cache storage dtype must be float32 or float16, got {tap_dtype.name}")
+    """Lay out one record: key (16 bytes), label (int64), logits (float32), then all taps.
+
+    int8 taps store round(value / scale) with one scale per tap: `tap_scales` (one per
+    tap, say from calibration data at conversion time) or, without them,
+    `SCALE_ON_DEVICE`: the runtime picks each scale from the first activations it caches.
+    """
+    if tap_dtype not in CACHE_TAP_DTYPES:
+        raise ValueError(f"cache storage dtype must be float32, float16 or int8, got {tap_dtype.name}")
+    scales = _tap_scales(tap_scales, len(taps), tap_dtype)
     fields: list[CacheField] = []
     offset = 0
 
-    def add(kind: CacheFieldKind, name: str, shape: tuple[int, ...], dtype: DType) -> None:
+    def add(kind: CacheFieldKind, name: str, shape: tuple[int, ...], dtype: DType, scale: float = 1.0) -> None:
         nonlocal offset
-        f = CacheField(kind, name, offset, shape, dtype)
+        f = CacheField(kind, name, offset, shape, dtype, scale)
         fields.append(f)
         offset += f.nbytes
 
@@ -242,9 +266,20 @@ def plan_cache_layout(
     add(CacheFieldKind.LABEL, LABEL_FIELD, (), DType.INT64)
     add(CacheFieldKind.LOGITS, LOGITS_FIELD, (num_outputs,), DType.FLOAT32)
     offset = _round_up(offset, tap_dtype.numpy.itemsize)
-    for tap in taps:
-        add(CacheFieldKind.TAP, tap.name, tap.shape, tap_dtype)
+    for tap, scale in zip(taps, scales):
+        add(CacheFieldKind.TAP, tap.name, tap.shape, tap_dtype, scale)
     return CacheLayout(tuple(fields), _round_up(offset, alignment), alignment)
+
+
+def _tap_scales(scales: Sequence[float] | None, count: int, dtype: DType) -> tuple[float, ...]:
+    if scales is None:
+        return (SCALE_ON_DEVICE if dtype == DType.INT8 else 1.0,) * count
+    if dtype != DType.INT8:
+        raise ValueError(f"tap scales apply to int8 cache storage, not {dtype.name}")
+    values = tuple(float(s) for s in scales)
+    if len(values) != count or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"expected {count} finite tap scales > 0, got {list(values)}")
+    return values
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -263,6 +298,8 @@ class Bundle:
     output_activation: OutputActivation = OutputActivation.NONE
     format_version: tuple[int, int] = (FORMAT_MAJOR, FORMAT_MINOR)
     digest: str = ""  # hex SHA-256 of the body; set by the reader and the writer
+    signature: bytes = b""  # Ed25519 over signing_message(format_version, digest); set by the reader and a signing writer
+    signer_key_id: str = ""
 
     def segment(self, backend: SegmentBackend) -> Segment:
         for s in self.segments:

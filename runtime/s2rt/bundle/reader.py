@@ -1,10 +1,12 @@
 """Read and verify a `.s2l` bundle.
 
-Order of checks: file identifier, format version, body digest, then a field-by-field
-parse in which every vector length is capped by the file size, then the semantic checks
-that tie fields together (tap shapes against A, the cache layout against the record).
-Anything wrong raises `BundleError` naming the file and field; large arrays come back as
-read-only zero-copy NumPy views into the file's bytes.
+Order of checks: file identifier; the format version (read after verifying the root
+table alone, so a future major gets a clear refusal); the envelope's structure; the body
+digest; the caller's envelope check (a signature); the body's structure (`verify.py`:
+every offset and length against the buffer before any generated accessor reads it);
+a field-by-field parse; the semantic checks (`consistency.py`). Anything wrong raises
+`BundleError` naming the file and field; large arrays come back as read-only zero-copy
+NumPy views into the file's bytes.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import hashlib
 import math
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +25,12 @@ import numpy as np
 
 from s2rt.bundle.fb.BundleBody import BundleBody
 from s2rt.bundle.fb.BundleFile import BundleFile
+from s2rt.bundle.consistency import check_consistency
 from s2rt.bundle.model import (
     FILE_IDENTIFIER,
     FORMAT_MAJOR,
+    KEY_ID_CHARS,
+    SIGNATURE_BYTES,
     Bundle,
     CacheField,
     CacheFieldKind,
@@ -42,34 +48,65 @@ from s2rt.bundle.model import (
     TapReduction,
     TrainDefaults,
 )
+from s2rt.bundle.verify import MAX_BUFFER, VERSION_HEADER, verify_buffer
 from s2rt.errors import BundleError
 
-# Bounds on declared sizes that no sane bundle reaches; they keep a hostile header from
-# turning into a huge allocation or loop before the file-size checks even apply.
-MAX_RANK = 4096
+# Bounds on declared shapes that no sane bundle reaches.
 MAX_DIMS = 8
 MAX_ELEMENTS = 1 << 31
 
 _PARSE_ERRORS = (IndexError, struct.error, ValueError, TypeError, UnicodeDecodeError, OverflowError, KeyError)
 
 
-def read_bundle(path: str | os.PathLike[str]) -> Bundle:
-    """Read, verify and parse the bundle at `path`. Raises BundleError."""
+@dataclass(frozen=True)
+class Envelope:
+    """The verified `BundleFile` around a body: what a signature check looks at."""
+
+    source: str
+    version: tuple[int, int]
+    body_start: int  # the body's bytes are data[body_start:body_end]
+    body_end: int
+    body_sha256: bytes  # checked against the body
+    signature: bytes  # empty when unsigned
+    signer_key_id: str
+
+
+EnvelopeCheck = Callable[[Envelope], None]
+
+
+def read_bundle(path: str | os.PathLike[str], check_envelope: EnvelopeCheck | None = None) -> Bundle:
+    """Read, verify and parse the bundle at `path`. Raises BundleError.
+
+    `check_envelope` runs after the digest check and before the body is parsed (the
+    signature check of `s2rt.trust`); it raises BundleError to refuse the bundle.
+    """
+    return parse_bundle(read_bundle_bytes(path), str(path), check_envelope)
+
+
+def read_bundle_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The file's bytes, refused before reading when larger than any bundle can be."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        size = p.stat().st_size
+        if p.is_dir():
+            raise BundleError(f"{p}: is a directory, expected an .s2l bundle file")
+        if size > MAX_BUFFER:
+            raise BundleError(f"{p}: {size:,} bytes, more than a bundle can hold ({MAX_BUFFER:,})")
+        return p.read_bytes()
     except FileNotFoundError:
         raise BundleError(f"{p}: no such bundle file") from None
-    except IsADirectoryError:
-        raise BundleError(f"{p}: is a directory, expected an .s2l bundle file") from None
     except OSError as e:
         raise BundleError(f"{p}: cannot read bundle: {e.strerror}") from None
-    return parse_bundle(data, source=str(p))
 
 
-def parse_bundle(data: bytes, source: str = "<bundle>") -> Bundle:
+def parse_bundle(data: bytes, source: str = "<bundle>", check_envelope: EnvelopeCheck | None = None) -> Bundle:
     """Verify and parse bundle bytes. Raises BundleError."""
-    return _Parser(data, source).bundle()
+    return _Parser(data, source).bundle(check_envelope)
+
+
+def read_envelope(data: bytes, source: str = "<bundle>") -> Envelope:
+    """Verify the envelope (structure, version, body digest) without parsing the body."""
+    return _Parser(data, source).envelope()
 
 
 class _Parser:
@@ -92,52 +129,68 @@ class _Parser:
             raise self.fail(f"corrupt or truncated ({type(e).__name__}: {e})") from None
         self.where = outer
 
+    def verified(self, root: str, start: int = 0, end: int | None = None, nested_roots: bool = True) -> None:
+        try:
+            verify_buffer(self.data, root, start, end, nested_roots)
+        except BundleError as e:
+            raise BundleError(f"{self.source}: corrupt or hostile file structure: {e}") from None
+
     # -- envelope -------------------------------------------------------------------
-    def bundle(self) -> Bundle:
-        body_pos, digest = self.envelope()
+    def bundle(self, check_envelope: EnvelopeCheck | None) -> Bundle:
+        envelope = self.envelope()
+        if check_envelope is not None:
+            check_envelope(envelope)
+        self.verified("BundleBody", envelope.body_start, envelope.body_end)
         with self.field("body"):
-            body = BundleBody.GetRootAs(self.data, body_pos)
+            body = BundleBody.GetRootAs(self.data, envelope.body_start)
         bundle = self.body(body)
-        self.check_consistency(bundle)
-        return Bundle(
-            provenance=bundle.provenance,
-            input=bundle.input,
-            labels=bundle.labels,
-            segments=bundle.segments,
-            taps=bundle.taps,
-            head=bundle.head,
-            cache=bundle.cache,
-            output_activation=bundle.output_activation,
-            format_version=self.version,
-            digest=digest,
+        check_consistency(bundle, self.source)
+        return replace(
+            bundle,
+            format_version=envelope.version,
+            digest=envelope.body_sha256.hex(),
+            signature=envelope.signature,
+            signer_key_id=envelope.signer_key_id,
         )
 
-    def envelope(self) -> tuple[int, str]:
+    def envelope(self) -> Envelope:
         if len(self.data) < 16:
             raise self.fail(f"file is {len(self.data)} bytes, too short to be an s2l bundle")
         if self.data[4:8] != FILE_IDENTIFIER:
             raise self.fail(
                 f"not an s2l bundle: file identifier is {bytes(self.data[4:8])!r}, expected {FILE_IDENTIFIER!r}"
             )
+        self.verified(VERSION_HEADER)  # the version first: a future major may change the rest
+        root = BundleFile.GetRootAs(self.data, 0)
+        version = (int(root.FormatMajor()), int(root.FormatMinor()))
+        if version[0] == 0 or version[0] > FORMAT_MAJOR:
+            raise self.fail(
+                f"format version {version[0]}.{version[1]} is not readable by this runtime, which reads "
+                f"major version {FORMAT_MAJOR} and older; upgrade s2rt or re-convert the model"
+            )
+        self.verified("BundleFile", nested_roots=False)
         with self.field("envelope"):
-            root = BundleFile.GetRootAs(self.data, 0)
-            major, minor = root.FormatMajor(), root.FormatMinor()
-            self.version = (int(major), int(minor))
-            if major == 0 or major > FORMAT_MAJOR:
-                raise self.fail(
-                    f"format version {major}.{minor} is not readable by this runtime, which reads "
-                    f"major version {FORMAT_MAJOR} and older; upgrade s2rt or re-convert the model"
-                )
             body = self.byte_vector(root._tab, 8, "body")
             expected = bytes(self.byte_vector(root._tab, 10, "body_sha256"))
+            signature = bytes(self.byte_vector(root._tab, 12, "signature"))
+            key_id = self.text(root.SignerKeyId(), "signer_key_id")
         if len(expected) != 32:
             raise self.fail(f"body_sha256 has {len(expected)} bytes, expected 32")
-        actual = hashlib.sha256(body).digest()
-        if actual != expected:
+        if hashlib.sha256(body).digest() != expected:
             raise self.fail("digest mismatch: the bundle body does not match its SHA-256 (corrupt or altered file)")
         if len(body) < 8:
             raise self.fail("bundle body is empty")
-        return self.vector_start(root._tab, 8), actual.hex()
+        self.check_signature_fields(signature, key_id)
+        start = self.vector_start(root._tab, 8)
+        return Envelope(self.source, version, start, start + len(body), expected, signature, key_id)
+
+    def check_signature_fields(self, signature: bytes, key_id: str) -> None:
+        if not signature and not key_id:
+            return
+        if len(signature) != SIGNATURE_BYTES:
+            raise self.fail(f"signature has {len(signature)} bytes, expected {SIGNATURE_BYTES} (Ed25519)")
+        if len(key_id) != KEY_ID_CHARS or any(c not in "0123456789abcdef" for c in key_id):
+            raise self.fail(f"signer_key_id {key_id[:40]!r} is not {KEY_ID_CHARS} lowercase hex digits")
 
     # -- primitive readers -----------------------------------------------------------
     def vector_start(self, tab: Any, slot: int) -> int:
@@ -303,44 +356,3 @@ class _Parser:
                 )
             )
         return CacheLayout(tuple(fields), record_size=int(c.RecordSize()), alignment=int(c.Alignment()))
-
-    # -- semantics -------------------------------------------------------------------
-    def check_consistency(self, b: Bundle) -> None:
-        self.where = "contents"
-        h = b.head
-        if not b.segments:
-            raise self.fail("bundle has no frozen segment")
-        if not b.taps:
-            raise self.fail("bundle has no taps")
-        if not 1 <= h.rank <= MAX_RANK:
-            raise self.fail(f"head.rank is {h.rank}, expected 1..{MAX_RANK}")
-        if h.num_outputs < 1:
-            raise self.fail(f"head.num_outputs is {h.num_outputs}, expected at least 1")
-        if not math.isfinite(h.alpha):
-            raise self.fail(f"head.alpha is {h.alpha}")
-        if len(h.a_init) != len(b.taps):
-            raise self.fail(f"head.a_init has {len(h.a_init)} matrices for {len(b.taps)} taps")
-        for i, (tap, a) in enumerate(zip(b.taps, h.a_init)):
-            if a.shape != (h.rank, tap.size) or a.dtype != np.float32:
-                raise self.fail(
-                    f"head.a_init[{i}] is {a.dtype} {a.shape}, expected float32 ({h.rank}, {tap.size}) for tap {tap.name!r}"
-                )
-        if h.loss == Loss.SOFTMAX_CROSS_ENTROPY and len(b.labels) != h.num_outputs:
-            raise self.fail(f"{len(b.labels)} labels for {h.num_outputs} outputs")
-        self.check_cache(b)
-
-    def check_cache(self, b: Bundle) -> None:
-        c = b.cache
-        if c.alignment < 1 or c.record_size < 1 or c.record_size % c.alignment:
-            raise self.fail(f"cache.record_size {c.record_size} is not a positive multiple of alignment {c.alignment}")
-        for f in c.fields:
-            if f.offset < 0 or f.offset + f.nbytes > c.record_size:
-                raise self.fail(f"cache field {f.name!r} ({f.offset}+{f.nbytes} bytes) lies outside the {c.record_size}-byte record")
-        names = {f.name for f in c.fields}
-        missing = [t.name for t in b.taps if t.name not in names]
-        if missing:
-            raise self.fail(f"cache layout has no field for taps {missing}")
-        for tap in b.taps:
-            f = c.field(tap.name)
-            if f.shape != tap.shape:
-                raise self.fail(f"cache field {tap.name!r} has shape {f.shape}, tap has {tap.shape}")

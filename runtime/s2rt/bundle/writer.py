@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 import flatbuffers
 import numpy as np
@@ -32,6 +33,7 @@ from s2rt.bundle.model import (
     FORMAT_MINOR,
     Bundle,
     DType,
+    signing_message,
 )
 from s2rt.bundle.model import CacheLayout as CacheLayoutModel
 from s2rt.bundle.model import Head as HeadModel
@@ -41,31 +43,61 @@ from s2rt.bundle.model import Segment as SegmentModel
 from s2rt.bundle.model import Tap as TapModel
 
 
-def serialize_bundle(bundle: Bundle) -> tuple[bytes, str]:
-    """Return the file bytes and the hex SHA-256 digest of the body."""
+class Signer(Protocol):
+    """Signs bundles: `s2rt.bundle.signing.SigningKey` is one."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+def serialize_bundle(bundle: Bundle, signer: Signer | None = None) -> tuple[bytes, str]:
+    """Return the file bytes and the hex SHA-256 digest of the body; signed when `signer` is given."""
+    data, written = _serialize(bundle, signer)
+    return data, written.digest
+
+
+def _serialize(bundle: Bundle, signer: Signer | None) -> tuple[bytes, Bundle]:
     body = _build_body(bundle)
     digest = hashlib.sha256(body).digest()
-    b = flatbuffers.Builder(len(body) + 256)
+    version = (FORMAT_MAJOR, FORMAT_MINOR)
+    signature = signer.sign(signing_message(version, digest)) if signer is not None else b""
+    key_id = signer.key_id if signer is not None else ""
+    data = serialize_envelope(body, version, digest, signature, key_id)
+    return data, replace(bundle, digest=digest.hex(), format_version=version, signature=signature, signer_key_id=key_id)
+
+
+def serialize_envelope(
+    body: bytes | memoryview, version: tuple[int, int], body_sha256: bytes, signature: bytes = b"", signer_key_id: str = ""
+) -> bytes:
+    """The `BundleFile` around finished body bytes, which it copies unchanged (16-byte aligned)."""
+    b = flatbuffers.Builder(len(body) + 512)
     body_vec = _aligned_bytes(b, body)
-    sha_vec = b.CreateByteVector(digest)
+    sha_vec = b.CreateByteVector(bytes(body_sha256))
+    sig_vec = b.CreateByteVector(signature) if signature else None
+    key_id = b.CreateString(signer_key_id) if signer_key_id else None
     BundleFile.Start(b)
-    BundleFile.AddFormatMajor(b, FORMAT_MAJOR)
-    BundleFile.AddFormatMinor(b, FORMAT_MINOR)
+    BundleFile.AddFormatMajor(b, version[0])
+    BundleFile.AddFormatMinor(b, version[1])
     BundleFile.AddBody(b, body_vec)
     BundleFile.AddBodySha256(b, sha_vec)
+    _add_if(b, BundleFile.AddSignature, sig_vec)
+    _add_if(b, BundleFile.AddSignerKeyId, key_id)
     b.Finish(BundleFile.End(b), file_identifier=FILE_IDENTIFIER)
-    return bytes(b.Output()), digest.hex()
+    return bytes(b.Output())
 
 
-def write_bundle(bundle: Bundle, path: str | os.PathLike[str]) -> Bundle:
-    """Write `bundle` to `path` atomically and return it with its digest filled in.
+def write_bundle(bundle: Bundle, path: str | os.PathLike[str], signer: Signer | None = None) -> Bundle:
+    """Write `bundle` to `path` atomically (signed by `signer` if given) and return it with
+    its digest, version and signature filled in.
 
     Writes one file (temp file in the same folder, fsync, rename). Raises OSError when
     the folder is not writable.
     """
-    data, digest = serialize_bundle(bundle)
+    data, written = _serialize(bundle, signer)
     atomic_write_bytes(Path(path), data)
-    return replace(bundle, digest=digest, format_version=(FORMAT_MAJOR, FORMAT_MINOR))
+    return written
 
 
 def _build_body(bundle: Bundle) -> bytes:
