@@ -28,6 +28,14 @@ class BundleError(S2LError):
     """A bundle file is truncated, corrupt, hostile or of an unknown format version."""
 
 
+class SignatureError(BundleError):
+    """Trusted keys are configured and a bundle is unsigned, signed by another key, or its signature does not verify."""
+
+
+class KeyFileError(S2LError):
+    """A signing key or public key file is missing, unreadable or not an Ed25519 key (or `cryptography` is missing)."""
+
+
 class RuntimeInputError(S2LError):
     """Input given to the runtime (data file, sample, option) is not what the bundle expects."""
 
