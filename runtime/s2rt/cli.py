@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -14,10 +15,11 @@ from s2rt import __version__
 from s2rt.backend import BACKENDS
 from s2rt.bundle import Optimizer
 from s2rt.data import load_samples
-from s2rt.errors import S2LError
+from s2rt.errors import KeyFileError, S2LError
 from s2rt.progress import make_progress
 from s2rt.session import Model
 from s2rt.trainer import TrainConfig
+from s2rt.trust import ENV_VAR, open_trusted, signer_of, trusted_keys_from
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -88,10 +90,22 @@ def _common(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--threads", type=int, default=1, help="backend threads (default: 1)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    _trusted_key_option(p)
+
+
+def _trusted_key_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trusted-key",
+        action="append",
+        metavar="PUB",
+        help=f"accept only bundles signed by this public key (a .pub file, or a folder of them); repeatable. "
+        f"Also read from ${ENV_VAR} (paths separated by '{os.pathsep}')",
+    )
 
 
 def _open(args: argparse.Namespace) -> Model:
-    return Model.open(args.bundle, args.backend, args.threads, getattr(args, "adapters", None))
+    keys = trusted_keys_from(args.trusted_key)
+    return Model.open(args.bundle, args.backend, args.threads, getattr(args, "adapters", None), trusted_keys=keys)
 
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
@@ -174,8 +188,36 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_verify(sub: Subparsers) -> None:
+    verify = sub.add_parser("verify", help="check a bundle's structure, digest and signature against trusted keys")
+    verify.add_argument("bundle", help="the .s2l bundle")
+    _trusted_key_option(verify)
+    verify.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    verify.add_argument("--debug", action="store_true", help="show tracebacks")
+    verify.set_defaults(run=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    keys = trusted_keys_from(args.trusted_key)
+    if not keys:
+        raise KeyFileError(f"no trusted keys: give --trusted-key PUB (repeatable) or set ${ENV_VAR}")
+    bundle = open_trusted(args.bundle, keys)
+    key = signer_of(bundle, keys)
+    version = "{}.{}".format(*bundle.format_version)
+    result = {
+        "bundle": args.bundle,
+        "ok": True,
+        "format_version": version,
+        "digest": bundle.digest,
+        "signer_key_id": bundle.signer_key_id,
+        "trusted_key": key.source,
+    }
+    _emit(args, result, f"{args.bundle}: OK (format {version}, digest {bundle.digest[:16]}), signed by trusted key {key.key_id} ({key.source})")
+    return 0
+
+
 # Each adds one subcommand (its parser, with `run` set to the function that executes it).
-COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_train, _add_eval, _add_predict)
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_train, _add_eval, _add_predict, _add_verify)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from s2rt.backend import open_backend
-from s2rt.bundle import Bundle, Loss, read_bundle
+from s2rt.bundle import Bundle, Loss
 from s2rt.cache import SkipCache
 from s2rt.data import Samples
 from s2rt.features import CachedFeatures
@@ -26,6 +26,7 @@ from s2rt.head import AdapterHead
 from s2rt.progress import ProgressCallback
 from s2rt.state import load_adapters, save_adapters
 from s2rt.trainer import TrainConfig, TrainReport, predict_logits, train
+from s2rt.trust import TrustedKeys, open_trusted
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,10 @@ class Model:
         backend: str = "auto",
         threads: int = 1,
         adapters: str | os.PathLike[str] | None = None,
+        trusted_keys: TrustedKeys | None = None,
     ) -> Model:
-        model = cls(read_bundle(path), backend, threads)
+        """Read the bundle (with `trusted_keys`, only if one of them signed it: `s2rt.trust`) and its backend."""
+        model = cls(open_trusted(path, trusted_keys), backend, threads)
         if adapters is not None:
             model.load_adapters(adapters)
         return model

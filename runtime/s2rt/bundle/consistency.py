@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from s2rt.bundle.model import (
+    CACHE_TAP_DTYPES,
     KEY_BYTES,
     KEY_FIELD,
     LABEL_FIELD,
@@ -30,7 +31,6 @@ MAX_RANK = 4096
 MAX_OUTPUTS = 1 << 20
 MAX_HEAD_B = 1 << 24  # elements of all B matrices together: 64 MiB of float32
 MAX_ALIGNMENT = 4096
-CACHE_TAP_DTYPES = (DType.FLOAT32, DType.FLOAT16)
 
 
 def check_consistency(bundle: Bundle, source: str = "<bundle>") -> None:
