@@ -2,6 +2,8 @@
 
     s2conv MODEL.onnx -o BUNDLE.s2l [options]
     s2conv inspect BUNDLE.s2l [--json]
+    s2conv keygen -o KEY                      (KEY, mode 0600, and KEY.pub)
+    s2conv sign BUNDLE.s2l --key KEY [-o OUT.s2l]
 
 Errors print one line, `s2conv: error: <message>`, on stderr: exit status 2 for a usage
 error, 1 when the model cannot be converted or the bundle cannot be read. `--debug`
@@ -20,6 +22,7 @@ from typing import NoReturn
 
 from s2rt.bundle import read_bundle
 from s2rt.bundle.model import Bundle, OutputActivation
+from s2rt.bundle.signing import SigningKey, sign_bundle_file
 from s2rt.errors import ConversionError, S2LError
 
 from s2conv.convert import CACHE_DTYPES, LOSSES, OPTIMIZERS, ConvertOptions, InvalidOptionError, convert
@@ -105,6 +108,7 @@ def _convert_parser() -> _Parser:
         type=Path,
         help="also write the frozen segment as a plain ONNX model (to look at it in Netron, say)",
     )
+    p.add_argument("--sign-key", metavar="KEY", help="sign the bundle with this Ed25519 private key (from `s2conv keygen`)")
     _add_common(p)
     return p
 
@@ -120,11 +124,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _convert(args: argparse.Namespace, parser: _Parser) -> int:
     options = _options(args, parser)
+    signer = SigningKey.load(args.sign_key) if args.sign_key else None  # a bad key fails before the conversion
     bundle = convert(args.model, options)
-    bundle, artefacts = emit(bundle, args.output, args.save_segment)
+    bundle, artefacts = emit(bundle, args.output, args.save_segment, signer=signer)
     for artefact in artefacts:
         print(f"wrote {artefact.kind} {artefact.path} ({artefact.size:,} bytes)")
     print(_summary(bundle))
+    if signer is not None:
+        print(f"signed by key {signer.key_id} ({signer.source})")
     return 0
 
 
@@ -194,9 +201,52 @@ def _inspect(args: argparse.Namespace, parser: _Parser) -> int:
     return 0
 
 
+# --- keygen, sign -------------------------------------------------------------------------
+
+
+def _keygen_parser() -> _Parser:
+    p = _Parser(
+        prog=f"{PRODUCER} keygen",
+        description="Make an Ed25519 key pair for signing bundles: KEY (private, mode 0600) and KEY.pub "
+        "(public: give it to devices as `s2rt ... --trusted-key KEY.pub`).",
+    )
+    p.add_argument("-o", "--output", metavar="KEY", required=True, help="the private key file to create (never overwritten)")
+    _add_common(p)
+    return p
+
+
+def _keygen(args: argparse.Namespace, parser: _Parser) -> int:
+    key = SigningKey.generate()
+    private, public = key.save(args.output)
+    print(f"wrote private key {private} (mode 0600) and public key {public}; key id {key.key_id}")
+    return 0
+
+
+def _sign_parser() -> _Parser:
+    p = _Parser(
+        prog=f"{PRODUCER} sign",
+        description="Sign a bundle with an Ed25519 private key. Only the envelope is rewritten (the body and its "
+        "digest stay the same); an earlier signature is replaced.",
+    )
+    p.add_argument("bundle", metavar="BUNDLE.s2l", help="the bundle to sign (verified first)")
+    p.add_argument("--key", metavar="KEY", required=True, help="the private key (from `s2conv keygen`)")
+    p.add_argument("-o", "--output", metavar="OUT.s2l", help="write the signed bundle here (default: replace BUNDLE)")
+    _add_common(p)
+    return p
+
+
+def _sign(args: argparse.Namespace, parser: _Parser) -> int:
+    key = SigningKey.load(args.key)
+    signed = sign_bundle_file(args.bundle, key, args.output)
+    print(f"signed {args.output or args.bundle} with key {key.key_id} (format {signed.format_version[0]}.{signed.format_version[1]}, digest {signed.digest[:16]})")
+    return 0
+
+
 # The first word of the command line selects one of these; anything else is a model to convert.
 SUBCOMMANDS: dict[str, tuple[Callable[[], _Parser], Runner]] = {
     "inspect": (_inspect_parser, _inspect),
+    "keygen": (_keygen_parser, _keygen),
+    "sign": (_sign_parser, _sign),
 }
 
 

@@ -14,6 +14,7 @@ def describe_bundle(bundle: Bundle) -> dict[str, Any]:
     return {
         "format_version": "{}.{}".format(*bundle.format_version),
         "digest": bundle.digest,
+        "signature": {"signed": bool(bundle.signature), "signer_key_id": bundle.signer_key_id or None},
         "provenance": _provenance(bundle),
         "input": {
             "name": bundle.input.name,
@@ -100,6 +101,7 @@ def render_text(d: dict[str, Any]) -> str:
     lines = [
         f"format      {d['format_version']}",
         f"digest      {d['digest'] or '(not written yet)'}",
+        f"signature   {_signature(d['signature'])}",
         f"source      {p['source_name']}  sha256 {p['source_sha256']}",
         f"producer    {p['producer']} {p['producer_version']}, {p['created_utc']}",
         f"options     {json.dumps(p['options'], sort_keys=True)}",
@@ -120,6 +122,12 @@ def render_text(d: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def _signature(s: dict[str, Any]) -> str:
+    if not s["signed"]:
+        return "none (unsigned)"
+    return f"ed25519, signer key id {s['signer_key_id']} (`s2rt verify --trusted-key KEY.pub` checks it)"
 
 
 def _activation(name: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from s2rt.bundle import write_bundle
 from s2rt.bundle.model import Bundle, SegmentBackend
+from s2rt.bundle.writer import Signer
 from s2rt.errors import ConversionError
 
 log = logging.getLogger(__name__)
@@ -22,15 +23,18 @@ class Artefact:
     size: int  # bytes
 
 
-def emit(bundle: Bundle, bundle_path: str | Path, segment_path: str | Path | None = None) -> tuple[Bundle, list[Artefact]]:
-    """Write `bundle` to `bundle_path` (atomically, via the runtime's bundle writer) and,
-    if `segment_path` is given, its ONNX frozen segment as a plain .onnx file.
+def emit(
+    bundle: Bundle, bundle_path: str | Path, segment_path: str | Path | None = None, signer: Signer | None = None
+) -> tuple[Bundle, list[Artefact]]:
+    """Write `bundle` to `bundle_path` (atomically, via the runtime's bundle writer; signed
+    by `signer` if given) and, if `segment_path` is given, its ONNX frozen segment as a
+    plain .onnx file.
 
     Returns the bundle with its digest set, and one `Artefact` per file written, in the
     order written; logs one line per artefact. Raises `ConversionError` naming the file
     when it cannot be written.
     """
-    written = _write_bundle(bundle, Path(bundle_path))
+    written = _write_bundle(bundle, Path(bundle_path), signer)
     artefacts = [Artefact("bundle", Path(bundle_path), Path(bundle_path).stat().st_size)]
     if segment_path is not None:
         artefacts.append(_write_segment(bundle, Path(segment_path)))
@@ -39,9 +43,9 @@ def emit(bundle: Bundle, bundle_path: str | Path, segment_path: str | Path | Non
     return written, artefacts
 
 
-def _write_bundle(bundle: Bundle, path: Path) -> Bundle:
+def _write_bundle(bundle: Bundle, path: Path, signer: Signer | None) -> Bundle:
     try:
-        return write_bundle(bundle, path)
+        return write_bundle(bundle, path, signer)
     except OSError as e:
         raise ConversionError(f"{path}: cannot write the bundle: {e.strerror or e}") from e
 

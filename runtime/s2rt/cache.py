@@ -3,10 +3,13 @@
 A cache is one flat array of fixed-size records laid out by the bundle's
 `CacheLayout` (key, label, frozen logits, then all taps back to back), behind a
 128-byte header. With a path it is a memory-mapped file that survives restarts and
-never needs the whole cache in RAM; without one it lives in memory.
+never needs the whole cache in RAM; without one it lives in memory. Taps are stored as
+float32, float16 or int8; an int8 cache keeps its per-tap scales in a block between the
+header and the records (see `s2rt.cache_int8`).
 
 Policy when full: samples already cached stay; new samples are not admitted and run
 the frozen forward every time they are needed (training stays correct, only slower).
+The capacity is a number of records; `records_within` turns a byte budget into one.
 
 Keys are stable sample ids: `sample_keys` hashes each sample's bytes (BLAKE2b-128), so
 the same sample maps to the same record whatever file or order it arrives in.
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from s2rt.bundle.model import (
+    CACHE_TAP_DTYPES,
     KEY_BYTES,
     KEY_FIELD,
     LABEL_FIELD,
@@ -35,6 +39,7 @@ from s2rt.bundle.model import (
     CacheLayout,
     DType,
 )
+from s2rt.cache_int8 import TapScales, check_scales, scale_block_bytes, scales_usable
 from s2rt.errors import BundleError, RuntimeInputError
 
 MAGIC = b"S2LCACHE"
@@ -90,22 +95,25 @@ class SkipCache:
                     f"dtype {dtype.name}; this runtime reads taps as one fused row"
                 )
             offset += f.nbytes
-        if dtype not in (DType.FLOAT32, DType.FLOAT16):
+        if dtype not in CACHE_TAP_DTYPES:
             raise BundleError(f"cache layout: tap storage dtype {dtype.name} is not supported by this runtime")
+        if dtype == DType.INT8:
+            check_scales(taps)
+        self.scale_bytes = scale_block_bytes(len(taps)) if dtype == DType.INT8 else 0
         self.tap_dtype = dtype.numpy
         self.tap_offset = taps[0].offset
         self.width = sum(int(np.prod(f.shape)) for f in taps)
 
     @property
     def nbytes(self) -> int:
-        return HEADER_BYTES + self.capacity * (self.layout.record_size + CHECK_BYTES)
+        return records_offset(self.layout) + self.capacity * (self.layout.record_size + CHECK_BYTES)
 
     def _open_storage(self) -> np.ndarray:
         if self.path is None:
             storage = np.zeros(self.nbytes, dtype=np.uint8)
             self._write_header(storage, 0)
             return storage
-        if self.path.exists() and self._header_matches():
+        if self.path.exists() and self._header_matches() and self._stored_scales_usable():
             return np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(self.nbytes,))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "wb") as f:  # a new or mismatched file is rebuilt empty
@@ -131,6 +139,15 @@ class SkipCache:
             and digest == self.digest.ljust(32, b"\0")
         )
 
+    def _stored_scales_usable(self) -> bool:
+        if not self.scale_bytes:
+            return True
+        assert self.path is not None
+        with open(self.path, "rb") as f:
+            f.seek(HEADER_BYTES)
+            stored = np.frombuffer(f.read(4 * len(self.layout.taps)), dtype="<f4")
+        return scales_usable(self.layout.taps, stored)
+
     def _write_header(self, storage: np.ndarray, count: int) -> None:
         header = HEADER.pack(
             MAGIC, VERSION, self.layout.alignment, self.layout.record_size, self.capacity, count, self.digest
@@ -139,7 +156,7 @@ class SkipCache:
 
     def _make_views(self) -> None:
         stride = self.layout.record_size
-        base = HEADER_BYTES
+        base = HEADER_BYTES + self.scale_bytes
 
         def view(offset: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
             inner = tuple(int(np.prod(shape[i + 1 :], dtype=np.int64)) * dtype.itemsize for i in range(len(shape)))
@@ -157,6 +174,10 @@ class SkipCache:
         end = base + self.capacity * stride
         self.records = self.storage[base:end].reshape(self.capacity, stride)
         self.checks = np.ndarray((self.capacity,), dtype="<u8", buffer=self.storage, offset=end)
+        self.scales: TapScales | None = None
+        if self.scale_bytes:
+            stored = np.ndarray((len(self.layout.taps),), dtype="<f4", buffer=self.storage, offset=HEADER_BYTES)
+            self.scales = TapScales(self.layout.taps, stored)
 
     def _drop_bad_records(self) -> None:
         """Keep the records before the first one whose checksum does not match."""
@@ -180,6 +201,7 @@ class SkipCache:
         """Store samples not yet cached while there is room; returns each one's record (-1: not admitted)."""
         slots = np.full(len(keys), -1, dtype=np.int64)
         count = self.count
+        stored = self._stored_taps(taps, count) if count < self.capacity else taps
         for i, key in enumerate(keys):
             k = key.tobytes()
             slot = self.index.get(k)
@@ -188,7 +210,7 @@ class SkipCache:
                 self.keys[slot] = key
                 self.labels[slot] = labels[i]
                 self.logits[slot] = logits[i]
-                self.taps[slot] = taps[i]
+                self.taps[slot] = stored[i]
                 self.checks[slot] = _checksum(self.records[slot])
                 self.index[k] = slot
                 count += 1
@@ -197,9 +219,28 @@ class SkipCache:
         self._write_header(self.storage, count)  # the count moves only after the records are written
         return slots
 
+    def _stored_taps(self, taps: np.ndarray, count: int) -> np.ndarray:
+        """`taps` in storage form: as they are for float storage; int8 with the tap scales,
+        after growing scales chosen on the device to fit them (see s2rt.cache_int8)."""
+        if self.scales is None:
+            return taps
+        new = self.scales.grown(taps, count)
+        if new is not None:
+            if count:
+                # The stored records are rewritten; none is valid until put() writes the count again.
+                self._write_header(self.storage, 0)
+                self.flush()
+                self.scales.requantize(self.taps[:count], new)
+                self.checks[:count] = [_checksum(r) for r in self.records[:count]]
+            self.scales.values[:] = new
+            self.flush()
+        return self.scales.encode(taps)
+
     def gather(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(X float32, F float32) of the given records."""
-        return self.taps[slots].astype(np.float32, copy=False), self.logits[slots]
+        stored = self.taps[slots]
+        x = stored.astype(np.float32, copy=False) if self.scales is None else self.scales.decode(stored)
+        return x, self.logits[slots]
 
     def flush(self) -> None:
         if isinstance(self.storage, np.memmap):
@@ -208,7 +249,20 @@ class SkipCache:
     def close(self) -> None:
         self.flush()
         del self.keys, self.labels, self.logits, self.taps, self.records, self.checks
+        self.scales = None
         self.storage = np.zeros(0, dtype=np.uint8)
+
+
+def records_offset(layout: CacheLayout) -> int:
+    """Where the records start: after the header and, for int8 taps, the scale block."""
+    taps = layout.taps
+    int8 = bool(taps) and taps[0].dtype == DType.INT8
+    return HEADER_BYTES + (scale_block_bytes(len(taps)) if int8 else 0)
+
+
+def records_within(layout: CacheLayout, max_bytes: int) -> int:
+    """How many records a cache of this layout can hold in `max_bytes` (header and checksums included)."""
+    return max(0, (max_bytes - records_offset(layout)) // (layout.record_size + CHECK_BYTES))
 
 
 def _checksum(record: np.ndarray) -> int:

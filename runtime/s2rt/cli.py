@@ -65,6 +65,13 @@ def _add_train(sub: Subparsers) -> None:
     train.add_argument(
         "--cache-capacity", type=int, help="most samples the cache holds; the rest run the frozen forward every epoch (default: all)"
     )
+    train.add_argument(
+        "--max-cache-mb",
+        type=float,
+        metavar="MB",
+        help="memory budget of the cache in MiB (2^20 bytes); it holds as many samples as fit, the first ones "
+        "seen, and the rest run the frozen forward every epoch (default: no budget)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(run=_train)
 
@@ -136,6 +143,7 @@ def _train(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
         cache_path=args.cache_file,
         cache_capacity=args.cache_capacity,
+        max_cache_mb=args.max_cache_mb,
         progress=progress,
     )
     r = result.report
@@ -151,6 +159,7 @@ def _train(args: argparse.Namespace) -> int:
         "cache": not args.no_cache,
         "cache_hits": result.cache_hits,
         "cache_misses": result.cache_misses,
+        "cache_records": result.cache_records,
         "n": len(samples.x),
         "trainable_parameters": model.head.num_parameters,
     }

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ import numpy as np
 
 from s2rt.backend import open_backend
 from s2rt.bundle import Bundle, Loss
-from s2rt.cache import SkipCache
+from s2rt.cache import CHECK_BYTES, SkipCache, records_offset, records_within
 from s2rt.data import Samples
+from s2rt.errors import RuntimeInputError
 from s2rt.features import CachedFeatures
 from s2rt.frozen import FrozenModel
 from s2rt.head import AdapterHead
@@ -27,6 +29,8 @@ from s2rt.progress import ProgressCallback
 from s2rt.state import load_adapters, save_adapters
 from s2rt.trainer import TrainConfig, TrainReport, predict_logits, train
 from s2rt.trust import TrustedKeys, open_trusted
+
+MIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class FineTuneResult:
     cache_hits: int
     cache_misses: int
     frozen_seconds: float
+    cache_records: int = 0  # the cache's capacity (0: no cache)
 
     @property
     def hit_rate(self) -> float:
@@ -107,14 +112,20 @@ class Model:
         use_cache: bool = True,
         cache_path: str | os.PathLike[str] | None = None,
         cache_capacity: int | None = None,
+        max_cache_mb: float | None = None,
         progress: ProgressCallback | None = None,
     ) -> FineTuneResult:
-        """Train the adapters on labelled samples; the frozen forward runs once per sample with the cache on."""
+        """Train the adapters on labelled samples; the frozen forward runs once per sample with the cache on.
+
+        The cache holds every sample, or at most `cache_capacity` records, or at most what
+        fits in `max_cache_mb` MiB (header and checksums included), whichever is least;
+        the samples it cannot hold run the frozen forward every epoch.
+        """
         if samples.y is None:
             raise ValueError("fine-tuning needs labelled samples")
         cache = None
         if use_cache:
-            capacity = cache_capacity or len(samples.x)
+            capacity = budgeted_capacity(self.bundle, cache_capacity or len(samples.x), max_cache_mb)
             cache = SkipCache(self.bundle.cache, capacity, Path(cache_path) if cache_path else None, self.bundle.digest)
         start = time.perf_counter()
         source = CachedFeatures(self.frozen, samples.x, samples.y, cache)
@@ -122,7 +133,25 @@ class Model:
         seconds = time.perf_counter() - start
         if cache is not None:
             cache.close()
-        return FineTuneResult(report, seconds, source.hits, source.misses, source.frozen_seconds)
+        records = cache.capacity if cache is not None else 0
+        return FineTuneResult(report, seconds, source.hits, source.misses, source.frozen_seconds, records)
+
+
+def budgeted_capacity(bundle: Bundle, records: int, max_cache_mb: float | None) -> int:
+    """`records`, or fewer if that many do not fit in `max_cache_mb` MiB."""
+    if max_cache_mb is None:
+        return records
+    if isinstance(max_cache_mb, bool) or not isinstance(max_cache_mb, (int, float)) or not 0 < max_cache_mb < math.inf:
+        raise RuntimeInputError(f"max_cache_mb: expected a number of MiB > 0, got {max_cache_mb!r}")
+    budget = int(max_cache_mb * MIB)
+    fit = records_within(bundle.cache, budget)
+    if fit < 1:
+        raise RuntimeInputError(
+            f"max_cache_mb={max_cache_mb:g} ({budget:,} bytes) holds no cache record: one takes "
+            f"{bundle.cache.record_size + CHECK_BYTES:,} bytes after {records_offset(bundle.cache):,} bytes of header; "
+            "raise the budget or train without the cache"
+        )
+    return min(records, fit)
 
 
 def new_head(bundle: Bundle) -> AdapterHead:

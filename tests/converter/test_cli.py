@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conv_graphs import gemm_chain, residual, with_op_between
+from s2rt.bundle import FORMAT_MAJOR, FORMAT_MINOR
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "runtime"), str(ROOT / "converter")])}
@@ -53,7 +54,8 @@ def test_inspect_json_shows_what_the_bundle_holds(converted):
     result = s2conv("inspect", bundle, "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
-    assert info["format_version"] == "1.0" and len(info["digest"]) == 64
+    assert info["format_version"] == f"{FORMAT_MAJOR}.{FORMAT_MINOR}" and len(info["digest"]) == 64
+    assert info["signature"] == {"signed": False, "signer_key_id": None}
     assert info["labels"] == ["cat", "dog", "bird"]
     assert [t["source"] for t in info["taps"]] == ["x", "r0", "r1"]
     assert info["head"]["rank"] == 2 and info["head"]["trainable_parameters"] == 2 * 15 + 3 * 2 * 3
