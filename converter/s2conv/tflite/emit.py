@@ -1,6 +1,6 @@
 """ONNX frozen segment -> .tflite bytes, with no TensorFlow: the steps.
 
-    shape-infer ▸ fold constants ▸ find the nodes the outputs need (all supported?) ▸
+    shape-infer (pinning computed Reshape targets) ▸ fold constants ▸ find the nodes the outputs need (all supported?) ▸
     check shapes (batch first, everything else fixed) ▸ one handler per node ▸ name the
     outputs ▸ serialise
 
@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import onnx
 from onnx import TensorProto, helper
 from s2rt.errors import ConversionError, UnsupportedGraphError, UnsupportedOpError
 
 from s2conv.graph import DEFAULT_DOMAINS, OnnxNode
-from s2conv.tflite.constants import fold_constants
+from s2conv.tflite.constants import Shape, fold_constants
 from s2conv.tflite.context import EmitContext
 from s2conv.tflite.layout import BATCH, identity
 from s2conv.tflite.ops import HANDLERS, supported_ops
+from s2conv.tflite.reshape import pin_computed_reshapes
 from s2conv.tflite.serialize import serialize
 from s2conv.version import PRODUCER, __version__
 
@@ -38,13 +39,17 @@ def onnx_to_tflite(model: onnx.ModelProto) -> bytes:
     in a way the emitter cannot express (a non-constant weight, a grouped conv, ...).
     """
     inferred = _infer_shapes(model)
+    nodes = [_node(i, n) for i, n in enumerate(inferred.graph.node)]
+    pinned = pin_computed_reshapes(inferred, nodes, _known_shapes(inferred))
+    if pinned is not None:
+        inferred = _infer_shapes(pinned)
+        nodes = [_node(i, n) for i, n in enumerate(inferred.graph.node)]
     graph = inferred.graph
     input_name = _single_input(graph)
     outputs = [o.name for o in graph.output]
-    nodes = [_node(i, n) for i, n in enumerate(graph.node)]
     constants = fold_constants(inferred, nodes)
     needed = _needed_nodes(nodes, outputs, constants, input_name)
-    shapes = _data_shapes(inferred, needed, input_name)
+    shapes = _data_shapes(inferred, needed, input_name, constants)
     consumers = Counter(name for node in needed for name in dict.fromkeys(node.inputs) if name)
     ctx = EmitContext(shapes, constants, consumers, outputs, _opset(model))
     ctx.add_input(input_name)
@@ -64,6 +69,16 @@ def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except onnx.shape_inference.InferenceError as e:
         raise ConversionError(f"the TFLite emitter needs every tensor's shape, but shape inference failed: {e}") from e
+
+
+def _known_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
+    """Every value's shape as far as inference knows it: None for a symbolic or unknown size."""
+    infos = (*model.graph.input, *model.graph.value_info, *model.graph.output)
+    return {
+        i.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim)
+        for i in infos
+        if i.type.tensor_type.HasField("shape")
+    }
 
 
 def _single_input(graph: onnx.GraphProto) -> str:
@@ -91,7 +106,7 @@ def _node(index: int, node: onnx.NodeProto) -> OnnxNode:
     )
 
 
-def _needed_nodes(nodes: Sequence[OnnxNode], outputs: Sequence[str], constants: dict, input_name: str) -> list[OnnxNode]:
+def _needed_nodes(nodes: Sequence[OnnxNode], outputs: Sequence[str], constants: Mapping[str, object], input_name: str) -> list[OnnxNode]:
     """The nodes that compute the outputs' values, in graph order; UnsupportedOpError listing
     every one without a handler. Inputs that a handler reads as constants (a Reshape's
     target shape, say) are not followed."""
@@ -120,12 +135,15 @@ def _op(node: OnnxNode) -> str:
     return node.op if node.domain in DEFAULT_DOMAINS else f"{node.domain}::{node.op}"
 
 
-def _data_shapes(model: onnx.ModelProto, nodes: Sequence[OnnxNode], input_name: str) -> dict[str, tuple[int, ...]]:
-    """The full shape of every data tensor the nodes touch, batch as BATCH; every other
-    dimension must be a fixed size."""
+def _data_shapes(
+    model: onnx.ModelProto, nodes: Sequence[OnnxNode], input_name: str, constants: Mapping[str, object]
+) -> dict[str, tuple[int, ...]]:
+    """The full shape of every data tensor the nodes read or write, batch as BATCH; every
+    other dimension must be a fixed size."""
     infos = {i.name: i for i in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
-    initialisers = {i.name for i in model.graph.initializer}
-    names = {input_name} | {n for node in nodes for n in (*node.inputs, *node.outputs) if n and n not in initialisers}
+    read = {n for node in nodes for i, n in enumerate(node.inputs) if n and HANDLERS[node.op].carries_data(i)}
+    written = {n for node in nodes for n in node.outputs if n}
+    names = ({input_name} | read | written) - constants.keys()
     shapes = {}
     for name in names:
         info = infos.get(name)

@@ -3,6 +3,8 @@ Squeeze, Unsqueeze (RESHAPE to the inferred shape), Concat, Pad."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from onnx import TensorProto
 from tflite.BuiltinOperator import BuiltinOperator
@@ -40,6 +42,12 @@ def _reshape_to_inferred(ctx: EmitContext, node: OnnxNode) -> None:
     """RESHAPE input 0 to the output's inferred shape (batch -1), in ONNX element order."""
     x, y = node.inputs[0], node.outputs[0]
     rank = ctx.rank(x)
+    per_sample_in, per_sample_out = math.prod(ctx.shape(x)[1:]), math.prod(ctx.shape(y)[1:])
+    if per_sample_in != per_sample_out:
+        raise ctx.fail(
+            f"it turns {per_sample_in} values per sample into {per_sample_out}: it moves samples across the batch "
+            "dimension, and a segment must keep samples apart"
+        )
     # Bytes already in ONNX order (only size-1 axes moved): reshape directly, no relayout first.
     in_order = is_pure_reshape(ctx.shape(x), ctx.layout(x), identity(rank))
     source = ctx.data(x) if in_order else ctx.data(x, identity(rank))
