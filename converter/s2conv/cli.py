@@ -2,6 +2,7 @@
 
     s2conv MODEL.onnx -o BUNDLE.s2l [options]
     s2conv inspect BUNDLE.s2l [--json]
+    s2conv inspect MODEL.onnx [--rank R] [--tap-pool G] [--cache-dtype D] [--json]   # candidate taps and their costs
     s2conv keygen -o KEY                      (KEY, mode 0600, and KEY.pub)
     s2conv sign BUNDLE.s2l --key KEY [-o OUT.s2l]
 
@@ -21,13 +22,16 @@ from pathlib import Path
 from typing import NoReturn
 
 from s2rt.bundle import read_bundle
-from s2rt.bundle.model import Bundle, OutputActivation
+from s2rt.bundle.model import FILE_IDENTIFIER, Bundle, OutputActivation
 from s2rt.bundle.signing import SigningKey, sign_bundle_file
 from s2rt.errors import ConversionError, S2LError
 
+from s2conv.candidates import describe_model, render_model_text
 from s2conv.convert import CACHE_DTYPES, LOSSES, OPTIMIZERS, ConvertOptions, InvalidOptionError, convert
 from s2conv.describe import describe_bundle, render_text
 from s2conv.emit import emit
+from s2conv.load import load_model
+from s2conv.quantize import QUANTIZE_CHOICES
 from s2conv.version import PRODUCER, __version__
 
 AUTO_TAPS = "auto"
@@ -87,10 +91,15 @@ def _convert_parser() -> _Parser:
         "--taps",
         default=AUTO_TAPS,
         metavar="auto|NAME1,NAME2,...",
-        help="tap tensors of the source model, comma-separated, in order; 'auto' (default) takes the input of "
-        "every Gemm/MatMul layer on the path from the model input to the logits",
+        help="tap tensors of the source model, comma-separated, in order; 'auto' (default) takes the input of every "
+        "layer (Gemm, MatMul, Conv) or block (residual, squeeze-excite) on the main path from the input to the logits; "
+        "`s2conv inspect MODEL.onnx` lists the candidates",
     )
+    p.add_argument("--tap-pool", type=int, default=DEFAULTS.tap_pool, metavar="G", help=_help("tap_pool"))
+    p.add_argument("--output", dest="scores", metavar="NAME", help=ConvertOptions.help("output"))
     p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES), default=DEFAULTS.cache_dtype, help=_help("cache_dtype"))
+    p.add_argument("--quantize", choices=list(QUANTIZE_CHOICES), default=DEFAULTS.quantize, help=_help("quantize"))
+    p.add_argument("--calib", metavar="FILE.npz", help=ConvertOptions.help("calib"))
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help=_help("seed"))
     labels = p.add_mutually_exclusive_group()
     labels.add_argument(
@@ -141,6 +150,8 @@ def _options(args: argparse.Namespace, parser: _Parser) -> ConvertOptions:
             rank=args.rank,
             alpha=args.alpha,
             taps=None if args.taps.strip() == AUTO_TAPS else _split_names(args.taps),
+            tap_pool=args.tap_pool,
+            output=args.scores,
             cache_dtype=args.cache_dtype,
             seed=args.seed,
             labels=_labels(args),
@@ -149,6 +160,8 @@ def _options(args: argparse.Namespace, parser: _Parser) -> ConvertOptions:
             learning_rate=args.lr,
             epochs=args.epochs,
             batch_size=args.batch_size,
+            quantize=args.quantize,
+            calib=args.calib,
         )
     except InvalidOptionError as e:
         parser.error(str(e))
@@ -187,17 +200,53 @@ def _summary(bundle: Bundle) -> str:
 
 
 def _inspect_parser() -> _Parser:
-    p = _Parser(prog=f"{PRODUCER} inspect", description="Show what an s2l bundle holds.")
-    p.add_argument("bundle", metavar="BUNDLE.s2l", help="the bundle to read (it is verified against its digest)")
+    p = _Parser(
+        prog=f"{PRODUCER} inspect",
+        description="Show what an s2l bundle holds, or list the candidate taps of an ONNX model with their costs.",
+    )
+    p.add_argument(
+        "bundle",
+        metavar="BUNDLE.s2l|MODEL.onnx",
+        help="a bundle (verified against its digest), or an ONNX model: its candidate taps, their shapes, reductions, "
+        "cache bytes per sample and adapter parameters",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    model = p.add_argument_group("for an ONNX model")
+    model.add_argument("--rank", type=int, default=DEFAULTS.rank, help=_help("rank"))
+    model.add_argument("--tap-pool", type=int, default=DEFAULTS.tap_pool, metavar="G", help=_help("tap_pool"))
+    model.add_argument("--cache-dtype", choices=["float32", "float16"], default=DEFAULTS.cache_dtype, help="cache storage dtype")
+    model.add_argument("--output", dest="scores", metavar="NAME", help=ConvertOptions.help("output"))
     _add_common(p)
     return p
 
 
 def _inspect(args: argparse.Namespace, parser: _Parser) -> int:
+    if not _is_bundle(Path(args.bundle)):
+        return _inspect_model(args, parser)
     bundle = read_bundle(args.bundle)
     description = {"bundle": str(args.bundle), **describe_bundle(bundle)}
     print(json.dumps(description, indent=2) if args.json else f"bundle      {args.bundle}\n" + render_text(description))
+    return 0
+
+
+def _is_bundle(path: Path) -> bool:
+    """A FlatBuffers file with the bundle's identifier at bytes 4..8; anything else is read as ONNX."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError:
+        return True  # let the bundle reader name the problem
+    return head[4:8] == FILE_IDENTIFIER or path.suffix == ".s2l"
+
+
+def _inspect_model(args: argparse.Namespace, parser: _Parser) -> int:
+    try:
+        options = ConvertOptions(rank=args.rank, tap_pool=args.tap_pool, cache_dtype=args.cache_dtype, output=args.scores)
+    except InvalidOptionError as e:
+        parser.error(str(e))
+    loaded = load_model(args.bundle, options.output)
+    description = describe_model(loaded, options.rank, options.tap_pool, CACHE_DTYPES[options.cache_dtype])
+    print(json.dumps(description, indent=2) if args.json else render_model_text(description))
     return 0
 
 

@@ -15,9 +15,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from s2rt.bundle.model import (
     Bundle,
+    CacheLayout,
     DType,
+    InputSignature,
     Loss,
     Optimizer,
     Provenance,
@@ -30,15 +33,17 @@ from s2rt.bundle.model import (
 from s2rt.errors import ConversionError
 
 from s2conv.analyse import TapPlan, find_taps, input_signature
+from s2conv.calibrate import load_calibration, tap_scales
 from s2conv.graph import view_graph
 from s2conv.head import init_head
 from s2conv.load import LoadedModel, load_model
+from s2conv.quantize import QUANTIZE_CHOICES, quantize_segment
 from s2conv.split import LOGITS_OUTPUT, extract_segment, segment_outputs, tap_output_name
 from s2conv.version import PRODUCER, __version__
 
 log = logging.getLogger(__name__)
 
-CACHE_DTYPES = {"float32": DType.FLOAT32, "float16": DType.FLOAT16}
+CACHE_DTYPES = {"float32": DType.FLOAT32, "float16": DType.FLOAT16, "int8": DType.INT8}
 LOSSES = {"cross_entropy": Loss.SOFTMAX_CROSS_ENTROPY, "mse": Loss.MSE}
 OPTIMIZERS = {"adam": Optimizer.ADAM, "sgd": Optimizer.SGD}
 MAX_SEED = 2**63 - 1
@@ -60,7 +65,11 @@ class ConvertOptions:
     rank: int = _option(4, "rank r of every adapter: A_l is r x d_l, B_l is C x r")
     alpha: float = _option(8.0, "LoRA alpha: the adapters' sum is scaled by alpha / rank")
     taps: tuple[str, ...] | None = _option(None, "tap tensors of the source model, in order; None finds one tap per layer input")
-    cache_dtype: str = _option("float32", "storage dtype of cached taps: float32, or float16 to halve the cache")
+    cache_dtype: str = _option(
+        "float32",
+        "storage dtype of cached taps: float32, float16 (half the bytes) or int8 (a quarter; one scale per tap, "
+        "from calib when given, else chosen on the device)",
+    )
     seed: int = _option(0, "seed of the random initial A matrices")
     labels: tuple[str, ...] | None = _option(None, "class labels, one per model output; None: class_0 ... class_{C-1}")
     loss: str = _option("cross_entropy", "training loss: cross_entropy (softmax, classification) or mse")
@@ -68,6 +77,10 @@ class ConvertOptions:
     learning_rate: float = _option(0.01, "default learning rate for fine-tuning")
     epochs: int = _option(20, "default number of fine-tuning epochs")
     batch_size: int = _option(32, "default mini-batch size for fine-tuning")
+    quantize: str = _option("none", "none, or int8: static int8 quantization of the frozen segment (per-channel weights; needs calib)")
+    calib: str | None = _option(
+        None, "calibration inputs (.npz with x, or .csv) for quantize=int8 and for the tap scales of cache_dtype=int8"
+    )
 
     def __post_init__(self) -> None:
         self._normalise_names("taps")
@@ -81,6 +94,18 @@ class ConvertOptions:
         _require_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
         _require_choice("loss", self.loss, LOSSES)
         _require_choice("optimizer", self.optimizer, OPTIMIZERS)
+        self._check_calibration()
+
+    def _check_calibration(self) -> None:
+        _require_choice("quantize", self.quantize, dict.fromkeys(QUANTIZE_CHOICES))
+        if isinstance(self.calib, os.PathLike):
+            object.__setattr__(self, "calib", os.fspath(self.calib))
+        if self.calib is not None and (not isinstance(self.calib, str) or not self.calib):
+            raise InvalidOptionError(f"option calib: expected the path of a calibration file, got {self.calib!r}")
+        if self.quantize == "int8" and self.calib is None:
+            raise InvalidOptionError("option quantize=int8 needs calibration inputs: give calib (s2conv --calib FILE.npz)")
+        if self.calib is not None and self.quantize == "none" and self.cache_dtype != "int8":
+            raise InvalidOptionError("option calib is only used with quantize=int8 or cache_dtype=int8")
 
     def _normalise_names(self, name: str) -> None:
         value = getattr(self, name)
@@ -139,6 +164,11 @@ def convert(model_path: str | Path, options: ConvertOptions | None = None) -> Bu
     labels = resolve_labels(options.labels, plan.num_outputs)
     signature = input_signature(view)
     segment = extract_segment(loaded.model, signature, segment_outputs(plan))
+    calibration = load_calibration(options.calib, signature) if options.calib is not None else None
+    if options.quantize == "int8":
+        assert calibration is not None  # ConvertOptions requires calib with quantize=int8
+        segment = quantize_segment(segment, calibration)
+    segment_bytes = segment.SerializeToString()
     taps = bundle_taps(plan)
     log.debug("taps: %s", ", ".join(f"{t.source} {t.shape}" for t in taps))
     head = init_head(
@@ -154,16 +184,34 @@ def convert(model_path: str | Path, options: ConvertOptions | None = None) -> Bu
         provenance=provenance(loaded, options),
         input=signature,
         labels=labels,
-        segments=(Segment(SegmentBackend.ONNX, segment.SerializeToString(), signature.name, LOGITS_OUTPUT),),
+        segments=(Segment(SegmentBackend.ONNX, segment_bytes, signature.name, LOGITS_OUTPUT),),
         taps=taps,
         head=head,
-        cache=plan_cache_layout(taps, plan.num_outputs, CACHE_DTYPES[options.cache_dtype]),
+        cache=cache_layout(taps, plan.num_outputs, options.cache_dtype, segment_bytes, signature, calibration),
         output_activation=plan.output_activation,
     )
 
 
 def bundle_taps(plan: TapPlan) -> tuple[Tap, ...]:
     return tuple(Tap(tap_output_name(i), t.source, t.layer, t.shape) for i, t in enumerate(plan.taps))
+
+
+def cache_layout(
+    taps: tuple[Tap, ...],
+    num_outputs: int,
+    cache_dtype: str,
+    segment: bytes,
+    signature: InputSignature,
+    calibration: np.ndarray | None,
+) -> CacheLayout:
+    """The cache record; int8 taps get their scales from the calibration inputs when there
+    are any (else the runtime picks them from the first activations it caches)."""
+    dtype = CACHE_DTYPES[cache_dtype]
+    scales = None
+    if dtype == DType.INT8 and calibration is not None:
+        scales = tap_scales(segment, signature, taps, calibration)
+        log.debug("int8 cache tap scales: %s", ", ".join(f"{s:.4g}" for s in scales))
+    return plan_cache_layout(taps, num_outputs, dtype, tap_scales=scales)
 
 
 def resolve_labels(labels: tuple[str, ...] | None, num_outputs: int) -> tuple[str, ...]:

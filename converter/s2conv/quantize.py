@@ -1,0 +1,150 @@
+"""Static post-training int8 quantization of the frozen ONNX segment.
+
+onnxruntime.quantization in QDQ form: int8 weights with one scale per output channel,
+int8 activations whose scales come from the calibration inputs (min/max), float biases.
+Only weight-carrying ops are quantized (`QUANTIZED_OPS`); everything else stays float.
+Only the int8 weights are stored (QDQ dequantizes them at load time), which is what
+shrinks the bundle, and the exporter's per-node debug metadata is dropped. onnxruntime
+runs the result as is, so the device needs nothing new.
+
+The segment's outputs stay float: a tap reads the float tensor just before its
+QuantizeLinear (the value the next layer is fed, before rounding to int8), and the
+frozen logits are not quantized at all (they are added to the adapters' output).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import onnx
+from s2rt.errors import ConversionError
+
+from s2conv.calibrate import batches
+from s2conv.split import LOGITS_OUTPUT, TAP_OUTPUT_PREFIX
+
+log = logging.getLogger(__name__)
+
+QUANTIZE_CHOICES = ("none", "int8")
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def quantize_segment(segment: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
+    """The int8 (QDQ) version of `segment`, calibrated on `calibration` (N, *input shape).
+
+    The input model is left untouched. Raises `ConversionError` if onnxruntime cannot
+    quantize the segment.
+    """
+    # Imported here: onnxruntime.quantization is slow to import and only this option needs it.
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    source = onnx.ModelProto()
+    source.CopyFrom(segment)  # quantize_static rewrites the model it is given
+    input_name = segment.graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="s2conv-quant-") as tmp, _quiet_quantizer():
+        path = Path(tmp) / "segment.int8.onnx"
+        try:
+            quantize_static(
+                source,
+                path,
+                _Reader(input_name, calibration),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"QuantizeBias": False},
+            )
+        except Exception as e:  # onnxruntime.quantization raises untyped errors
+            raise ConversionError(f"onnxruntime.quantization cannot quantize the frozen segment: {e}") from e
+        quantized = onnx.load(path)
+    _keep_outputs_float(quantized, _float_outputs(segment))
+    _prune(quantized.graph)
+    _strip_debug_info(quantized.graph)
+    _check(quantized, segment)
+    return quantized
+
+
+def _float_outputs(segment: onnx.ModelProto) -> set[str]:
+    return {o.name for o in segment.graph.output if o.name.startswith(TAP_OUTPUT_PREFIX) or o.name == LOGITS_OUTPUT}
+
+
+def _keep_outputs_float(model: onnx.ModelProto, outputs: set[str]) -> None:
+    """Make each output's Identity/Cast read the float tensor in front of a QuantizeLinear
+    ▸ DequantizeLinear round trip instead of the round trip's result."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        if not outputs.intersection(node.output) or node.op_type not in ("Identity", "Cast"):
+            continue
+        dq = producer.get(node.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            node.input[0] = q.input[0]
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop the Q/DQ nodes whose outputs nothing reads (the logits' round trip), then unread initialisers."""
+    while True:
+        read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in QDQ_OPS and not read.intersection(n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    read = {name for node in graph.node for name in node.input}
+    for init in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(init)
+
+
+def _strip_debug_info(graph: onnx.GraphProto) -> None:
+    """Drop per-node doc strings and metadata: exporters put debug information there (torch's
+    dynamo exporter: the Python stack trace and fx node, about 0.7 KB a node), which the
+    device never reads and which would otherwise outweigh a small model's int8 weights."""
+    for node in graph.node:
+        node.doc_string = ""
+        del node.metadata_props[:]
+
+
+def _check(quantized: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(quantized)
+    except onnx.checker.ValidationError as e:
+        raise ConversionError(f"the int8 frozen segment fails the ONNX checker: {' '.join(str(e).split())}") from e
+    want = [(o.name, o.type.tensor_type.elem_type) for o in source.graph.output]
+    have = [(o.name, o.type.tensor_type.elem_type) for o in quantized.graph.output]
+    if have != want:
+        raise ConversionError(f"the int8 frozen segment has outputs {have}, expected {want}")
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over an in-memory array."""
+
+    def __init__(self, input_name: str, x: np.ndarray) -> None:
+        self._feeds = iter([{input_name: chunk} for chunk in batches(x)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """onnxruntime.quantization logs advice on the root logger; keep it at debug level."""
+
+    def demote(record: logging.LogRecord) -> bool:
+        if "onnxruntime" in record.pathname and record.levelno < logging.ERROR:
+            log.debug("onnxruntime.quantization: %s", record.getMessage())
+            return False
+        return True
+
+    root = logging.getLogger()
+    root.addFilter(demote)
+    try:
+        yield
+    finally:
+        root.removeFilter(demote)
