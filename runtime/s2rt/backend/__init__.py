@@ -30,9 +30,16 @@ def _open_onnx(segment: Segment, threads: int) -> Backend:
     return OnnxBackend(segment, threads)
 
 
-# backend name -> (segment kind it runs, factory)
+def _open_litert(segment: Segment, threads: int) -> Backend:
+    from s2rt.backend.litert import LiteRTBackend
+
+    return LiteRTBackend(segment, threads)
+
+
+# backend name -> (segment kind it runs, factory); "auto" tries them in this order
 BACKENDS: dict[str, tuple[SegmentBackend, Callable[[Segment, int], Backend]]] = {
     "onnx": (SegmentBackend.ONNX, _open_onnx),
+    "tflite": (SegmentBackend.TFLITE, _open_litert),
 }
 
 
