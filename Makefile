@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test test-numpy1 check models schema clean
+.PHONY: demo test test-numpy1 check models schema clean golden
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ schema: $(VENV)/.dev
 	$(BIN)/flatc --python -o $(OUT)/flatc runtime/s2rt/bundle/s2l.fbs
 	mv $(OUT)/flatc/s2rt/bundle/fb runtime/s2rt/bundle/fb
 	rm -rf $(OUT)/flatc
+
+# Add the golden bundles of the current format version (tests/golden; older ones are kept).
+golden: $(VENV)/.dev
+	S2L_REGEN_GOLDEN=1 $(BIN)/python -m pytest -q tests/runtime/test_golden.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache
