@@ -17,6 +17,7 @@ from s2rt.bundle import Optimizer
 from s2rt.data import load_samples
 from s2rt.errors import KeyFileError, S2LError
 from s2rt.progress import make_progress
+from s2rt.serve.commands import add_client, add_serve
 from s2rt.session import Model
 from s2rt.trainer import TrainConfig
 from s2rt.trust import ENV_VAR, open_trusted, signer_of, trusted_keys_from
@@ -226,7 +227,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 # Each adds one subcommand (its parser, with `run` set to the function that executes it).
-COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_train, _add_eval, _add_predict, _add_verify)
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_train, _add_eval, _add_predict, _add_verify, add_serve, add_client)
 
 
 if __name__ == "__main__":

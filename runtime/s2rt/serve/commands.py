@@ -1,0 +1,61 @@
+"""The `serve` and `client` subcommands' parsers. Importing this needs only the standard
+library: FastAPI and uvicorn are imported when `s2rt serve` actually runs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TypeAlias
+
+from s2rt.backend import BACKENDS
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+DEFAULT_PORT = 8470
+
+
+def add_serve(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the on-device daemon: predict, collect labelled samples, fine-tune (needs the `serve` extra)",
+        description="HTTP/JSON API under /v1 (OpenAPI schema at /v1/openapi.json) on 127.0.0.1 or a Unix socket.",
+    )
+    p.add_argument("bundle", nargs="?", help="the .s2l bundle to serve (default: the one deployed in --state-dir)")
+    p.add_argument("--state-dir", required=True, help="where samples, adapter versions, the cache and the deployed bundle live")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others need --token-file)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--uds", metavar="PATH", help="listen on this Unix socket (mode 0600) instead of TCP")
+    p.add_argument("--token-file", help="bearer tokens, one per line; required for a non-loopback --host")
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="inference backend (default: auto)")
+    p.add_argument("--threads", type=int, default=1, help="backend threads per request (default: 1)")
+    p.add_argument("--cache-capacity", type=_positive, default=20_000, help="samples the Skip-Cache file holds (default 20000)")
+    p.add_argument("--max-body-bytes", type=_positive, default=8 << 20, help="largest request body (default 8 MiB)")
+    p.add_argument("--max-bundle-bytes", type=_positive, default=256 << 20, help="largest bundle upload (default 256 MiB)")
+    p.add_argument("--max-connections", type=_positive, default=256, help="concurrent connections before 503 (default 256)")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds to wait for requests and the job on stop (default 10)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        from s2rt.serve.server import run
+    except ImportError as e:
+        from s2rt.errors import S2LError
+
+        raise S2LError(f"s2rt serve needs FastAPI and uvicorn: pip install 's2l-runtime[serve]' ({e})") from None
+    return run(args)
+
+
+def add_client(sub: Subparsers) -> None:
+    from s2rt.serve.client import add_client_commands
+
+    add_client_commands(sub)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value

@@ -1,0 +1,372 @@
+"""Fine-tune jobs: one at a time, in a worker thread, while predictions keep being answered.
+
+A job trains a copy of the active adapters on a snapshot of the stored samples. The
+held-out split is fixed by each sample's content hash, so every job and every version
+is judged on the same samples. When the run ends, the new adapters are committed and
+activated only if their held-out accuracy is not worse than the version active at that
+moment (`check_accuracy`); otherwise the active version stays and the job says why.
+Job records live in the database: a job that was running when the daemon died is
+reported as interrupted after the restart.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from s2rt.bundle import Optimizer
+from s2rt.cache import sample_keys
+from s2rt.errors import S2LError
+from s2rt.features import CachedFeatures
+from s2rt.head import AdapterHead
+from s2rt.serve.errors import ApiError, conflict, not_found
+from s2rt.state import Adapters
+from s2rt.trainer import TrainConfig, evaluate, train
+
+if TYPE_CHECKING:
+    from s2rt.serve.service import Deployment, Service, Serving
+
+log = logging.getLogger(__name__)
+
+RUNNING = "running"
+FINISHED = ("succeeded", "rejected", "failed", "cancelled", "interrupted")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    optimizer: str | None = None
+    seed: int = 0
+    val_fraction: float = 0.2
+    check_accuracy: bool = True
+    start_from: str = "active"
+
+
+class JobCancelled(Exception):
+    pass
+
+
+@dataclass
+class Plan:
+    deployment: Deployment
+    config: TrainConfig
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    start: Adapters
+    check_accuracy: bool
+
+
+class Job:
+    def __init__(self, job_id: int, record: dict[str, Any]) -> None:
+        self.id = job_id
+        self.cancel = threading.Event()
+        self.cancel_reason = "by request"
+        self._lock = threading.Lock()
+        self._record = record
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            self._record.update(fields)
+
+    def append_history(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._record["history"].append(entry)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._record)
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            return str(self._record["state"])
+
+
+class JobRunner:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.db = service.db
+        self._lock = threading.Lock()
+        self.current: Job | None = None
+        self.thread: threading.Thread | None = None
+        self._mark_interrupted()
+
+    @property
+    def busy(self) -> bool:
+        job = self.current
+        return job is not None and job.state == RUNNING
+
+    @contextmanager
+    def exclusive(self, what: str) -> Iterator[None]:
+        """No job may start while the block runs; 409 if one is running already."""
+        with self._lock:
+            if self.busy:
+                assert self.current is not None
+                raise conflict(f"job {self.current.id} is running; cancel it or wait for it before {what}")
+            yield
+
+    # -- starting ----------------------------------------------------------------------
+    def start(self, options: JobOptions) -> dict[str, Any]:
+        with self.exclusive("starting another"):
+            if self.service.closing:
+                raise ApiError(503, "shutting_down", "the daemon is shutting down")
+            serving = self.service.serving
+            plan = self._plan(serving, options)
+            record: dict[str, Any] = {
+                "state": RUNNING,
+                "bundle_digest": serving.deployment.bundle.digest,
+                "options": asdict(options),
+                "created_utc": _now(),
+                "finished_utc": None,
+                "start_version": serving.version if options.start_from == "active" else 0,
+                "n_train": len(plan.y_train),
+                "n_val": len(plan.y_val),
+                "progress": {"epoch": 0, "epochs": plan.config.epochs, "batch": 0, "batches": 0, "fraction": 0.0},
+                "loss": None,
+                "val_accuracy": None,
+                "history": [],
+                "result": None,
+                "message": "",
+            }
+            job = Job(self._insert(record), record)
+            job.update(id=job.id)
+            self.current = job
+            self.thread = threading.Thread(target=self._run, args=(job, plan), name=f"s2rt-job-{job.id}", daemon=True)
+            self.thread.start()
+            log.info("job %d started on %d samples", job.id, len(plan.y_train), extra={"event": "job_started", "job": job.id})
+            return job.snapshot()
+
+    def _plan(self, serving: Serving, options: JobOptions) -> Plan:
+        deployment = serving.deployment
+        bundle = deployment.bundle
+        if not deployment.classify:
+            raise conflict("this bundle's head is a regression (MSE) head; the daemon fine-tunes classifiers only")
+        if options.check_accuracy and not options.val_fraction:
+            raise ApiError(422, "invalid_input", "val_fraction: must be > 0 when check_accuracy is true", "val_fraction")
+        samples = self.service.samples.load(deployment.signature, bundle.input.shape, bundle.input.dtype.numpy)
+        val = held_out(samples.x, options.val_fraction)
+        if not (~val).any():
+            raise conflict(
+                f"{len(samples.y)} labelled samples stored, {int(val.sum())} of them held out: nothing to train on; ingest samples first",
+                "samples",
+            )
+        d = bundle.head.defaults
+        try:
+            config = TrainConfig(
+                epochs=options.epochs or d.epochs,
+                batch_size=options.batch_size or d.batch_size,
+                learning_rate=options.learning_rate or d.learning_rate,
+                optimizer=Optimizer[options.optimizer.upper()] if options.optimizer else d.optimizer,
+                loss=bundle.head.loss,
+                seed=options.seed,
+            )
+        except S2LError as e:
+            raise ApiError(422, "invalid_input", str(e)) from None
+        start = deployment.adapters.initial() if options.start_from == "initial" else serving.head.per_tap()
+        return Plan(
+            deployment,
+            config,
+            samples.x[~val],
+            samples.y[~val],
+            samples.x[val],
+            samples.y[val],
+            [(a.copy(), b.copy()) for a, b in start],
+            options.check_accuracy,
+        )
+
+    # -- running -----------------------------------------------------------------------
+    def _run(self, job: Job, plan: Plan) -> None:
+        started = time.perf_counter()
+        deployment, metrics = plan.deployment, self.service.metrics
+        train_src = val_src = None
+        try:
+            head = deployment.head(plan.start)
+            train_src = CachedFeatures(deployment.frozen, plan.x_train, plan.y_train, deployment.cache)
+            val_src = CachedFeatures(deployment.frozen, plan.x_val, plan.y_val, deployment.cache) if len(plan.y_val) else None
+            listener = _Listener(job, head, val_src, plan)
+            report = train(head, train_src, plan.y_train, plan.config, progress=listener)
+            if report.diverged:
+                state, message, result = "rejected", f"training diverged: {report.message}; the active version stays", None
+            else:
+                result = self.service.swap_in(deployment, head, _judge(head, val_src, plan), job=job.id, epochs=report.epochs_run)
+                state = "succeeded" if result["accepted"] else "rejected"
+                message = result["reason"]
+        except JobCancelled:
+            state, message, result = "cancelled", f"cancelled ({job.cancel_reason}); the active version stays", None
+        except S2LError as e:
+            state, message, result = "failed", str(e), None
+        except Exception as e:  # a bug must not kill the worker silently; the job record says what happened
+            log.exception("job %d failed", job.id)
+            state, message, result = "failed", f"internal error: {type(e).__name__}: {e}", None
+        seconds = time.perf_counter() - started
+        hits = sum(s.hits for s in (train_src, val_src) if s is not None)
+        misses = sum(s.misses for s in (train_src, val_src) if s is not None)
+        metrics.cache_hits.inc(hits)
+        metrics.cache_misses.inc(misses)
+        metrics.training_runs.inc(outcome=state)
+        metrics.training_seconds.inc(seconds)
+        deployment.cache.flush()
+        job.update(
+            state=state,
+            message=message,
+            finished_utc=_now(),
+            result=_clean({**(result or {}), "seconds": seconds, "cache_hits": hits, "cache_misses": misses}),
+        )
+        self._save(job)
+        log.info("job %d %s: %s", job.id, state, message, extra={"event": "job_finished", "job": job.id, "state": state})
+
+    # -- looking and stopping ----------------------------------------------------------
+    def get(self, job_id: int) -> dict[str, Any]:
+        job = self.current
+        if job is not None and job.id == job_id:
+            return job.snapshot()
+        with self.db.reading() as c:
+            row = c.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise not_found(f"job {job_id} does not exist", "job_id")
+        return dict(json.loads(row[0]))
+
+    def list(self, limit: int) -> list[dict[str, Any]]:
+        with self.db.reading() as c:
+            ids = [r[0] for r in c.execute("SELECT id FROM jobs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()]
+        return [self.get(i) for i in ids]
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        job = self.current
+        if job is None or job.id != job_id or job.state != RUNNING:
+            record = self.get(job_id)
+            raise conflict(f"job {job_id} is not running (it {record['state']})", "job_id")
+        job.cancel.set()
+        return job.snapshot()
+
+    def shutdown(self, timeout: float) -> None:
+        """Cancel the running job and wait up to `timeout` s for it to record its end."""
+        job, thread = self.current, self.thread
+        if job is None or thread is None:
+            return
+        if job.state == RUNNING:
+            job.cancel_reason = "the daemon is shutting down"
+            job.cancel.set()
+        thread.join(timeout)
+        if thread.is_alive():
+            log.error("job %d did not stop within %.1f s; it will be reported as interrupted", job.id, timeout)
+
+    # -- records -----------------------------------------------------------------------
+    def _insert(self, record: dict[str, Any]) -> int:
+        with self.db.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO jobs (bundle_digest, state, record) VALUES (?, ?, ?)",
+                (record["bundle_digest"], record["state"], json.dumps(record)),
+            )
+            job_id = int(cur.lastrowid or 0)
+            c.execute("UPDATE jobs SET record = ? WHERE id = ?", (json.dumps({"id": job_id, **record}), job_id))
+        return job_id
+
+    def _save(self, job: Job) -> None:
+        record = job.snapshot()
+        try:
+            with self.db.transaction() as c:
+                c.execute("UPDATE jobs SET state = ?, record = ? WHERE id = ?", (record["state"], json.dumps(record), job.id))
+        except Exception:  # the database closed under a job that outlived the shutdown wait
+            log.exception("job %d: cannot record its end", job.id)
+
+    def _mark_interrupted(self) -> None:
+        with self.db.transaction() as c:
+            rows = c.execute("SELECT id, record FROM jobs WHERE state = ?", (RUNNING,)).fetchall()
+            for job_id, raw in rows:
+                record = json.loads(raw)
+                record.update(
+                    state="interrupted",
+                    message="the daemon stopped while this job ran (crash, kill or power loss); the active version stayed",
+                )
+                c.execute("UPDATE jobs SET state = ?, record = ? WHERE id = ?", ("interrupted", json.dumps(record), job_id))
+        if rows:
+            log.warning("%d job(s) were interrupted by the last stop", len(rows))
+
+
+class _Listener:
+    """Per batch: progress and the cancel check. Per epoch: held-out loss and accuracy."""
+
+    def __init__(self, job: Job, head: AdapterHead, val: CachedFeatures | None, plan: Plan) -> None:
+        self.job, self.head, self.val, self.plan = job, head, val, plan
+
+    def __call__(self, epoch: int, epochs: int, batch: int, batches: int, loss: float) -> None:
+        if self.job.cancel.is_set():
+            raise JobCancelled
+        fraction = ((epoch - 1) * batches + batch) / (epochs * batches)
+        progress = {"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches, "fraction": round(fraction, 4)}
+        self.job.update(progress=progress, loss=_finite(loss))
+
+    def epoch_end(self, epoch: int, epochs: int, metrics: Any) -> None:
+        entry = {"epoch": epoch, "train_loss": _finite(metrics["train_loss"])}
+        if self.val is not None:
+            m = evaluate(self.head, self.val, self.plan.y_val, self.plan.config.batch_size)
+            entry |= {"val_loss": _finite(m["loss"]), "val_accuracy": m["accuracy"]}
+            self.job.update(val_accuracy=m["accuracy"])
+        self.job.append_history(entry)
+
+    def close(self) -> None:
+        pass
+
+
+def _judge(head: AdapterHead, val: CachedFeatures | None, plan: Plan) -> Any:
+    def decide(current: Serving) -> dict[str, Any]:
+        n_val = len(plan.y_val)
+        new = _accuracy(head, val, plan) if val is not None else None
+        metrics = {"val_accuracy": new, "n_train": len(plan.y_train), "n_val": n_val}
+        verdict = {"val_accuracy": new, "active_version": current.version, "metrics": metrics}
+        if not plan.check_accuracy:
+            return verdict | {"accepted": True, "reason": "activated without the accuracy check (check_accuracy is false)"}
+        if val is None or new is None:
+            return verdict | {"accepted": False, "reason": "no held-out samples to check the new adapters on; ingest more samples"}
+        active = _accuracy(current.head, val, plan)
+        verdict |= {"active_val_accuracy": active}
+        if new < active:
+            reason = (
+                f"held-out accuracy {new:.4f} is below the active version {current.version}'s {active:.4f} "
+                f"on the same {n_val} samples; version {current.version} stays active"
+            )
+            return verdict | {"accepted": False, "reason": reason}
+        return verdict | {"accepted": True, "reason": f"held-out accuracy {new:.4f} >= {active:.4f} of version {current.version}"}
+
+    return decide
+
+
+def _accuracy(head: AdapterHead, val: CachedFeatures, plan: Plan) -> float:
+    return float(evaluate(head, val, plan.y_val, plan.config.batch_size)["accuracy"])
+
+
+def held_out(x: np.ndarray, fraction: float) -> np.ndarray:
+    """Boolean mask of the held-out samples: fixed by content, the same in every job."""
+    if not len(x) or not fraction:
+        return np.zeros(len(x), bool)
+    h = sample_keys(x)[:, :8].copy().view("<u8").reshape(-1)
+    return h < np.uint64(min(fraction, 1.0) * float(2**64 - 1))
+
+
+def _finite(v: Any) -> Any:
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe: non-finite floats become null."""
+    return {k: (_finite(v) if isinstance(v, float) else _clean(v) if isinstance(v, dict) else v) for k, v in d.items()}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,153 @@
+"""Request and response bodies of the daemon's API; FastAPI turns them into the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema
+
+MAX_ID = 2**62
+_LABEL = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}
+# Checked by the service (unknown names, out-of-range indices, count against x) for messages naming y[i].
+LabelOrLabels = Annotated[Any, WithJsonSchema({"anyOf": [_LABEL, {"type": "array", "items": _LABEL}]})]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="short machine-readable code: invalid_input, not_found, conflict, too_large, unauthorized, …")
+    field: str | None = Field(description="the request field at fault, when there is one")
+    message: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    bundle_digest: str
+    adapter_version: int
+    training: bool
+
+
+class ModelInfo(BaseModel):
+    bundle_digest: str
+    format_version: list[int]
+    input: dict[str, Any]
+    signature: str
+    labels: list[str]
+    loss: str
+    taps: list[dict[str, Any]]
+    head: dict[str, Any]
+    train_defaults: dict[str, Any]
+    provenance: dict[str, Any]
+    backend: str
+    adapter_version: int
+
+
+class PredictRequest(Strict):
+    x: list[Any] = Field(
+        description="one sample (nested lists of numbers in the input's shape) or a list of samples",
+        examples=[[0.1, 0.2, 0.3]],
+    )
+
+
+class PredictResponse(BaseModel):
+    adapter_version: int = Field(description="the adapter version that made these predictions")
+    classes: list[int]
+    labels: list[str]
+    probabilities: list[list[float]] | None = None
+    outputs: list[list[float]] | None = Field(None, description="regression heads: the outputs")
+
+
+class SamplesRequest(Strict):
+    x: list[Any] = Field(description="one sample or a list of samples, as for predict")
+    y: LabelOrLabels = Field(description="class index or label name; a list of them for a list of samples")
+
+
+class SamplesCreated(BaseModel):
+    ids: list[int] = Field(description="ids of the stored samples, in order; durable once this response is sent")
+    count: int
+
+
+class SamplesSummary(BaseModel):
+    signature: str
+    count: int = Field(description="samples of the served bundle's input signature")
+    count_all_signatures: int
+    by_label: dict[int, int]
+    ids: list[int]
+    next_after_id: int | None
+
+
+class Sample(BaseModel):
+    id: int
+    signature: str
+    x: list[Any] | None = Field(description="the sample, or null if it belongs to another input signature")
+    y: int
+    label: str | None
+    created: float
+
+
+class TrainRequest(Strict):
+    epochs: StrictInt | None = Field(None, ge=1, le=10_000, description="default: the bundle's")
+    batch_size: StrictInt | None = Field(None, ge=1, le=65_536, description="default: the bundle's")
+    learning_rate: float | None = Field(None, gt=0, le=100, allow_inf_nan=False, description="default: the bundle's")
+    optimizer: Literal["sgd", "adam"] | None = Field(None, description="default: the bundle's")
+    seed: StrictInt = Field(0, ge=0, le=2**32 - 1, description="seeds the shuffling")
+    val_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False, description="share of samples held out (fixed by content)")
+    check_accuracy: StrictBool = Field(
+        True, description="activate only if held-out accuracy is not worse than the active version's"
+    )
+    start_from: Literal["active", "initial"] = Field("active", description="continue the active adapters or start afresh")
+
+
+class JobInfo(BaseModel):
+    id: int
+    state: str = Field(description="running, succeeded, rejected, failed, cancelled or interrupted")
+    bundle_digest: str
+    options: dict[str, Any]
+    created_utc: str
+    finished_utc: str | None
+    start_version: int
+    n_train: int
+    n_val: int
+    progress: dict[str, Any]
+    loss: float | None
+    val_accuracy: float | None
+    history: list[dict[str, Any]]
+    result: dict[str, Any] | None
+    message: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobInfo]
+
+
+class VersionInfoModel(BaseModel):
+    version: int
+    active: bool
+    created_utc: str | None
+    metrics: dict[str, Any]
+    job: int | None
+    parent: int | None
+    loadable: bool
+    error: str | None
+
+
+class VersionList(BaseModel):
+    active: int
+    history: list[int]
+    versions: list[VersionInfoModel]
+
+
+class Activated(BaseModel):
+    active: int
+
+
+class Deployed(BaseModel):
+    bundle_digest: str
+    changed: bool
+    samples: int = Field(description="stored samples of the new bundle's input signature")

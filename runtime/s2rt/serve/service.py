@@ -1,0 +1,236 @@
+"""The daemon's core, without HTTP: the deployed bundle, its active adapters, samples and jobs.
+
+What predictions use is one immutable `Serving` (bundle, frozen model, adapter head,
+version) swapped as a single reference, so a request sees the old adapters or the new
+ones, never a mix, and a swap never waits for requests. Every change of what is served
+(activate, roll back, a finished job, a deploy) is durable on disk before the swap.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s2rt.backend import open_backend
+from s2rt.bundle import Bundle, Loss, parse_bundle
+from s2rt.cache import SkipCache
+from s2rt.errors import BackendError, BundleError, S2LError, StateError
+from s2rt.frozen import FrozenModel
+from s2rt.head import AdapterHead
+from s2rt.serve.db import Database
+from s2rt.serve.deploy import BundleShelf
+from s2rt.serve.errors import ApiError, conflict, not_found
+from s2rt.serve.jobs import JobRunner
+from s2rt.serve.metrics import Metrics
+from s2rt.serve.samples import SampleStore, signature
+from s2rt.session import new_head, softmax
+from s2rt.state import Adapters
+from s2rt.store import AdapterStore, UnknownVersionError
+from s2rt.trainer import predict_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    state_dir: Path
+    bundle: Path | None = None
+    backend: str = "auto"
+    threads: int = 1
+    cache_capacity: int = 20_000
+
+
+class Deployment:
+    """One bundle in service: its frozen model, adapter versions and Skip-Cache file."""
+
+    def __init__(self, bundle: Bundle, frozen: FrozenModel, state_dir: Path, cache_capacity: int) -> None:
+        self.bundle = bundle
+        self.frozen = frozen
+        self.signature = signature(bundle)
+        self.classify = bundle.head.loss == Loss.SOFTMAX_CROSS_ENTROPY
+        self.adapters = AdapterStore(state_dir / "adapters", bundle)
+        self.cache = SkipCache(bundle.cache, cache_capacity, state_dir / "cache" / f"{bundle.digest[:16]}.s2c", bundle.digest)
+
+    def prune_caches(self) -> None:
+        """Delete the cache files of bundles no longer served (a new bundle's cache starts empty)."""
+        assert self.cache.path is not None
+        for other in self.cache.path.parent.glob("*.s2c"):
+            if other != self.cache.path:
+                other.unlink(missing_ok=True)
+
+    def head(self, adapters: Adapters) -> AdapterHead:
+        head = new_head(self.bundle)
+        head.load_per_tap(adapters)
+        return head
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+@dataclass(frozen=True)
+class Serving:
+    deployment: Deployment
+    head: AdapterHead
+    version: int
+
+
+class Service:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.state_dir = config.state_dir
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock_file = _lock(self.state_dir)
+        self.metrics = Metrics()
+        self.db = Database(self.state_dir / "samples.sqlite")
+        self.samples = SampleStore(self.db)
+        self.shelf = BundleShelf(self.state_dir)
+        bundle = self.shelf.startup(config.bundle)
+        deployment = Deployment(bundle, self._frozen(bundle), self.state_dir, config.cache_capacity)
+        deployment.prune_caches()
+        self._swap = threading.Lock()
+        self.serving = self._serving(deployment)
+        self.jobs = JobRunner(self)
+        self.closing = False
+        self.metrics.gauge("s2rt_active_adapter_version", "adapter version serving predictions", lambda: self.serving.version)
+        self.metrics.gauge("s2rt_samples_stored", "labelled samples for the bundle's input signature", self._sample_count)
+        self.metrics.gauge("s2rt_cache_records", "samples in the Skip-Cache", lambda: self.serving.deployment.cache.count)
+        self.metrics.gauge("s2rt_training_active", "1 while a fine-tune job runs", lambda: float(self.jobs.busy))
+
+    def _frozen(self, bundle: Bundle) -> FrozenModel:
+        return FrozenModel(bundle, open_backend(bundle, self.config.backend, self.config.threads))
+
+    def _serving(self, deployment: Deployment) -> Serving:
+        version, adapters = deployment.adapters.load_active()
+        return Serving(deployment, deployment.head(adapters), version)
+
+    def _sample_count(self) -> float:
+        return self.samples.count(self.serving.deployment.signature)
+
+    # -- predictions and samples -------------------------------------------------------
+    def predict(self, x: np.ndarray) -> dict[str, Any]:
+        s = self.serving
+        taps, frozen_logits = s.deployment.frozen.run(x)
+        z = predict_logits(s.head, taps, frozen_logits)
+        self.metrics.predictions.inc(len(x))
+        labels = s.deployment.bundle.labels
+        if not s.deployment.classify:
+            return {"adapter_version": s.version, "classes": [], "labels": [], "outputs": z.tolist()}
+        classes = z.argmax(axis=1)
+        return {
+            "adapter_version": s.version,
+            "classes": classes.tolist(),
+            "labels": [labels[c] for c in classes],
+            "probabilities": softmax(z).tolist(),
+        }
+
+    def ingest(self, x: np.ndarray, y: np.ndarray) -> list[int]:
+        deployment = self.serving.deployment
+        if not deployment.classify:
+            raise conflict("this bundle's head is a regression (MSE) head; the daemon collects class-labelled samples only")
+        ids = self.samples.add(deployment.signature, x, y)
+        self.metrics.ingested.inc(len(ids))
+        return ids
+
+    # -- adapter versions --------------------------------------------------------------
+    def activate(self, number: int) -> int:
+        with self._swap:
+            deployment = self.serving.deployment
+            adapters = store_call(lambda: deployment.adapters.activate(number))
+            self.serving = Serving(deployment, deployment.head(adapters), number)
+            return number
+
+    def rollback(self) -> int:
+        with self._swap:
+            deployment = self.serving.deployment
+            number, adapters = store_call(deployment.adapters.rollback)
+            self.serving = Serving(deployment, deployment.head(adapters), number)
+            return number
+
+    def swap_in(
+        self, deployment: Deployment, head: AdapterHead, decide: Callable[[Serving], dict[str, Any]], **meta: Any
+    ) -> dict[str, Any]:
+        """Commit and activate `head` if `decide(current serving)` accepts it; atomic with respect to other swaps."""
+        with self._swap:
+            current = self.serving
+            if current.deployment is not deployment:
+                return {"accepted": False, "reason": "the bundle was replaced while the job ran"}
+            verdict = decide(current)
+            if verdict["accepted"]:
+                number = deployment.adapters.commit(head.per_tap(), parent=current.version, metrics=verdict["metrics"], **meta)
+                adapters = deployment.adapters.activate(number)
+                self.serving = Serving(deployment, deployment.head(adapters), number)
+                verdict["version"] = number
+            return verdict
+
+    # -- deploy ------------------------------------------------------------------------
+    def deploy(self, data: bytes) -> dict[str, Any]:
+        """Verify an uploaded bundle and serve it; the running one stays if anything fails."""
+        try:
+            bundle = parse_bundle(data, source="uploaded bundle")
+            frozen = self._frozen(bundle)
+        except (BundleError, BackendError) as e:
+            raise ApiError(422, "invalid_bundle", str(e), "body") from None
+        with self.jobs.exclusive("deploying a bundle"), self._swap:
+            old = self.serving.deployment
+            if bundle.digest == old.bundle.digest:
+                return {"bundle_digest": bundle.digest, "changed": False, "samples": self.samples.count(old.signature)}
+            deployment = Deployment(bundle, frozen, self.state_dir, self.config.cache_capacity)
+            try:
+                serving = self._serving(deployment)
+                self.shelf.install(data, bundle)
+            except BaseException:
+                deployment.close()
+                raise
+            self.serving = serving
+            old.close()
+            deployment.prune_caches()
+            kept = self.samples.count(deployment.signature)
+        log.info("serving bundle %s with %d samples of its signature", bundle.digest[:12], kept)
+        return {"bundle_digest": bundle.digest, "changed": True, "samples": kept}
+
+    def bundle_bytes(self) -> bytes:
+        return self.shelf.path(self.serving.deployment.bundle.digest).read_bytes()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def close(self, timeout: float) -> None:
+        """Stop the running job (bounded wait), flush the cache, close the database, release the state dir."""
+        self.closing = True
+        self.jobs.shutdown(timeout)
+        self.serving.deployment.close()
+        self.db.close()
+        self._lock_file.close()
+
+
+def store_call(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except UnknownVersionError as e:
+        raise not_found(str(e), "version") from None
+    except StateError as e:
+        raise conflict(str(e), "version") from None
+
+
+def _lock(state_dir: Path) -> Any:
+    """Hold an exclusive lock on DIR/lock for the daemon's lifetime: one daemon per state dir."""
+    f = open(state_dir / "lock", "a+")  # noqa: SIM115  # held open until close()
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise StateError(f"{state_dir}: another s2rt serve is using this state directory") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+__all__ = ["Deployment", "S2LError", "Service", "ServiceConfig", "Serving"]
