@@ -5,6 +5,7 @@
     s2conv inspect MODEL.onnx [--rank R] [--tap-pool G] [--cache-dtype D] [--json]   # candidate taps and their costs
     s2conv keygen -o KEY                      (KEY, mode 0600, and KEY.pub)
     s2conv sign BUNDLE.s2l --key KEY [-o OUT.s2l]
+    s2conv export BUNDLE.s2l --adapters ADAPTERS.npz -o TUNED.onnx|TUNED.tflite   (adapters merged in)
 
 Errors print one line, `s2conv: error: <message>`, on stderr: exit status 2 for a usage
 error, 1 when the model cannot be converted or the bundle cannot be read. `--debug`
@@ -27,9 +28,10 @@ from s2rt.bundle.signing import SigningKey, sign_bundle_file
 from s2rt.errors import ConversionError, S2LError
 
 from s2conv.candidates import describe_model, render_model_text
-from s2conv.convert import CACHE_DTYPES, LOSSES, OPTIMIZERS, ConvertOptions, InvalidOptionError, convert
+from s2conv.convert import CACHE_DTYPES, LOSSES, OPTIMIZERS, SEGMENT_BACKENDS, ConvertOptions, InvalidOptionError, convert
 from s2conv.describe import describe_bundle, render_text
 from s2conv.emit import emit
+from s2conv.export import export_file
 from s2conv.load import load_model
 from s2conv.quantize import QUANTIZE_CHOICES
 from s2conv.version import PRODUCER, __version__
@@ -111,6 +113,7 @@ def _convert_parser() -> _Parser:
     p.add_argument("--lr", type=float, default=DEFAULTS.learning_rate, help=_help("learning_rate"))
     p.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help=_help("epochs"))
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help=_help("batch_size"))
+    p.add_argument("--backend", choices=list(SEGMENT_BACKENDS), default=DEFAULTS.backend, help=_help("backend"))
     p.add_argument(
         "--save-segment",
         metavar="FILE.onnx",
@@ -160,6 +163,7 @@ def _options(args: argparse.Namespace, parser: _Parser) -> ConvertOptions:
             learning_rate=args.lr,
             epochs=args.epochs,
             batch_size=args.batch_size,
+            backend=args.backend,
             quantize=args.quantize,
             calib=args.calib,
         )
@@ -250,6 +254,33 @@ def _inspect_model(args: argparse.Namespace, parser: _Parser) -> int:
     return 0
 
 
+# --- export -------------------------------------------------------------------------------
+
+
+def _export_parser() -> _Parser:
+    p = _Parser(
+        prog=f"{PRODUCER} export",
+        description="Write one standalone model with trained adapters merged in: the frozen network plus one MatMul "
+        "per tap, then the source model's output activation. It gives what `s2rt predict` gives with those adapters.",
+    )
+    p.add_argument("bundle", metavar="BUNDLE.s2l", help="the bundle the adapters were trained for (it needs its ONNX segment)")
+    p.add_argument("--adapters", required=True, metavar="ADAPTERS.npz", help="trained adapters (s2rt train -o ...)")
+    p.add_argument(
+        "-o", "--output", required=True, type=Path, metavar="TUNED.onnx|TUNED.tflite", help="where to write; the suffix picks the format"
+    )
+    p.add_argument(
+        "--output-name", metavar="NAME", help="name of the model's output (default: the source model's, when the bundle knows it)"
+    )
+    _add_common(p)
+    return p
+
+
+def _export(args: argparse.Namespace, parser: _Parser) -> int:
+    size = export_file(read_bundle(args.bundle), args.adapters, args.output, args.output_name)
+    print(f"wrote tuned model {args.output} ({size:,} bytes)")
+    return 0
+
+
 # --- keygen, sign -------------------------------------------------------------------------
 
 
@@ -294,6 +325,7 @@ def _sign(args: argparse.Namespace, parser: _Parser) -> int:
 # The first word of the command line selects one of these; anything else is a model to convert.
 SUBCOMMANDS: dict[str, tuple[Callable[[], _Parser], Runner]] = {
     "inspect": (_inspect_parser, _inspect),
+    "export": (_export_parser, _export),
     "keygen": (_keygen_parser, _keygen),
     "sign": (_sign_parser, _sign),
 }

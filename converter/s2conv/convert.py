@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from s2rt.bundle.model import (
     Bundle,
     CacheLayout,
@@ -46,6 +47,11 @@ log = logging.getLogger(__name__)
 CACHE_DTYPES = {"float32": DType.FLOAT32, "float16": DType.FLOAT16, "int8": DType.INT8}
 LOSSES = {"cross_entropy": Loss.SOFTMAX_CROSS_ENTROPY, "mse": Loss.MSE}
 OPTIMIZERS = {"adam": Optimizer.ADAM, "sgd": Optimizer.SGD}
+SEGMENT_BACKENDS = {
+    "onnx": (SegmentBackend.ONNX,),
+    "tflite": (SegmentBackend.TFLITE,),
+    "both": (SegmentBackend.ONNX, SegmentBackend.TFLITE),
+}
 MAX_SEED = 2**63 - 1
 MAX_RANK = 4096  # the bundle reader's limit
 
@@ -77,6 +83,10 @@ class ConvertOptions:
     learning_rate: float = _option(0.01, "default learning rate for fine-tuning")
     epochs: int = _option(20, "default number of fine-tuning epochs")
     batch_size: int = _option(32, "default mini-batch size for fine-tuning")
+    backend: str = _option(
+        "onnx",
+        "format of the frozen segment in the bundle: onnx (onnxruntime), tflite (LiteRT) or both (the device picks)",
+    )
     quantize: str = _option("none", "none, or int8: static int8 quantization of the frozen segment (per-channel weights; needs calib)")
     calib: str | None = _option(
         None, "calibration inputs (.npz with x, or .csv) for quantize=int8 and for the tap scales of cache_dtype=int8"
@@ -95,6 +105,15 @@ class ConvertOptions:
         _require_choice("loss", self.loss, LOSSES)
         _require_choice("optimizer", self.optimizer, OPTIMIZERS)
         self._check_calibration()
+        self._check_backend()
+
+    def _check_backend(self) -> None:
+        _require_choice("backend", self.backend, SEGMENT_BACKENDS)
+        if self.quantize != "none" and self.backend != "onnx":
+            raise InvalidOptionError(
+                f"option quantize={self.quantize} quantizes the ONNX segment only and the TFLite segment is float32; "
+                "use backend=onnx with it (s2conv --backend onnx)"
+            )
 
     def _check_calibration(self) -> None:
         _require_choice("quantize", self.quantize, dict.fromkeys(QUANTIZE_CHOICES))
@@ -184,12 +203,26 @@ def convert(model_path: str | Path, options: ConvertOptions | None = None) -> Bu
         provenance=provenance(loaded, options),
         input=signature,
         labels=labels,
-        segments=(Segment(SegmentBackend.ONNX, segment_bytes, signature.name, LOGITS_OUTPUT),),
+        segments=frozen_segments(segment, segment_bytes, signature.name, options.backend),
         taps=taps,
         head=head,
         cache=cache_layout(taps, plan.num_outputs, options.cache_dtype, segment_bytes, signature, calibration),
         output_activation=plan.output_activation,
     )
+
+
+def frozen_segments(segment: onnx.ModelProto, onnx_bytes: bytes, input_name: str, backend: str) -> tuple[Segment, ...]:
+    """The frozen segment in each format `backend` names: ONNX as cut, TFLite emitted from it."""
+    segments = []
+    for kind in SEGMENT_BACKENDS[backend]:
+        if kind == SegmentBackend.ONNX:
+            data = onnx_bytes
+        else:
+            from s2conv.tflite import onnx_to_tflite  # the tflite bindings load only when asked for
+
+            data = onnx_to_tflite(segment)
+        segments.append(Segment(kind, data, input_name, LOGITS_OUTPUT))
+    return tuple(segments)
 
 
 def bundle_taps(plan: TapPlan) -> tuple[Tap, ...]:

@@ -1,0 +1,183 @@
+"""`s2conv export`: one standalone model with the trained adapters baked in.
+
+The bundle's ONNX frozen segment plus, per tap l, one MatMul by W_l^T and an Add:
+
+    z = F + sum_l x_l W_l^T,    W_l = (alpha / rank) B_l A_l   (C x d_l)
+
+then the source model's output activation (softmax, log-softmax) re-applied. The result
+equals `s2rt predict`'s tuned logits (`Model.logits`), activation applied; written as
+.onnx, or as .tflite through the TFLite emitter. For devices that only predict after
+tuning, or to send a tuned model home.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from s2rt.bundle.model import Bundle, OutputActivation, SegmentBackend
+from s2rt.errors import ConversionError
+from s2rt.state import load_adapters
+
+from s2conv.version import PRODUCER, __version__
+
+log = logging.getLogger(__name__)
+
+Adapters = Sequence[tuple[np.ndarray, np.ndarray]]
+# The output's name when the source model's own is not in the bundle (it cut an activation off).
+ACTIVATION_OUTPUTS = {OutputActivation.SOFTMAX: "probabilities", OutputActivation.LOG_SOFTMAX: "log_probabilities"}
+ACTIVATION_OPS = {OutputActivation.SOFTMAX: "Softmax", OutputActivation.LOG_SOFTMAX: "LogSoftmax"}
+PREFIX = "s2l.tuned"
+
+
+class ExportFormat(Enum):
+    ONNX = ".onnx"
+    TFLITE = ".tflite"
+
+    @classmethod
+    def for_path(cls, path: Path) -> ExportFormat:
+        for fmt in cls:
+            if path.suffix.lower() == fmt.value:
+                return fmt
+        raise ConversionError(f"{path}: cannot tell the format from the suffix; name the file *.onnx or *.tflite")
+
+
+def export_file(bundle: Bundle, adapters_path: str | Path, output: str | Path, output_name: str | None = None) -> int:
+    """Write the tuned model for `bundle` with the adapters in `adapters_path` to `output`
+    (.onnx or .tflite, by suffix); returns the bytes written."""
+    path = Path(output)
+    fmt = ExportFormat.for_path(path)
+    adapters, _ = load_adapters(adapters_path, bundle)
+    tuned = tuned_model(bundle, adapters, output_name)
+    if fmt is ExportFormat.TFLITE:
+        from s2conv.tflite import onnx_to_tflite
+
+        data = onnx_to_tflite(tuned)
+    else:
+        data = tuned.SerializeToString()
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise ConversionError(f"{path}: cannot write the tuned model: {e.strerror or e}") from e
+    log.info("wrote tuned model %s (%d bytes)", path, len(data))
+    return len(data)
+
+
+def tuned_model(bundle: Bundle, adapters: Adapters, output_name: str | None = None) -> onnx.ModelProto:
+    """The frozen segment with the adapters folded into one MatMul per tap; one output."""
+    model = _onnx_segment(bundle)
+    graph = model.graph
+    frozen_logits = bundle.segment(SegmentBackend.ONNX).logits_output
+    name = output_name or _default_output_name(graph, frozen_logits, bundle.output_activation)
+    _free_name(graph, name)
+    weights = delta_weights(bundle, adapters)
+    total = frozen_logits
+    for index, (tap, weight) in enumerate(zip(bundle.taps, weights)):
+        total = _add_tap(graph, tap.name, len(tap.shape), weight, total, index)
+    activation = ACTIVATION_OPS.get(bundle.output_activation)
+    if activation is None:
+        graph.node.append(helper.make_node("Identity", [total], [name], name=f"{PREFIX}/output"))
+    else:
+        graph.node.append(helper.make_node(activation, [total], [name], name=f"{PREFIX}/{activation}", axis=-1))
+    _normalise_input(graph, bundle)
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [_batch_dim(graph), bundle.head.num_outputs]))
+    graph.name = f"{graph.name}_tuned"
+    graph.doc_string = "s2l tuned model: the frozen network with its Skip2-LoRA adapters merged in"
+    model.producer_name, model.producer_version = PRODUCER, __version__
+    _check(model)
+    return model
+
+
+def delta_weights(bundle: Bundle, adapters: Adapters) -> list[np.ndarray]:
+    """W_l = (alpha / rank) B_l A_l, C x d_l, per tap (PEFT's `delta_weight`)."""
+    scaling = bundle.head.scaling
+    return [(scaling * (b.astype(np.float64) @ a.astype(np.float64))).astype(np.float32) for a, b in adapters]
+
+
+def _onnx_segment(bundle: Bundle) -> onnx.ModelProto:
+    try:
+        segment = bundle.segment(SegmentBackend.ONNX)
+    except KeyError:
+        raise ConversionError(
+            "export builds on the bundle's ONNX frozen segment and this bundle has only "
+            + ", ".join(s.backend.name for s in bundle.segments)
+            + "; convert the model again with --backend onnx or --backend both"
+        ) from None
+    return onnx.load_from_string(bytes(segment.model))
+
+
+def _default_output_name(graph: onnx.GraphProto, frozen_logits: str, activation: OutputActivation) -> str:
+    """The source model's output name: the tensor behind the frozen logits when nothing was
+    cut after it, else a name for what the activation gives."""
+    if activation in ACTIVATION_OUTPUTS:
+        return ACTIVATION_OUTPUTS[activation]
+    for node in graph.node:
+        if frozen_logits in node.output and node.op_type in ("Identity", "Cast") and node.input:
+            return str(node.input[0])
+    return "logits"
+
+
+def _free_name(graph: onnx.GraphProto, name: str) -> None:
+    """Rename the segment's tensor called `name` (the frozen logits, typically) out of the way."""
+    renamed = f"{name}/frozen"
+    for node in graph.node:
+        node.input[:] = [renamed if n == name else n for n in node.input]
+        node.output[:] = [renamed if n == name else n for n in node.output]
+    for info in graph.value_info:
+        if info.name == name:
+            info.name = renamed
+    if any(i.name == name for i in (*graph.input, *graph.initializer)):
+        raise ConversionError(f"the output name {name!r} is the model's input or a weight; choose another with --output-name")
+
+
+def _add_tap(graph: onnx.GraphProto, tap: str, rank: int, weight: np.ndarray, total: str, index: int) -> str:
+    """total + flatten(tap) @ W^T; returns the new total's name."""
+    source = tap
+    if rank != 1:
+        source = f"{PREFIX}.flat.{index}"
+        graph.node.append(helper.make_node("Flatten", [tap], [source], name=f"{PREFIX}/flatten.{index}", axis=1))
+    weight_name = f"{PREFIX}.W.{index}"
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), weight_name))
+    delta, summed = f"{PREFIX}.delta.{index}", f"{PREFIX}.sum.{index}"
+    graph.node.append(helper.make_node("MatMul", [source, weight_name], [delta], name=f"{PREFIX}/matmul.{index}"))
+    graph.node.append(helper.make_node("Add", [total, delta], [summed], name=f"{PREFIX}/add.{index}"))
+    return summed
+
+
+def _normalise_input(graph: onnx.GraphProto, bundle: Bundle) -> None:
+    """Bake the bundle's input normalisation (if it has one) in front of the segment."""
+    signature = bundle.input
+    if signature.mean is None or signature.std is None:
+        return
+    inner = f"{signature.name}/normalised"
+    for node in graph.node:
+        node.input[:] = [inner if n == signature.name else n for n in node.input]
+    mean, std = f"{PREFIX}.input_mean", f"{PREFIX}.input_std"
+    graph.initializer.extend(
+        [numpy_helper.from_array(signature.mean.astype(np.float32), mean), numpy_helper.from_array(signature.std.astype(np.float32), std)]
+    )
+    centred = f"{signature.name}/centred"
+    nodes = [
+        helper.make_node("Sub", [signature.name, mean], [centred], name=f"{PREFIX}/input_sub"),
+        helper.make_node("Div", [centred, std], [inner], name=f"{PREFIX}/input_div"),
+    ]
+    for i, node in enumerate(nodes):
+        graph.node.insert(i, node)
+
+
+def _batch_dim(graph: onnx.GraphProto) -> str | int:
+    dim = graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_param if dim.HasField("dim_param") else "batch"
+
+
+def _check(model: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise ConversionError(f"the tuned model fails the ONNX checker: {' '.join(str(e).split())}") from e
