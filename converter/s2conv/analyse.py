@@ -1,13 +1,20 @@
-"""Stage 2, analyse: find the taps and the frozen logits of a fully connected model.
+"""Stage 2, analyse: find the taps and the frozen logits.
 
-Walk from the graph output back to the input. A trailing Softmax/LogSoftmax (and any
-Identity) is cut off and recorded as the model's `OutputActivation`; what remains is
-the frozen logits, which must be the output of the last *layer*. A layer is a Gemm, or a
-MatMul, whose weight is a constant, optionally followed by an Add with a constant bias.
-Every layer's *input* tensor on the path is a tap, listed from the model input to the
-last layer. Between layers only the ops in `PASS_THROUGH_OPS` may appear.
+Walk back from the graph output: a trailing Softmax/LogSoftmax (and any Identity) is
+cut off and recorded as the model's `OutputActivation`; what remains is the frozen
+logits. Between the input and the logits, the *main path* (`blocks.main_path`) is the
+sequence of tensors every input-to-logits path passes through: block boundaries. A
+stage between two of them that holds a *layer* (an op of `LAYER_OPS` with a constant
+weight) starts a block, and the block's input is a tap. So a chain of layers gets a tap
+at every layer input (the paper's fully connected case), a CNN one at the input of every
+conv in a chain and of every residual, inverted-residual or squeeze-excite block, and
+one at the classifier's input. After the last layer only `TAIL_OPS` (pooling,
+reshaping, a bias) may lead to the logits.
 
-`--taps n1,n2` replaces the walk: the named tensors are the taps, in the order given.
+A tap of per-sample rank 2 or more ([C, H, W] in ONNX's channels-first layout) is
+averaged inside the frozen segment (`reduce.py`, `--tap-pool`).
+
+`--taps n1,n2` replaces the search: the named tensors are the taps, in the order given.
 """
 
 from __future__ import annotations
@@ -19,34 +26,13 @@ from onnx import TensorProto
 from s2rt.bundle.model import DType, InputSignature, OutputActivation
 from s2rt.errors import UnsupportedGraphError
 
+from s2conv.blocks import Stage, main_path
 from s2conv.graph import GraphView, OnnxNode
+from s2conv.reduce import Pooling, plan_pooling
 
 TAPS_HINT = "consider `--taps NAME1,NAME2,...` to choose the tap tensors by name"
 MAX_LISTED_CANDIDATES = 20
-
-# The registry of ops the tap finder walks through between layers: op → why it is fine.
-PASS_THROUGH_OPS: dict[str, str] = {
-    "Relu": "activation",
-    "LeakyRelu": "activation",
-    "Sigmoid": "activation",
-    "Tanh": "activation",
-    "Gelu": "activation",
-    "Elu": "activation",
-    "Selu": "activation",
-    "HardSigmoid": "activation",
-    "HardSwish": "activation",
-    "Clip": "activation (bounds are constants)",
-    "Identity": "no-op",
-    "Dropout": "no-op at inference",
-    "Sub": "normalisation by a constant",
-    "Div": "normalisation by a constant",
-    "Mul": "normalisation by a constant",
-    "Add": "normalisation by a constant",
-    "Flatten": "reshape",
-    "Reshape": "reshape to a constant shape",
-    "Cast": "type conversion",
-    "BatchNormalization": "per-feature affine map at inference",
-}
+DEFAULT_POOL_GRID = 1
 
 # Ops cut off the end of the graph: op → what the runtime applies instead.
 OUTPUT_ACTIVATIONS: dict[str, OutputActivation] = {
@@ -54,6 +40,11 @@ OUTPUT_ACTIVATIONS: dict[str, OutputActivation] = {
     "LogSoftmax": OutputActivation.LOG_SOFTMAX,
 }
 TRANSPARENT_TAIL_OPS = frozenset({"Identity"})
+
+# Ops that may sit between the last layer and the logits: linear, per sample, so the
+# logits stay the last layer's (pooled, reshaped) output. Elementwise ones need a constant operand.
+TAIL_OPS = frozenset({"GlobalAveragePool", "AveragePool", "ReduceMean", "Flatten", "Reshape", "Squeeze", "Identity", "Dropout"})
+TAIL_AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 
 INPUT_DTYPES: dict[int, DType] = {
     TensorProto.FLOAT: DType.FLOAT32,
@@ -65,24 +56,30 @@ INPUT_DTYPES: dict[int, DType] = {
 }
 
 
-@dataclass(frozen=True)
-class Layer:
-    """A frozen fully connected layer: `node` (Gemm or MatMul) plus its optional bias Add."""
 
-    node: OnnxNode
-    input: str  # the layer's data input: a tap
-    output: str  # after the bias Add, if any
-    bias: OnnxNode | None = None
+@dataclass(frozen=True)
+class Block:
+    """From one tap to the next (or to the logits): the stages that start with a layer."""
+
+    input: str  # the block's tap
+    output: str
+    nodes: tuple[OnnxNode, ...]
+    layer: OnnxNode  # its first layer: what `Tap.layer` names
 
 
 @dataclass(frozen=True)
 class TapSpec:
-    """A tap as found in the source model."""
+    """A tap as found in the source model, and how the segment reduces it."""
 
     source: str  # tensor name in the source model
     layer: str  # the node whose input it is ("" if no node reads it)
-    shape: tuple[int, ...]  # per sample
+    pooling: Pooling  # per-sample shape before and after the reduction
     elem_type: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Per sample, after the reduction: what the segment outputs and the cache holds."""
+        return self.pooling.reduced_shape
 
 
 @dataclass(frozen=True)
@@ -94,24 +91,25 @@ class TapPlan:
     num_outputs: int
     output_activation: OutputActivation
     logits_elem_type: int = TensorProto.FLOAT
-    layers: tuple[Layer, ...] = ()  # empty when the taps were chosen by name
+    blocks: tuple[Block, ...] = ()  # empty when the taps were chosen by name
 
 
-def find_taps(view: GraphView, tap_names: Sequence[str] | None = None) -> TapPlan:
-    """Find the taps (or validate `tap_names`) and the frozen logits.
+def find_taps(view: GraphView, tap_names: Sequence[str] | None = None, pool_grid: int = DEFAULT_POOL_GRID) -> TapPlan:
+    """Find the taps (or validate `tap_names`) and the frozen logits; `pool_grid` is
+    `--tap-pool` (1: global average of feature-map taps, g: a g x g grid, 0: none).
 
     Raises `UnsupportedGraphError` naming the node, its op and what was expected when
-    the graph is not a single chain of layers, or naming the tensor when a tap or the
-    logits are not float tensors of known per-sample shape.
+    no layer leads to the logits, or naming the tensor when a tap or the logits are not
+    float tensors of known per-sample shape.
     """
     logits, activation = strip_output_activation(view)
     num_outputs = _logits_width(view, logits)
     elem_type = view.value(logits).elem_type
     if tap_names is None:
-        layers = layers_on_path(view, logits)
-        taps = tuple(_tap_spec(view, layer.input, layer.node.display_name) for layer in layers)
-        return TapPlan(taps, logits, num_outputs, activation, elem_type, layers)
-    return TapPlan(_named_taps(view, tap_names), logits, num_outputs, activation, elem_type)
+        blocks = find_blocks(view, logits)
+        taps = tuple(_tap_spec(view, block.input, block.layer.display_name, pool_grid) for block in blocks)
+        return TapPlan(taps, logits, num_outputs, activation, elem_type, blocks)
+    return TapPlan(_named_taps(view, tap_names, pool_grid), logits, num_outputs, activation, elem_type)
 
 
 def input_signature(view: GraphView) -> InputSignature:
@@ -170,102 +168,77 @@ def _logits_width(view: GraphView, logits: str) -> int:
     return shape[0]
 
 
-# --- walking the chain of layers ------------------------------------------------------
+# --- layers and blocks ------------------------------------------------------------------
 
 
-def layers_on_path(view: GraphView, logits: str) -> tuple[Layer, ...]:
-    """The layers from the model input to the logits, in that order."""
-    last = layer_ending_at(view, logits)
-    if last is None:
-        raise UnsupportedGraphError(
-            f"the frozen logits {logits!r} come from {_producer_label(view, logits)}; expected the last "
-            f"layer (Gemm, or MatMul with a constant weight and an optional bias Add) to produce them; {TAPS_HINT}"
+def find_blocks(view: GraphView, logits: str) -> tuple[Block, ...]:
+    """The blocks from the model input to the logits, in order: one per stage of the main
+    path that holds a layer, running until the next such stage."""
+    stages = main_path(view, logits)
+    starts = [i for i, stage in enumerate(stages) if first_layer(view, stage.nodes) is not None]
+    if not starts:
+        raise UnsupportedGraphError(_no_layer_message(view, logits, stages))
+    _check_tail(view, logits, stages[starts[-1] + 1 :])
+    blocks = []
+    for k, start in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else len(stages)
+        nodes = tuple(node for stage in stages[start:end] for node in stage.nodes)
+        layer = first_layer(view, stages[start].nodes)
+        assert layer is not None
+        blocks.append(Block(stages[start].input, stages[end - 1].output, nodes, layer))
+    return tuple(blocks)
+
+
+def first_layer(view: GraphView, nodes: Sequence[OnnxNode]) -> OnnxNode | None:
+    """The first node that is a frozen layer (an op of `LAYER_OPS` with a constant weight)."""
+    for node in nodes:
+        is_layer = LAYER_OPS.get(node.op) if node.is_standard else None
+        if is_layer is not None and is_layer(view, node):
+            return node
+    return None
+
+
+def Gemm(view: GraphView, node: OnnxNode) -> bool:  # noqa: N802 - named after the op
+    """Y = alpha * A' B' + beta * C: the data is A, the weight B a constant."""
+    return view.data_inputs(node) == node.inputs[:1]
+
+
+def MatMul(view: GraphView, node: OnnxNode) -> bool:  # noqa: N802 - named after the op
+    """Y = X W (or W X): one data input, one constant weight."""
+    return len(view.data_inputs(node)) == 1
+
+
+def Conv(view: GraphView, node: OnnxNode) -> bool:  # noqa: N802 - named after the op
+    """Y = conv(X, W) + B, including depthwise (group = C) and pointwise (1x1): W a constant."""
+    return view.data_inputs(node) == node.inputs[:1]
+
+
+LAYER_OPS: dict[str, Callable[[GraphView, OnnxNode], bool]] = {"Gemm": Gemm, "MatMul": MatMul, "Conv": Conv, "ConvTranspose": Conv}
+
+
+def _no_layer_message(view: GraphView, logits: str, stages: Sequence[Stage]) -> str:
+    candidates = [node for stage in stages for node in stage.nodes if node.op in LAYER_OPS]
+    found = f"; {candidates[-1].label} has no constant (initializer) weight" if candidates else ""
+    if not stages:
+        return f"the frozen logits {logits!r} are not computed from the model input {view.input_name!r}"
+    return (
+        f"no layer on the path from the input {view.input_name!r} to the logits {logits!r}: expected at least one "
+        f"{', '.join(LAYER_OPS)} with a constant (initializer) weight{found}; {TAPS_HINT}"
+    )
+
+
+def _check_tail(view: GraphView, logits: str, tail: Sequence[Stage]) -> None:
+    """After the last layer only pooling, reshaping and constant affine ops may remain."""
+    for node in (node for stage in tail for node in stage.nodes):
+        linear = node.is_standard and (
+            node.op in TAIL_OPS or (node.op in TAIL_AFFINE_OPS and len(view.data_inputs(node)) == 1)
         )
-    layers, tensor = [last], last.input
-    while tensor != view.input_name:
-        layer = layer_ending_at(view, tensor)
-        if layer is not None:
-            layers.append(layer)
-            tensor = layer.input
-        else:
-            tensor = _step_back(view, tensor)
-    return tuple(reversed(layers))
-
-
-def layer_ending_at(view: GraphView, tensor: str) -> Layer | None:
-    """The layer whose output (after its bias Add) is `tensor`, or None."""
-    node = view.producer(tensor)
-    if node is None or not node.is_standard:
-        return None
-    if node.op == "Add":
-        return _bias_add(view, node)
-    recognise = LAYER_OPS.get(node.op)
-    return recognise(view, node) if recognise else None
-
-
-def _bias_add(view: GraphView, add: OnnxNode) -> Layer | None:
-    data = view.data_inputs(add)
-    if len(data) != 1 or len(view.consumers_of(data[0])) != 1:
-        return None
-    inner = view.producer(data[0])
-    recognise = LAYER_OPS.get(inner.op) if inner is not None and inner.is_standard else None
-    if inner is None or recognise is None:
-        return None
-    layer = recognise(view, inner)
-    return Layer(layer.node, layer.input, add.outputs[0], bias=add)
-
-
-def Gemm(view: GraphView, node: OnnxNode) -> Layer:  # noqa: N802 - named after the op
-    """Y = alpha * A' B' + beta * C: A is the data (not transposed), B and C constants."""
-    if int(node.attrs.get("transA", 0)) != 0:
-        raise UnsupportedGraphError(f"{node.label} has transA=1; expected the layer input as A, one sample per row; {TAPS_HINT}")
-    _expect_data_then_constants(view, node, "A", "weight B and bias C")
-    return Layer(node, node.inputs[0], node.outputs[0])
-
-
-def MatMul(view: GraphView, node: OnnxNode) -> Layer:  # noqa: N802 - named after the op
-    """Y = X W: X is the data, W a constant weight."""
-    _expect_data_then_constants(view, node, "first input", "weight (second input)")
-    return Layer(node, node.inputs[0], node.outputs[0])
-
-
-LAYER_OPS: dict[str, Callable[[GraphView, OnnxNode], Layer]] = {"Gemm": Gemm, "MatMul": MatMul}
-
-
-def _expect_data_then_constants(view: GraphView, node: OnnxNode, data_role: str, constant_role: str) -> None:
-    data = view.data_inputs(node)
-    if data != node.inputs[:1]:
-        found = ", ".join(repr(n) for n in data) or "none"
-        raise UnsupportedGraphError(
-            f"{node.label} is a layer on the path to the logits; expected the data as its {data_role} "
-            f"and a constant (initializer) {constant_role}, found non-constant inputs: {found}; {TAPS_HINT}"
-        )
-
-
-def _step_back(view: GraphView, tensor: str) -> str:
-    """Through one pass-through node: the tensor its single data input is."""
-    node = view.producer(tensor)
-    if node is None:
-        raise UnsupportedGraphError(
-            f"tensor {tensor!r} on the path to the logits is not computed from the model input {view.input_name!r}; {TAPS_HINT}"
-        )
-    if not node.is_standard or node.op not in PASS_THROUGH_OPS:
-        raise UnsupportedGraphError(
-            f"{node.label} is on the path from the input to the logits, but the tap finder does not know "
-            f"op {_op_name(node)}; expected a layer ({', '.join(LAYER_OPS)}) or one of: "
-            f"{', '.join(sorted(PASS_THROUGH_OPS))}; {TAPS_HINT}"
-        )
-    data = view.data_inputs(node)
-    if len(data) != 1:
-        raise UnsupportedGraphError(
-            f"{node.label} has {len(data)} non-constant inputs ({', '.join(repr(n) for n in data)}); "
-            f"expected a single chain of layers from the input to the logits (no branches); {TAPS_HINT}"
-        )
-    return data[0]
-
-
-def _op_name(node: OnnxNode) -> str:
-    return f"{node.domain}::{node.op}" if node.domain and not node.is_standard else node.op
+        if not linear:
+            raise UnsupportedGraphError(
+                f"the frozen logits {logits!r} come from {_producer_label(view, logits)}; expected the last layer "
+                f"({', '.join(LAYER_OPS)}) to produce them, followed by nothing but {', '.join(sorted(TAIL_OPS))} "
+                f"or a constant bias/scale, but {node.label} follows it; {TAPS_HINT}"
+            )
 
 
 def _producer_label(view: GraphView, tensor: str) -> str:
@@ -278,7 +251,7 @@ def _producer_label(view: GraphView, tensor: str) -> str:
 # --- taps -------------------------------------------------------------------------------
 
 
-def _tap_spec(view: GraphView, source: str, layer: str) -> TapSpec:
+def _tap_spec(view: GraphView, source: str, layer: str, pool_grid: int) -> TapSpec:
     value = view.value(source)
     shape = value.sample_shape
     if not value.is_float or shape is None:
@@ -286,10 +259,10 @@ def _tap_spec(view: GraphView, source: str, layer: str) -> TapSpec:
             f"tap {source!r} (input of {layer or 'no node'}) is {value.type_name} {value.describe_shape()}; "
             "expected a float tensor [batch, ...] with fixed sizes after the batch dimension"
         )
-    return TapSpec(source, layer, shape, value.elem_type)
+    return TapSpec(source, layer, plan_pooling(source, shape, pool_grid), value.elem_type)
 
 
-def _named_taps(view: GraphView, names: Sequence[str]) -> tuple[TapSpec, ...]:
+def _named_taps(view: GraphView, names: Sequence[str], pool_grid: int) -> tuple[TapSpec, ...]:
     if not names:
         raise UnsupportedGraphError("--taps: no tap names given; expected at least one tensor name")
     duplicates = sorted({n for n in names if list(names).count(n) > 1})
@@ -299,7 +272,7 @@ def _named_taps(view: GraphView, names: Sequence[str]) -> tuple[TapSpec, ...]:
     for name in names:
         if name not in candidates:
             raise UnsupportedGraphError(f"--taps: {_why_not_a_tap(view, name)}; candidates: {_listed(candidates)}")
-    return tuple(_tap_spec(view, name, _first_consumer(view, name)) for name in names)
+    return tuple(_tap_spec(view, name, _first_consumer(view, name), pool_grid) for name in names)
 
 
 def _tap_candidates(view: GraphView) -> tuple[str, ...]:

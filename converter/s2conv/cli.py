@@ -98,7 +98,7 @@ def _convert_parser() -> _Parser:
         "`s2conv inspect MODEL.onnx` lists the candidates",
     )
     p.add_argument("--tap-pool", type=int, default=DEFAULTS.tap_pool, metavar="G", help=_help("tap_pool"))
-    p.add_argument("--output", dest="scores", metavar="NAME", help=ConvertOptions.help("output"))
+    p.add_argument("--scores", metavar="NAME", help=ConvertOptions.help("scores"))
     p.add_argument("--cache-dtype", choices=list(CACHE_DTYPES), default=DEFAULTS.cache_dtype, help=_help("cache_dtype"))
     p.add_argument("--quantize", choices=list(QUANTIZE_CHOICES), default=DEFAULTS.quantize, help=_help("quantize"))
     p.add_argument("--calib", metavar="FILE.npz", help=ConvertOptions.help("calib"))
@@ -154,7 +154,7 @@ def _options(args: argparse.Namespace, parser: _Parser) -> ConvertOptions:
             alpha=args.alpha,
             taps=None if args.taps.strip() == AUTO_TAPS else _split_names(args.taps),
             tap_pool=args.tap_pool,
-            output=args.scores,
+            scores=args.scores,
             cache_dtype=args.cache_dtype,
             seed=args.seed,
             labels=_labels(args),
@@ -219,7 +219,7 @@ def _inspect_parser() -> _Parser:
     model.add_argument("--rank", type=int, default=DEFAULTS.rank, help=_help("rank"))
     model.add_argument("--tap-pool", type=int, default=DEFAULTS.tap_pool, metavar="G", help=_help("tap_pool"))
     model.add_argument("--cache-dtype", choices=["float32", "float16"], default=DEFAULTS.cache_dtype, help="cache storage dtype")
-    model.add_argument("--output", dest="scores", metavar="NAME", help=ConvertOptions.help("output"))
+    model.add_argument("--scores", metavar="NAME", help=ConvertOptions.help("scores"))
     _add_common(p)
     return p
 
@@ -245,10 +245,10 @@ def _is_bundle(path: Path) -> bool:
 
 def _inspect_model(args: argparse.Namespace, parser: _Parser) -> int:
     try:
-        options = ConvertOptions(rank=args.rank, tap_pool=args.tap_pool, cache_dtype=args.cache_dtype, output=args.scores)
+        options = ConvertOptions(rank=args.rank, tap_pool=args.tap_pool, cache_dtype=args.cache_dtype, scores=args.scores)
     except InvalidOptionError as e:
         parser.error(str(e))
-    loaded = load_model(args.bundle, options.output)
+    loaded = load_model(args.bundle, options.scores)
     description = describe_model(loaded, options.rank, options.tap_pool, CACHE_DTYPES[options.cache_dtype])
     print(json.dumps(description, indent=2) if args.json else render_model_text(description))
     return 0

@@ -54,6 +54,7 @@ SEGMENT_BACKENDS = {
 }
 MAX_SEED = 2**63 - 1
 MAX_RANK = 4096  # the bundle reader's limit
+MAX_TAP_POOL = 8
 
 
 class InvalidOptionError(ConversionError, ValueError):
@@ -70,7 +71,15 @@ class ConvertOptions:
 
     rank: int = _option(4, "rank r of every adapter: A_l is r x d_l, B_l is C x r")
     alpha: float = _option(8.0, "LoRA alpha: the adapters' sum is scaled by alpha / rank")
-    taps: tuple[str, ...] | None = _option(None, "tap tensors of the source model, in order; None finds one tap per layer input")
+    taps: tuple[str, ...] | None = _option(
+        None, "tap tensors of the source model, in order; None finds one per layer or block input on the main path"
+    )
+    tap_pool: int = _option(
+        1,
+        "feature-map taps [C, H, W] are averaged inside the frozen segment: 1 = global average (C floats), "
+        "g = a g x g grid (C*g*g floats), 0 = not at all (the whole map is cached)",
+    )
+    scores: str | None = _option(None, "the tensor holding the class scores; None finds it from the graph outputs")
     cache_dtype: str = _option(
         "float32",
         "storage dtype of cached taps: float32, float16 (half the bytes) or int8 (a quarter; one scale per tap, "
@@ -99,6 +108,9 @@ class ConvertOptions:
         for name in ("epochs", "batch_size"):
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        _require_int("tap_pool", self.tap_pool, minimum=0, maximum=MAX_TAP_POOL)
+        if self.scores is not None and (not isinstance(self.scores, str) or not self.scores.strip()):
+            raise InvalidOptionError(f"option scores: expected a tensor name, got {self.scores!r}")
         for name in ("alpha", "learning_rate"):
             _require_positive_float(name, getattr(self, name))
         _require_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
@@ -177,9 +189,11 @@ def convert(model_path: str | Path, options: ConvertOptions | None = None) -> Bu
     tensor at fault when the model cannot be converted.
     """
     options = options or ConvertOptions()
-    loaded = load_model(model_path)
+    loaded = load_model(model_path, options.scores)
+    for note in loaded.notes:
+        log.warning("%s: %s", loaded.source_name, note)
     view = view_graph(loaded.model, loaded.input_name, loaded.output_name)
-    plan = find_taps(view, options.taps)
+    plan = find_taps(view, options.taps, options.tap_pool)
     labels = resolve_labels(options.labels, plan.num_outputs)
     signature = input_signature(view)
     segment = extract_segment(loaded.model, signature, segment_outputs(plan))
@@ -226,7 +240,7 @@ def frozen_segments(segment: onnx.ModelProto, onnx_bytes: bytes, input_name: str
 
 
 def bundle_taps(plan: TapPlan) -> tuple[Tap, ...]:
-    return tuple(Tap(tap_output_name(i), t.source, t.layer, t.shape) for i, t in enumerate(plan.taps))
+    return tuple(Tap(tap_output_name(i), t.source, t.layer, t.shape, t.pooling.reduction) for i, t in enumerate(plan.taps))
 
 
 def cache_layout(

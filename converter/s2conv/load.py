@@ -1,4 +1,5 @@
-"""Stage 1, load: read an .onnx file, check it, infer shapes, hash it, find its input.
+"""Stage 1, load: read an .onnx file (and its external weight data), check it, infer
+shapes, hash it, find its input and the tensor that holds the class scores.
 
 Everything later in the pipeline works on the `LoadedModel` this returns, never on the
 file again.
@@ -16,6 +17,8 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 from s2rt.errors import ConversionError, UnsupportedGraphError
 
+from s2conv.outputs import select_output
+
 log = logging.getLogger(__name__)
 
 
@@ -27,28 +30,35 @@ class LoadedModel:
     model: onnx.ModelProto
     sha256: str
     input_name: str
-    output_name: str
+    output_name: str  # the class scores: a graph output, or the tensor behind its post-processing
+    notes: tuple[str, ...] = ()  # what `select_output` ignored, for the user
 
     @property
     def source_name(self) -> str:
         return self.path.name
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    """Read, check and shape-infer `path`; raise `ConversionError` naming the file if it
-    is missing or not a valid ONNX model, `UnsupportedGraphError` if it does not have
-    exactly one (non-initialiser) input and one output."""
+def load_model(path: str | Path, scores: str | None = None) -> LoadedModel:
+    """Read, check and shape-infer `path`; `scores` names the class-score tensor when the
+    outputs do not say (see `outputs.select_output`). Raises `ConversionError` naming
+    the file if it is missing or not a valid ONNX model, `UnsupportedGraphError` if it
+    does not have exactly one (non-initialiser) input or no clear score output."""
     path = Path(path)
     data = _read_file(path)
     model = _parse(path, data)
     _check(path, model)
     model = _infer_shapes(path, model)
+    try:
+        selected = select_output(model.graph, scores)
+    except UnsupportedGraphError as e:
+        raise UnsupportedGraphError(f"{path}: {e}") from None
     return LoadedModel(
         path=path,
         model=model,
         sha256=hashlib.sha256(data).hexdigest(),
         input_name=_single_input(path, model.graph),
-        output_name=_single_output(path, model.graph),
+        output_name=selected.tensor,
+        notes=selected.notes,
     )
 
 
@@ -107,16 +117,6 @@ def _single_input(path: Path, graph: onnx.GraphProto) -> str:
             f"found {len(inputs)}: {_names(inputs)}; s2l feeds one input tensor per sample"
         )
     return inputs[0]
-
-
-def _single_output(path: Path, graph: onnx.GraphProto) -> str:
-    outputs = [o.name for o in graph.output]
-    if len(outputs) != 1:
-        raise UnsupportedGraphError(
-            f"{path}: expected exactly one graph output (the logits or class scores), "
-            f"found {len(outputs)}: {_names(outputs)}; re-export the model with its score output only"
-        )
-    return outputs[0]
 
 
 def _names(names: list[str]) -> str:

@@ -5,7 +5,9 @@ nodes reachable from the wanted outputs (keeping the source's topological order)
 initialisers they read, and make a new model. The segment's outputs are the taps
 (`s2l.tap.0`, `s2l.tap.1`, …) and the frozen logits (`s2l.logits`), each added through an
 Identity (a Cast to float32 for other float types), so that a tap may be the graph input
-itself. The batch dimension of the input and of every output is symbolic (`batch`).
+itself. A feature-map tap is pooled on the way out (`reduce.py`). The batch dimension
+of the input and of every output is symbolic (`batch`); a model exported with a fixed
+batch gets its batch freed (`batch.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from s2rt.bundle.model import InputSignature
 from s2rt.errors import ConversionError
 
 from s2conv.analyse import TapPlan
+from s2conv.batch import check_batches_agree, fixed_batch, free_batch
+from s2conv.reduce import Pooling, pooling_nodes
 from s2conv.version import PRODUCER, __version__
 
 log = logging.getLogger(__name__)
@@ -33,12 +37,14 @@ ONNXRUNTIME_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
 @dataclass(frozen=True)
 class SegmentOutput:
-    """One output of the segment: its name there, the source tensor and its per-sample shape."""
+    """One output of the segment: its name there, the source tensor, its per-sample shape
+    (after pooling) and how it is pooled (None: passed through)."""
 
     name: str
     source: str
     shape: tuple[int, ...]
     elem_type: int
+    pooling: Pooling | None = None
 
 
 def tap_output_name(index: int) -> str:
@@ -47,7 +53,9 @@ def tap_output_name(index: int) -> str:
 
 def segment_outputs(plan: TapPlan) -> tuple[SegmentOutput, ...]:
     """The taps in order, then the logits."""
-    taps = tuple(SegmentOutput(tap_output_name(i), tap.source, tap.shape, tap.elem_type) for i, tap in enumerate(plan.taps))
+    taps = tuple(
+        SegmentOutput(tap_output_name(i), tap.source, tap.shape, tap.elem_type, tap.pooling) for i, tap in enumerate(plan.taps)
+    )
     return (*taps, SegmentOutput(LOGITS_OUTPUT, plan.logits, (plan.num_outputs,), plan.logits_elem_type))
 
 
@@ -62,17 +70,24 @@ def extract_segment(model: onnx.ModelProto, signature: InputSignature, outputs: 
     graph = model.graph
     _validate_boundary(graph, signature.name, outputs)
     nodes = _reachable_nodes(graph, signature.name, [o.source for o in outputs])
+    batch = fixed_batch(graph, signature.name)
+    freed_shapes: list[onnx.TensorProto] = []
+    if batch is not None:
+        nodes, freed_shapes = free_batch(graph, nodes, batch)
     segment_graph = helper.make_graph(
-        nodes=[*nodes, *(_export_node(o) for o in outputs)],
+        nodes=[*nodes, *(node for o in outputs for node in _export_nodes(o))],
         name=f"{graph.name or 'model'}_s2l_frozen",
         inputs=[_input_info(graph, signature)],
         outputs=[helper.make_tensor_value_info(o.name, TensorProto.FLOAT, [BATCH_DIM, *o.shape]) for o in outputs],
-        initializer=_used_initialisers(graph, nodes),
+        initializer=[*_used_initialisers(graph, nodes), *freed_shapes],
         doc_string="s2l frozen segment: outputs every tap and the frozen logits",
     )
     segment = _make_model(model, segment_graph)
     _check(segment)
     _check_batch_is_free(segment, outputs)
+    if batch is not None:
+        source_input = next(i for i in graph.input if i.name == signature.name)
+        check_batches_agree(segment, signature.name, signature.shape, source_input.type.tensor_type.elem_type)
     _warn_about_custom_ops(nodes)
     log.debug("segment: %d of %d nodes, %d outputs", len(nodes), len(graph.node), len(outputs))
     return segment
@@ -136,10 +151,12 @@ def _used_initialisers(graph: onnx.GraphProto, nodes: Sequence[onnx.NodeProto]) 
     return [init for init in graph.initializer if init.name in reads]
 
 
-def _export_node(output: SegmentOutput) -> onnx.NodeProto:
+def _export_nodes(output: SegmentOutput) -> list[onnx.NodeProto]:
+    if output.pooling is not None:
+        return pooling_nodes(output.source, output.name, output.pooling, output.elem_type)
     if output.elem_type == TensorProto.FLOAT:
-        return helper.make_node("Identity", [output.source], [output.name], name=f"{output.name}/Identity")
-    return helper.make_node("Cast", [output.source], [output.name], name=f"{output.name}/Cast", to=TensorProto.FLOAT)
+        return [helper.make_node("Identity", [output.source], [output.name], name=f"{output.name}/Identity")]
+    return [helper.make_node("Cast", [output.source], [output.name], name=f"{output.name}/Cast", to=TensorProto.FLOAT)]
 
 
 def _input_info(graph: onnx.GraphProto, signature: InputSignature) -> onnx.ValueInfoProto:

@@ -74,11 +74,14 @@ def test_inspect_text(converted):
 
 def test_errors_are_one_line_with_status_1(tmp_path):
     assert_one_line_error(s2conv(tmp_path / "missing.onnx", "-o", tmp_path / "b.s2l"), 1, "missing.onnx: no such file")
-    weird = with_op_between("Sin", "weird").save(tmp_path, "weird.onnx")
-    assert_one_line_error(s2conv(weird, "-o", tmp_path / "b.s2l"), 1, "node 'weird' (Sin)", "--taps")
+    custom = with_op_between("Foo", "foo", domain="acme").save(tmp_path, "custom.onnx")
+    assert_one_line_error(s2conv(custom, "-o", tmp_path / "b.s2l"), 1, "tap 'u0' (input of fc1)", "unknown shape")
     model = residual().save(tmp_path, "res.onnx")
     assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--taps", "x,nope"), 1, "no tensor named 'nope'", "candidates")
-    assert_one_line_error(s2conv("inspect", model), 1, "res.onnx")
+    (tmp_path / "notes.txt").write_text("neither a bundle nor a model\n")
+    assert_one_line_error(s2conv("inspect", tmp_path / "notes.txt"), 1, "notes.txt: not an ONNX model")
+    (tmp_path / "bad.s2l").write_bytes(b"\0" * 64)
+    assert_one_line_error(s2conv("inspect", tmp_path / "bad.s2l"), 1, "bad.s2l")
     assert not (tmp_path / "b.s2l").exists()
 
 
@@ -107,3 +110,16 @@ def test_named_taps_get_past_a_custom_op_with_a_warning(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("s2conv: warning: the frozen segment uses op acme::Foo (node 'foo')")
     assert result.stdout.startswith("wrote bundle")
+
+
+def test_inspect_a_model_lists_candidate_taps_with_their_costs(tmp_path):
+    model = residual().save(tmp_path, "res.onnx")
+    result = s2conv("inspect", model, "--json", "--rank", 2)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert [(c["tensor"], c["auto"]) for c in info["candidates"]] == [("x", True), ("res", True)]
+    assert [c["adapter_parameters"] for c in info["candidates"]] == [2 * (4 + 2), 2 * (4 + 2)]
+    assert info["candidates"][0]["cache_bytes"] == 16 and info["candidates"][0]["next_ops"] == ["Gemm", "Relu", "Add"]
+    assert info["auto"]["adapter_parameters"] == {"skip2lora": 2 * 8 + 2 * 2 * 2, "lora-last": 12, "ft-last": 10, "ft-bias": 2}
+    text = s2conv("inspect", model)
+    assert text.returncode == 0 and "auto taps   2, fused width 8" in text.stdout

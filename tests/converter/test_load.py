@@ -66,10 +66,42 @@ def test_initialisers_listed_as_inputs_are_not_inputs(tmp_path):
     assert load_model(path).input_name == "x"
 
 
-def test_two_outputs_are_named(tmp_path):
+def test_two_float_outputs_are_named_and_output_chooses(tmp_path):
     model = gemm_chain().model
     model.graph.output.append(helper.make_tensor_value_info("r0", TensorProto.FLOAT, [BATCH, 5]))
     path = tmp_path / "two_out.onnx"
     onnx.save(model, path)
-    with pytest.raises(UnsupportedGraphError, match=r"exactly one graph output .* 'h2', 'r0'"):
+    with pytest.raises(UnsupportedGraphError, match=r"two_out\.onnx: the model has 2 outputs \('h2', 'r0'\) .* `--scores NAME`"):
         load_model(path)
+    loaded = load_model(path, scores="h2")
+    assert loaded.output_name == "h2" and loaded.notes == ("outputs 'r0' ignored (--scores h2)",)
+    with pytest.raises(UnsupportedGraphError, match=r"--scores: no tensor named 'nope'"):
+        load_model(path, scores="nope")
+
+
+PROBABILITY_MAP = helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+
+
+def test_label_and_zipmap_outputs_lead_to_the_probabilities(tmp_path):
+    g = GraphBuilder()
+    g.gemm("x", 4, 3, "scores", "fc0")
+    g.node("Softmax", ["scores"], "probs", axis=1)
+    g.node("ArgMax", ["probs"], "index", axis=1, keepdims=0)
+    g.node("Cast", ["index"], "label", to=TensorProto.INT64)
+    g.nodes.append(helper.make_node("ZipMap", ["probs"], ["prob_maps"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2]))
+    model = g.model([("x", [BATCH, 4], TensorProto.FLOAT)], [])
+    model.graph.output.extend(
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [BATCH]),
+            helper.make_value_info("prob_maps", helper.make_sequence_type_proto(PROBABILITY_MAP)),
+        ]
+    )
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
+    path = tmp_path / "sk.onnx"
+    onnx.save(model, path)
+    loaded = load_model(path)
+    assert loaded.output_name == "probs"
+    assert loaded.notes == (
+        "output 'label' (int64, the predicted label via ArgMax) ignored: used the scores 'probs'",
+        "output 'prob_maps' is a ZipMap (a list of class → probability maps): used its input 'probs'",
+    )

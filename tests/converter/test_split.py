@@ -94,11 +94,11 @@ def test_reserved_output_name_in_the_model_is_reported(tmp_path):
         segment_of(case, tmp_path)
 
 
-def test_a_batch_size_pinned_by_the_model_is_reported(tmp_path):
+def test_a_batch_size_pinned_inside_a_model_with_a_free_input_batch_is_reported(tmp_path):
     g = GraphBuilder()
     g.node("Reshape", ["x", g.const("shape", np.array([1, 8], np.int64))], "flat")
     g.gemm("flat", 8, 3, "logits", "fc0")
     path = tmp_path / "pinned.onnx"
-    onnx.save(g.model([("x", [1, 2, 4], onnx.TensorProto.FLOAT)], [("logits", [1, 3])]), path)
+    onnx.save(g.model([("x", ["N", 2, 4], onnx.TensorProto.FLOAT)], [("logits", [1, 3])]), path)
     with pytest.raises(ConversionError, match=r"tensor 'flat' \(segment output 's2l.tap.0'\) has a fixed batch size of 1"):
         convert(path)
