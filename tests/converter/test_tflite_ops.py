@@ -352,6 +352,20 @@ def activations_fused_chain() -> Case:
 
 
 @case
+def activations_after_pools_binaries_concat() -> Case:
+    g = G()
+    outs = [
+        g.n("Relu", [g.n("MaxPool", ["x"], "mp", kernel_shape=[2, 2])], "mp_relu"),
+        g.n("Relu", [g.n("AveragePool", ["x"], "ap", kernel_shape=[2, 2])], "ap_relu"),
+        g.n("Relu", [g.n("Mul", ["x", "x"], "sq")], "sq_relu"),
+        g.n("Relu", [g.n("Div", ["x", g.const("d", np.float32(-2))], "div")], "div_relu"),
+        g.n("Relu", [g.n("Sub", ["x", g.const("s", np.float32(0.1))], "sub")], "sub_relu"),
+        g.n("Relu", [g.n("Concat", ["x", "x"], "cat", axis=1)], "cat_relu"),  # CONCATENATION ignores a fused activation
+    ]
+    return g.model((3, 4, 4), outs), (3, 4, 4)
+
+
+@case
 def softmax_logsoftmax() -> Case:
     g = G()
     z = g.n("Gemm", ["x", g.w("W", 5, 6)], "z", transB=1)
