@@ -89,7 +89,7 @@ def test_usage_errors_are_one_line_with_status_2(tmp_path):
     model = gemm_chain().save(tmp_path)
     assert_one_line_error(s2conv(model), 2, "-o/--output")
     assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--rank", 0), 2, "option rank")
-    assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--cache-dtype", "int8"), 2, "--cache-dtype")
+    assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--cache-dtype", "int4"), 2, "--cache-dtype")
 
 
 def test_debug_shows_the_traceback(tmp_path):

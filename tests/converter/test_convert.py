@@ -79,7 +79,7 @@ def test_label_count_must_match_the_outputs(tmp_path):
         {"rank": 5000},
         {"alpha": 0.0},
         {"alpha": float("nan")},
-        {"cache_dtype": "int8"},
+        {"cache_dtype": "int4"},
         {"seed": -1},
         {"loss": "hinge"},
         {"optimizer": "lbfgs"},
