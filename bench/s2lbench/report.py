@@ -1,0 +1,208 @@
+"""The markdown table and the PNG plot, from the profiles' JSON results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# The targets of issue 3 (edge profile, HAR, 20 epochs).
+TARGET_SPEEDUP = 20.0
+TARGET_ACCURACY_GAP = 0.01
+TARGET_LATENCY_RATIO = 1.2
+TARGET_FLOOR_RATIO = 1.5
+TARGET_WORKLOAD = "har"
+SKIP2 = "s2rt-skip2lora"
+LORA_ALL = "peft-lora-all-matched"
+LORA_R4 = "peft-lora-all"
+FT_ALL = "torch-ft-all"
+
+REPRODUCE = "make bench  # both profiles; or: .venv/bin/python bench/run.py --profiles edge"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.0f}" if seconds >= 0.1 else f"{seconds * 1e3:.1f}"
+
+
+def _speedup(entry: dict[str, Any], key: str) -> str:
+    value = entry.get(key)
+    return "" if value is None else f"{value:.1f}×"
+
+
+def _rss(rss: dict[str, Any], name: str) -> str:
+    r = rss.get(name)
+    if not r:
+        return ""
+    if "error" in r:
+        return "error"
+    return f"{r['peak_mb']:.0f} (+{r['peak_mb'] - r['baseline_mb']:.0f})"
+
+
+def method_table(w: dict[str, Any]) -> list[str]:
+    methods = w["methods"]
+    r = w.get("matched_lora_rank")
+    lines = [
+        f"| method | trainable params | lr | shifted-test acc (mean ± std, {next(iter(methods.values()))['runs']} seeds) "
+        f"| fine-tune ms (median) | speed-up vs LoRA-All{f' r={r}' if r else ''} | vs LoRA-All r=4 | vs FT-All "
+        "| peak RSS MB (+fine-tune) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| frozen model, no fine-tuning | 0 | | {w['frozen_accuracy']:.3f} | | | | | |",
+    ]
+    for name, m in methods.items():
+        label = m["label"].replace("Skip2-LoRA's params", f"r={r}, Skip2-LoRA's params") if r else m["label"]
+        lines.append(
+            f"| {label} | {m['trainable']:,} | {m['lr']:g} | {m['accuracy_mean']:.3f} ± {m['accuracy_std']:.3f} "
+            f"| {_ms(m['seconds_median'])} | {_speedup(m, f'speedup_vs_{LORA_ALL}')} | {_speedup(m, f'speedup_vs_{LORA_R4}')} "
+            f"| {_speedup(m, f'speedup_vs_{FT_ALL}')} | {_rss(w.get('rss', {}), name)} |"
+        )
+    return lines
+
+
+def s2rt_split(w: dict[str, Any]) -> list[str]:
+    rows = [(n, m) for n, m in w["methods"].items() if "phases_median" in m]
+    if not rows:
+        return []
+    keys = list(rows[0][1]["phases_median"])
+    lines = [
+        "s2rt time split (median ms per fine-tune; head forward includes the loss):",
+        "",
+        "| method | total | " + " | ".join(k.replace("_", " ") for k in keys) + " | cache hit rate |",
+        "|---|---:|" + "---:|" * len(keys) + "---:|",
+    ]
+    for _, m in rows:
+        hit = f"{m['hit_rate']:.3f}" if "hit_rate" in m else "no cache"
+        lines.append(
+            f"| {m['label']} | {_ms(m['seconds_median'])} | " + " | ".join(_ms(m["phases_median"][k]) for k in keys) + f" | {hit} |"
+        )
+    return lines
+
+
+def latency_table(w: dict[str, Any]) -> list[str]:
+    lat = w.get("latency")
+    if not lat:
+        return []
+    lines = [
+        "Inference latency, µs p50 / p99 (s2rt with adapters vs plain onnxruntime on the original model):",
+        "",
+        "| batch | s2rt logits | s2rt predict (labels + probs) | onnxruntime, original | ratio (logits, p50) | ratio (predict, p50) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, name in (("one", "1"), ("batch64", "64")):
+        s = lat[label]
+
+        def pp(k: str, s: dict[str, Any] = s) -> str:
+            return f"{s[k]['p50_us']:.1f} / {s[k]['p99_us']:.1f}"
+
+        ratios = f"{s['ratio_p50']:.2f}× | {s['ratio_predict_p50']:.2f}×"
+        lines.append(f"| {name} | {pp('s2rt_logits')} | {pp('s2rt_predict')} | {pp('ort_original')} | {ratios} |")
+    return lines
+
+
+def floor_line(w: dict[str, Any]) -> list[str]:
+    f = w.get("cached_epoch")
+    if not f:
+        return []
+    return [
+        f"Cached epoch ({f['n']} samples): {_ms(f['epoch_s'])} ms; its bare NumPy GEMMs: {_ms(f['gemm_floor_s'])} ms; "
+        f"ratio {f['ratio']:.2f}×."
+    ]
+
+
+def targets(result: dict[str, Any]) -> list[str]:
+    w = result["workloads"].get(TARGET_WORKLOAD)
+    if result["profile"] != "edge" or w is None or SKIP2 not in w["methods"]:
+        return []
+    m = w["methods"]
+    lines = [f"Targets (edge profile, {TARGET_WORKLOAD}, {w['epochs']} epochs):", ""]
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    for ref in (LORA_ALL, LORA_R4):
+        if ref in m:
+            speed = m[SKIP2][f"speedup_vs_{ref}"]
+            target = f"target ≥ {TARGET_SPEEDUP:.0f}×"
+            lines.append(f"- Skip2-LoRA vs {m[ref]['label']}: {speed:.1f}× faster ({target}): {mark(speed >= TARGET_SPEEDUP)}")
+    if FT_ALL in m:
+        gap = m[FT_ALL]["accuracy_mean"] - m[SKIP2]["accuracy_mean"]
+        accs = f"{m[SKIP2]['accuracy_mean']:.3f} vs FT-All {m[FT_ALL]['accuracy_mean']:.3f}"
+        lines.append(f"- shifted accuracy {accs} (target: within 1 point): {mark(gap <= TARGET_ACCURACY_GAP)}")
+    ratio = w["latency"]["one"]["ratio_p50"]
+    target = f"target ≤ {TARGET_LATENCY_RATIO}×"
+    lines.append(f"- predict latency, one sample: {ratio:.2f}× plain onnxruntime ({target}): {mark(ratio <= TARGET_LATENCY_RATIO)}")
+    floor = w["cached_epoch"]["ratio"]
+    lines.append(f"- cached epoch: {floor:.2f}× its GEMM floor (target ≤ {TARGET_FLOOR_RATIO}×): {mark(floor <= TARGET_FLOOR_RATIO)}")
+    return lines
+
+
+def profile_section(result: dict[str, Any]) -> list[str]:
+    threads = "one thread everywhere" if result["threads"] == 1 else "library defaults"
+    lines = [f"## Profile `{result['profile']}` ({threads}; {result['machine']['cpus']} CPUs)", ""]
+    lines += targets(result)
+    for name, w in result["workloads"].items():
+        sizes = f"{w['n_ft']} fine-tune / {w['n_test']} shifted-test samples"
+        lines += ["", f"### {name}: {sizes}, {w['epochs']} epochs, batch {result['config']['batch_size']}", ""]
+        for block in (method_table(w), s2rt_split(w), latency_table(w), floor_line(w)):
+            if block:
+                lines += [*block, ""]
+    return lines
+
+
+def markdown(results: list[dict[str, Any]], plot_name: str | None = "results.png") -> str:
+    first = results[0]
+    v = first["versions"]
+    lines = [
+        "# s2l benchmark",
+        "",
+        f"{first['created']}; {first['machine']['platform']}, Python {first['machine']['python']}; numpy {v['numpy']}, "
+        f"onnxruntime {v['onnxruntime']}, torch {v['torch']}, peft {v['peft']}.",
+        "Same samples, epochs, batch size and per-epoch order for every method (Adam, learning rate per method from a grid "
+        "on a validation split); fine-tune time is the median of the timed runs, methods interleaved; accuracy is on the "
+        "shifted test split. Peak RSS: one run per method in a fresh process (ru_maxrss), in brackets what fine-tuning "
+        "added over the loaded model and data. Ratios measured in one run are the figures; absolute times on a shared "
+        "machine are noise.",
+        "",
+        f"Reproduce: `{REPRODUCE}`.",
+        "",
+    ]
+    if plot_name:
+        lines += [f"![accuracy vs fine-tune time]({plot_name})", ""]
+    for result in results:
+        lines += profile_section(result)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+FAMILY_STYLE = {"s2rt": ("tab:red", "*"), "torch": ("tab:blue", "o"), "peft": ("tab:green", "s"), "ortt": ("tab:purple", "D")}
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy vs fine-tune time, one point per method; a row per profile, a column per workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results[0]["workloads"])
+    fig, axes = plt.subplots(len(results), len(names), figsize=(4.6 * len(names), 3.8 * len(results)), squeeze=False)
+    for row, result in enumerate(results):
+        for col, name in enumerate(names):
+            ax = axes[row][col]
+            w = result["workloads"].get(name)
+            if w is None:
+                ax.set_visible(False)
+                continue
+            for m in w["methods"].values():
+                color, marker = FAMILY_STYLE.get(m["family"], ("black", "x"))
+                ax.errorbar(
+                    m["seconds_median"], m["accuracy_mean"], yerr=m["accuracy_std"], fmt=marker, color=color, ms=8 if marker == "*" else 5
+                )
+                ax.annotate(m["label"], (m["seconds_median"], m["accuracy_mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.axhline(w["frozen_accuracy"], color="gray", lw=0.8, ls="--")
+            ax.set_xscale("log")
+            ax.set_title(f"{name} — {result['profile']}", fontsize=9)
+            ax.set_xlabel("fine-tune time, s (median, log)", fontsize=8)
+            ax.set_ylabel("shifted-test accuracy", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

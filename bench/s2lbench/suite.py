@@ -1,0 +1,274 @@
+"""One profile's benchmark, in one process: tune, timed rounds, latency, cached-epoch floor, RSS.
+
+Per workload:
+1. learning rates: every method trains on 80% of the fine-tune set (seed 0) for each rate
+   of its grid and keeps the one with the best accuracy on the other 20% (ties: lower loss);
+   or the rates come from another profile's results, so both profiles train alike;
+2. timed rounds: `repeats` rounds, round k uses seed k (data order, adapter init) and runs
+   every method once, in an order rotated by k; every run trains on the whole fine-tune
+   set and is scored on the shifted test set;
+3. s2rt inference latency against plain onnxruntime, and a cached epoch against its GEMM floor;
+4. peak RSS of one run per method, each in its own process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from s2lbench.context import Context
+from s2lbench.methods import Job, Method, RunResult, registry
+from s2lbench.profiles import Profile, apply_torch
+from s2lbench.timing import mean_std, median, rotate
+from s2lbench.workloads import Workload, load, stratified_split
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    workloads: tuple[str, ...] = ("har", "digits", "fan")
+    methods: tuple[str, ...] | None = None  # None: every available method
+    epochs: int = 20
+    batch_size: int = 32
+    repeats: int = 5  # timed runs per method; seeds 0..repeats-1
+    val_fraction: float = 0.2  # of the fine-tune set, for picking learning rates
+    grid_size: int | None = None  # use only the middle of each grid (quick slice)
+    rank: int = 4
+    alpha: float = 8.0
+    max_ft: int | None = None  # subsample the splits (quick slice)
+    max_test: int | None = None
+    latency_calls: int = 2000
+    latency_batch_calls: int = 400
+    floor_epochs: int = 10
+    rss_methods: tuple[str, ...] | None = None  # None: all; () : no RSS
+    epochs_by_kind: dict[str, int] = field(default_factory=dict)  # e.g. {"cnn": 10}
+
+    def epochs_for(self, workload: Workload) -> int:
+        return self.epochs_by_kind.get(workload.kind, self.epochs)
+
+
+QUICK = BenchConfig(
+    workloads=("har",),
+    epochs=3,
+    repeats=2,
+    grid_size=1,
+    max_ft=256,
+    max_test=256,
+    latency_calls=200,
+    latency_batch_calls=100,
+    floor_epochs=2,
+    rss_methods=("s2rt-skip2lora",),
+)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def grid(method: Method, size: int | None) -> tuple[float, ...]:
+    if size is None or size >= len(method.lr_grid):
+        return method.lr_grid
+    start = (len(method.lr_grid) - size) // 2
+    return method.lr_grid[start : start + size]
+
+
+def tune(workload: Workload, methods: list[Method], context: Context, config: BenchConfig, profile: Profile) -> dict[str, Any]:
+    keep, held = stratified_split(workload.ft.y, config.val_fraction, seed=0)
+    train, val = workload.ft.take(keep), workload.ft.take(held)
+    epochs = config.epochs_for(workload)
+    out: dict[str, Any] = {}
+    for method in methods:
+        scores = {}
+        for lr in grid(method, config.grid_size):
+            result = method.run(Job(workload, train, val, epochs, config.batch_size, lr, 0, profile), context)
+            scores[lr] = {"val_accuracy": result.accuracy, "val_loss": result.loss}
+        best = max(scores, key=lambda lr: (scores[lr]["val_accuracy"], -scores[lr]["val_loss"]))
+        out[method.name] = {"lr": best, "grid": [{"lr": lr, **s} for lr, s in scores.items()]}
+        log(f"  tune {method.name}: lr {best:g} (val acc {scores[best]['val_accuracy']:.3f})")
+    return out
+
+
+def timed_rounds(
+    workload: Workload, methods: list[Method], lrs: dict[str, float], context: Context, config: BenchConfig, profile: Profile
+) -> dict[str, list[dict[str, Any]]]:
+    epochs = config.epochs_for(workload)
+    by_name = {m.name: m for m in methods}
+    runs: dict[str, list[dict[str, Any]]] = {m.name: [] for m in methods}
+    for method in methods:  # warm-up: first-call costs (allocators, lazy imports) stay out of the figures
+        method.run(Job(workload, workload.ft, workload.test, 1, config.batch_size, lrs[method.name], 0, profile), context)
+    for round_ in range(config.repeats):
+        for name in rotate(list(by_name), round_):
+            job = Job(workload, workload.ft, workload.test, epochs, config.batch_size, lrs[name], round_, profile)
+            result: RunResult = by_name[name].run(job, context)
+            runs[name].append(dataclasses.asdict(result) | {"seed": round_})
+        log(f"  round {round_ + 1}/{config.repeats} done")
+    return runs
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]], methods: list[Method], lrs: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for method in methods:
+        rs = runs[method.name]
+        acc_mean, acc_std = mean_std([r["accuracy"] for r in rs])
+        entry = {
+            "label": method.label,
+            "family": method.family,
+            "lr": lrs[method.name],
+            "trainable": rs[0]["trainable"],
+            "accuracy_mean": acc_mean,
+            "accuracy_std": acc_std,
+            "seconds_median": median([r["seconds"] for r in rs]),
+            "seconds_all": [r["seconds"] for r in rs],
+            "runs": len(rs),
+        }
+        if rs[0]["phases"]:
+            entry["phases_median"] = {k: median([r["phases"][k] for r in rs]) for k in rs[0]["phases"]}
+        if rs[0]["hit_rate"] is not None:
+            entry["hit_rate"] = median([r["hit_rate"] for r in rs])
+        out[method.name] = entry
+    for reference in ("peft-lora-all-matched", "peft-lora-all", "torch-ft-all"):
+        if reference in out:
+            for entry in out.values():
+                entry[f"speedup_vs_{reference}"] = out[reference]["seconds_median"] / entry["seconds_median"]
+    return out
+
+
+def frozen_accuracy(workload: Workload) -> float:
+    from s2lbench.latency import ort_session
+
+    session = ort_session(str(workload.onnx), Profile("edge", 1))
+    logits = session.run(None, {session.get_inputs()[0].name: workload.test.x})[0]
+    return float((logits.argmax(axis=1) == workload.test.y).mean())
+
+
+def rss_all(
+    workload: Workload, methods: list[Method], lrs: dict[str, float], context: Context, config: BenchConfig, profile: Profile
+) -> dict[str, Any]:
+    from s2rt.bundle.writer import write_bundle
+
+    from s2lbench.rss import measure
+
+    wanted = [m for m in methods if (config.rss_methods is None or m.name in config.rss_methods) and m.family != "ortt"]
+    if not wanted:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="s2lbench-rss-") as tmp:
+        bundle_path = str(Path(tmp) / "bundle.s2l")
+        write_bundle(context.bundle(0), bundle_path)
+        needs_rank = any(m.name == "peft-lora-all-matched" for m in wanted)
+        rank = context.matched_lora_rank() if needs_rank else 0
+        out = {}
+        for method in wanted:
+            job = Job(workload, workload.ft, workload.test, config.epochs_for(workload), config.batch_size, lrs[method.name], 0, profile)
+            out[method.name] = measure(method.name, job, profile, bundle_path, rank, config.max_ft, config.max_test)
+            log(f"  rss {method.name}: {out[method.name]}")
+    return out
+
+
+def run_workload(
+    name: str, methods: list[Method], config: BenchConfig, profile: Profile, known_lrs: dict[str, Any] | None, peer_env: dict[str, str]
+) -> dict[str, Any]:
+    from s2lbench.floor import cached_epoch
+    from s2lbench.latency import predict_latency
+
+    workload = load(name).subset(config.max_ft, config.max_test)
+    context = Context(workload, profile, config.rank, config.alpha, peer_env)
+    started = time.perf_counter()
+    try:
+        sizes = f"{len(workload.ft)} fine-tune / {len(workload.test)} test samples"
+        log(f"[{profile.name}] {name}: {sizes}, {config.epochs_for(workload)} epochs")
+        tuned = known_lrs if known_lrs and all(m.name in known_lrs for m in methods) else tune(workload, methods, context, config, profile)
+        lrs = {m.name: tuned[m.name]["lr"] for m in methods}
+        runs = timed_rounds(workload, methods, lrs, context, config, profile)
+        latency = predict_latency(
+            context.bundle(0), str(workload.onnx), workload.test.x, profile, config.latency_calls, config.latency_batch_calls
+        )
+        floor = cached_epoch(
+            context.bundle(0),
+            workload.ft.x,
+            workload.ft.y,
+            profile,
+            config.batch_size,
+            lrs.get("s2rt-skip2lora", 0.01),
+            config.floor_epochs,
+        )
+        rss = rss_all(workload, methods, lrs, context, config, profile) if profile.name == "edge" else {}
+    finally:
+        context.close()
+    return {
+        "workload": name,
+        "kind": workload.kind,
+        "n_ft": len(workload.ft),
+        "n_test": len(workload.test),
+        "epochs": config.epochs_for(workload),
+        "frozen_accuracy": frozen_accuracy(workload),
+        "matched_lora_rank": context.matched_lora_rank() if "peft-lora-all-matched" in lrs else None,
+        "tuning": {m.name: tuned[m.name] for m in methods},
+        "methods": summarise(runs, methods, lrs),
+        "runs": runs,
+        "latency": latency,
+        "cached_epoch": floor,
+        "rss": rss,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def select_methods(config: BenchConfig) -> list[Method]:
+    available = registry()
+    if config.methods is None:
+        return list(available.values())
+    unknown = [m for m in config.methods if m not in available]
+    if unknown:
+        raise KeyError(f"unknown or unavailable methods {unknown}; available: {', '.join(available)}")
+    return [available[m] for m in config.methods]
+
+
+def run_profile(config: BenchConfig, profile: Profile, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole benchmark for one profile; `known` is another profile's result whose learning rates to reuse."""
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    apply_torch(profile)
+    methods = select_methods(config)
+    started = time.perf_counter()
+    workloads = {}
+    for name in config.workloads:
+        known_lrs = (known or {}).get("workloads", {}).get(name, {}).get("tuning")
+        workloads[name] = run_workload(name, methods, config, profile, known_lrs, profile.child_env())
+    return {
+        "profile": profile.name,
+        "threads": profile.threads,
+        "config": dataclasses.asdict(config),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": _cpus()},
+        "versions": {"numpy": np.__version__, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "peft": _version("peft")},
+        "methods": [m.name for m in methods],
+        "workloads": workloads,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _version(package: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=float) + "\n")
