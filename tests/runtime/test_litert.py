@@ -206,3 +206,19 @@ def test_device_with_litert_only(bundle, tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["epochs"] == 2
+
+
+def test_s2rt_predict_with_either_backend(bundle, tmp_path, capsys):
+    from s2rt.cli import main as s2rt
+
+    write_bundle(bundle, tmp_path / "b.s2l")
+    np.savez(tmp_path / "d.npz", x=samples(6))
+    predictions = {}
+    for backend in ("onnx", "tflite"):
+        capsys.readouterr()
+        assert s2rt(["predict", str(tmp_path / "b.s2l"), "--data", str(tmp_path / "d.npz"), "--backend", backend, "--json"]) == 0
+        predictions[backend] = json.loads(capsys.readouterr().out)["predictions"]
+    assert [p["class"] for p in predictions["tflite"]] == [p["class"] for p in predictions["onnx"]]
+    np.testing.assert_allclose(
+        [p["probabilities"] for p in predictions["tflite"]], [p["probabilities"] for p in predictions["onnx"]], atol=2e-6
+    )
