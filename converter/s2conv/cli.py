@@ -116,9 +116,9 @@ def _convert_parser() -> _Parser:
     p.add_argument("--backend", choices=list(SEGMENT_BACKENDS), default=DEFAULTS.backend, help=_help("backend"))
     p.add_argument(
         "--save-segment",
-        metavar="FILE.onnx",
+        metavar="FILE.onnx|FILE.tflite",
         type=Path,
-        help="also write the frozen segment as a plain ONNX model (to look at it in Netron, say)",
+        help="also write the frozen segment as a plain model, ONNX or TFLite by the suffix (to look at it in Netron, say)",
     )
     p.add_argument("--sign-key", metavar="KEY", help="sign the bundle with this Ed25519 private key (from `s2conv keygen`)")
     _add_common(p)

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class Artefact:
     """A file the converter wrote."""
 
-    kind: str  # "bundle" or "onnx segment"
+    kind: str  # "bundle", "onnx segment" or "tflite segment"
     path: Path
     size: int  # bytes
 
@@ -51,9 +51,18 @@ def _write_bundle(bundle: Bundle, path: Path, signer: Signer | None) -> Bundle:
 
 
 def _write_segment(bundle: Bundle, path: Path) -> Artefact:
-    model = bytes(bundle.segment(SegmentBackend.ONNX).model)
+    """The segment whose format the suffix names: .tflite the TFLite one, anything else ONNX."""
+    kind = SegmentBackend.TFLITE if path.suffix.lower() == ".tflite" else SegmentBackend.ONNX
+    try:
+        model = bytes(bundle.segment(kind).model)
+    except KeyError:
+        have = " and ".join(s.backend.name for s in bundle.segments)
+        raise ConversionError(
+            f"{path}: the bundle has no {kind.name} segment to save (it has {have}); name the file .onnx or .tflite "
+            "after one it has, or convert with --backend both"
+        ) from None
     try:
         path.write_bytes(model)
     except OSError as e:
         raise ConversionError(f"{path}: cannot write the frozen segment: {e.strerror or e}") from e
-    return Artefact("onnx segment", path, len(model))
+    return Artefact(f"{kind.name.lower()} segment", path, len(model))
