@@ -96,7 +96,11 @@ class ConvertOptions:
         "onnx",
         "format of the frozen segment in the bundle: onnx (onnxruntime), tflite (LiteRT) or both (the device picks)",
     )
-    quantize: str = _option("none", "none, or int8: static int8 quantization of the frozen segment (per-channel weights; needs calib)")
+    quantize: str = _option(
+        "none",
+        "none, or int8: static int8 quantization of the frozen segment (ONNX: QDQ; TFLite: int8 FULLY_CONNECTED/CONV_2D), "
+        "per-channel weights, float taps and logits; needs calib",
+    )
     calib: str | None = _option(
         None, "calibration inputs (.npz with x, or .csv) for quantize=int8 and for the tap scales of cache_dtype=int8"
     )
@@ -117,15 +121,7 @@ class ConvertOptions:
         _require_choice("loss", self.loss, LOSSES)
         _require_choice("optimizer", self.optimizer, OPTIMIZERS)
         self._check_calibration()
-        self._check_backend()
-
-    def _check_backend(self) -> None:
         _require_choice("backend", self.backend, SEGMENT_BACKENDS)
-        if self.quantize != "none" and self.backend != "onnx":
-            raise InvalidOptionError(
-                f"option quantize={self.quantize} quantizes the ONNX segment only and the TFLite segment is float32; "
-                "use backend=onnx with it (s2conv --backend onnx)"
-            )
 
     def _check_calibration(self) -> None:
         _require_choice("quantize", self.quantize, dict.fromkeys(QUANTIZE_CHOICES))
@@ -198,10 +194,9 @@ def convert(model_path: str | Path, options: ConvertOptions | None = None) -> Bu
     signature = input_signature(view)
     segment = extract_segment(loaded.model, signature, segment_outputs(plan))
     calibration = load_calibration(options.calib, signature) if options.calib is not None else None
-    if options.quantize == "int8":
-        assert calibration is not None  # ConvertOptions requires calib with quantize=int8
-        segment = quantize_segment(segment, calibration)
-    segment_bytes = segment.SerializeToString()
+    int8_calibration = calibration if options.quantize == "int8" else None
+    onnx_segment = segment if int8_calibration is None else quantize_segment(segment, int8_calibration)
+    segment_bytes = onnx_segment.SerializeToString()
     taps = bundle_taps(plan)
     log.debug("taps: %s", ", ".join(f"{t.source} {t.shape}" for t in taps))
     head = init_head(
@@ -217,7 +212,7 @@ def convert(model_path: str | Path, options: ConvertOptions | None = None) -> Bu
         provenance=provenance(loaded, options),
         input=signature,
         labels=labels,
-        segments=frozen_segments(segment, segment_bytes, signature.name, options.backend),
+        segments=frozen_segments(segment, segment_bytes, signature.name, options.backend, int8_calibration),
         taps=taps,
         head=head,
         cache=cache_layout(taps, plan.num_outputs, options.cache_dtype, segment_bytes, signature, calibration),
@@ -225,16 +220,24 @@ def convert(model_path: str | Path, options: ConvertOptions | None = None) -> Bu
     )
 
 
-def frozen_segments(segment: onnx.ModelProto, onnx_bytes: bytes, input_name: str, backend: str) -> tuple[Segment, ...]:
-    """The frozen segment in each format `backend` names: ONNX as cut, TFLite emitted from it."""
+def frozen_segments(
+    segment: onnx.ModelProto, onnx_bytes: bytes, input_name: str, backend: str, int8_calibration: np.ndarray | None = None
+) -> tuple[Segment, ...]:
+    """The frozen segment in each format `backend` names: ONNX as cut (`onnx_bytes`, perhaps
+    quantized), TFLite emitted from the float cut `segment` and, given `int8_calibration`,
+    quantized to int8."""
     segments = []
     for kind in SEGMENT_BACKENDS[backend]:
         if kind == SegmentBackend.ONNX:
             data = onnx_bytes
-        else:
+        elif int8_calibration is None:
             from s2conv.tflite import onnx_to_tflite  # the tflite bindings load only when asked for
 
             data = onnx_to_tflite(segment)
+        else:
+            from s2conv.tflite.quantize import quantized_tflite
+
+            data = quantized_tflite(segment, int8_calibration)
         segments.append(Segment(kind, data, input_name, LOGITS_OUTPUT))
     return tuple(segments)
 

@@ -7,9 +7,10 @@ Only the int8 weights are stored (QDQ dequantizes them at load time), which is w
 shrinks the bundle, and the exporter's per-node debug metadata is dropped. onnxruntime
 runs the result as is, so the device needs nothing new.
 
-The segment's outputs stay float: a tap reads the float tensor just before its
-QuantizeLinear (the value the next layer is fed, before rounding to int8), and the
-frozen logits are not quantized at all (they are added to the adapters' output).
+The segment's outputs stay float: a tap (and its pooling, for a feature map) reads the
+float tensor just before its QuantizeLinear (the value the next layer is fed, before
+rounding to int8), and the frozen logits are not quantized at all (they are added to
+the adapters' output).
 """
 
 from __future__ import annotations
@@ -76,16 +77,33 @@ def _float_outputs(segment: onnx.ModelProto) -> set[str]:
 
 
 def _keep_outputs_float(model: onnx.ModelProto, outputs: set[str]) -> None:
-    """Make each output's Identity/Cast read the float tensor in front of a QuantizeLinear
-    ▸ DequantizeLinear round trip instead of the round trip's result."""
-    producer = {out: node for node in model.graph.node for out in node.output}
-    for node in model.graph.node:
-        if not outputs.intersection(node.output) or node.op_type not in ("Identity", "Cast"):
-            continue
-        dq = producer.get(node.input[0])
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is not None and q.op_type == "QuantizeLinear":
-            node.input[0] = q.input[0]
+    """Make the nodes that only export outputs (an Identity, a Cast, a tap's pooling) read
+    the float tensor in front of a QuantizeLinear ▸ DequantizeLinear round trip instead
+    of the round trip's result."""
+    nodes = model.graph.node
+    producer = {out: node for node in nodes for out in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    exporters = {id(producer[o]): producer[o] for o in outputs if o in producer}
+    grown = True
+    while grown:  # add the nodes whose results only exporters read
+        grown = False
+        for node in list(exporters.values()):
+            for name in node.input:
+                source = producer.get(name)
+                if source is None or id(source) in exporters or source.op_type in (*QDQ_OPS, *QUANTIZED_OPS):
+                    continue
+                if all(id(r) in exporters for out in source.output for r in readers.get(out, [])):
+                    exporters[id(source)] = source
+                    grown = True
+    for node in exporters.values():
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
 
 
 def _prune(graph: onnx.GraphProto) -> None:

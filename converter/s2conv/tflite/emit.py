@@ -22,6 +22,7 @@ from s2rt.errors import ConversionError, UnsupportedGraphError, UnsupportedOpErr
 from s2conv.graph import DEFAULT_DOMAINS, OnnxNode
 from s2conv.tflite.constants import Shape, fold_constants
 from s2conv.tflite.context import EmitContext
+from s2conv.tflite.ir import Graph
 from s2conv.tflite.layout import BATCH, identity
 from s2conv.tflite.ops import HANDLERS, supported_ops
 from s2conv.tflite.reshape import pin_computed_reshapes
@@ -32,7 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def onnx_to_tflite(model: onnx.ModelProto) -> bytes:
-    """The .tflite file computing `model`'s outputs from its one input (float32, batch first).
+    """The .tflite file computing `model`'s outputs from its one input (float32, batch first);
+    see `onnx_to_graph`."""
+    return serialize(onnx_to_graph(model))
+
+
+def onnx_to_graph(model: onnx.ModelProto) -> Graph:
+    """The TFLite graph (not yet serialised) computing `model`'s outputs from its one input.
 
     Raises `UnsupportedOpError` naming the node, its op and the supported ops when a node
     the outputs need has no handler; `UnsupportedGraphError` when a supported op is used
@@ -59,9 +66,8 @@ def onnx_to_tflite(model: onnx.ModelProto) -> bytes:
     ctx.node = None
     _name_outputs(ctx, outputs)
     ctx.graph.description = f"{PRODUCER} {__version__} from ONNX graph {graph.name!r}"
-    data = serialize(ctx.graph)
-    log.debug("tflite: %d nodes -> %d operators, %d bytes", len(needed), len(ctx.graph.operators), len(data))
-    return data
+    log.debug("tflite: %d nodes -> %d operators", len(needed), len(ctx.graph.operators))
+    return ctx.graph
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

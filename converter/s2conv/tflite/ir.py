@@ -16,7 +16,11 @@ from tflite.ActivationFunctionType import ActivationFunctionType
 from tflite.BuiltinOperator import BuiltinOperator
 from tflite.TensorType import TensorType
 
-TENSOR_TYPES = {np.dtype(np.float32): TensorType.FLOAT32, np.dtype(np.int32): TensorType.INT32}
+TENSOR_TYPES = {
+    np.dtype(np.float32): TensorType.FLOAT32,
+    np.dtype(np.int32): TensorType.INT32,
+    np.dtype(np.int8): TensorType.INT8,  # quantized weights and activations (s2conv.tflite.quantize)
+}
 FUSED_ACTIVATION_FIELD = "FusedActivationFunction"
 NO_INPUT = -1  # an optional operator input left out, as the TFLite schema spells it
 
@@ -49,6 +53,15 @@ OPTIONS_WITH_ACTIVATION = frozenset(
 )  # CONCATENATION has the field too, but its kernels ignore it
 
 
+@dataclass(frozen=True)
+class Quantization:
+    """real = scale * (stored - zero_point); one entry per tensor, or per channel along `dimension`."""
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    dimension: int = 0
+
+
 @dataclass
 class Tensor:
     """`shape` is what the file records (batch 1); `signature` has -1 where the batch goes."""
@@ -58,6 +71,7 @@ class Tensor:
     dtype: np.dtype
     data: np.ndarray | None = None  # constant contents; None for computed tensors
     signature: tuple[int, ...] | None = None
+    quantization: Quantization | None = None  # int8 / int32 tensors of a quantized model
 
     @property
     def is_constant(self) -> bool:

@@ -50,9 +50,17 @@ from tflite.SubGraph import (
     SubGraphEnd,
     SubGraphStart,
 )
+from tflite.QuantizationParameters import (
+    QuantizationParametersAddQuantizedDimension,
+    QuantizationParametersAddScale,
+    QuantizationParametersAddZeroPoint,
+    QuantizationParametersEnd,
+    QuantizationParametersStart,
+)
 from tflite.Tensor import (
     TensorAddBuffer,
     TensorAddName,
+    TensorAddQuantization,
     TensorAddShape,
     TensorAddShapeSignature,
     TensorAddType,
@@ -60,7 +68,7 @@ from tflite.Tensor import (
     TensorStart,
 )
 
-from s2conv.tflite.ir import TENSOR_TYPES, Graph, Operator, Options, Tensor
+from s2conv.tflite.ir import TENSOR_TYPES, Graph, Operator, Options, Quantization, Tensor
 
 SCHEMA_VERSION = 3  # the TFLite schema's model version
 FILE_IDENTIFIER = b"TFL3"
@@ -122,6 +130,7 @@ def _tensor(b: flatbuffers.Builder, tensor: Tensor, buffer: int) -> int:
     name = b.CreateString(tensor.name)
     shape = _ints(b, tensor.shape)
     signature = _ints(b, tensor.signature) if tensor.signature is not None else None
+    quantization = _quantization(b, tensor.quantization) if tensor.quantization is not None else None
     TensorStart(b)
     TensorAddShape(b, shape)
     if signature is not None:
@@ -129,7 +138,19 @@ def _tensor(b: flatbuffers.Builder, tensor: Tensor, buffer: int) -> int:
     TensorAddType(b, TENSOR_TYPES[tensor.dtype])
     TensorAddBuffer(b, buffer)
     TensorAddName(b, name)
+    if quantization is not None:
+        TensorAddQuantization(b, quantization)
     return int(TensorEnd(b))
+
+
+def _quantization(b: flatbuffers.Builder, q: Quantization) -> int:
+    scale = b.CreateNumpyVector(np.asarray(q.scale, dtype="<f4"))
+    zero_point = b.CreateNumpyVector(np.asarray(q.zero_point, dtype="<i8"))
+    QuantizationParametersStart(b)
+    QuantizationParametersAddScale(b, scale)
+    QuantizationParametersAddZeroPoint(b, zero_point)
+    QuantizationParametersAddQuantizedDimension(b, q.dimension)
+    return int(QuantizationParametersEnd(b))
 
 
 def _operator(b: flatbuffers.Builder, op: Operator, opcode_index: int) -> int:
