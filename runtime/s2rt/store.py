@@ -74,6 +74,7 @@ class AdapterStore:
             match = _VERSION_FILE.match(path.name)
             if match:
                 self._versions[int(match.group(1))] = self._inspect(int(match.group(1)), path)
+        self._index_damaged = False
         self.active, self.history = self._read_index()
 
     # -- reading ---------------------------------------------------------------------
@@ -114,7 +115,7 @@ class AdapterStore:
                     log.error("adapter version %d cannot be loaded, falling back to the previous one: %s", number, e)
                     self._mark_bad(number, str(e))
                     continue
-                if number != self.active:
+                if number != self.active or self._index_damaged:
                     self._write_index(number, self.history[: pos + 1])
                 return number, adapters
             self._write_index(0, [0])
@@ -182,6 +183,7 @@ class AdapterStore:
         except (OSError, ValueError, KeyError, TypeError) as e:
             # The index is only ever replaced atomically, so this is outside damage: start from the newest loadable file.
             log.error("%s is unreadable (%s); activating the newest loadable version", path, e)
+            self._index_damaged = True
             return self._newest_loadable()
         return active, history
 
@@ -192,7 +194,7 @@ class AdapterStore:
     def _write_index(self, active: int, history: list[int]) -> None:
         index = {"bundle_digest": self.bundle.digest, "active": active, "history": history}
         atomic_write_bytes(self.dir / INDEX, json.dumps(index).encode())
-        self.active, self.history = active, history
+        self.active, self.history, self._index_damaged = active, history, False
 
     def _remove_temp_files(self) -> None:
         for tmp in self.dir.glob(".*.tmp"):  # left by a crash inside atomic_write_bytes

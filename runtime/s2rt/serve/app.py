@@ -88,7 +88,8 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return reply(e.status_code, code, str(e.detail), headers=getattr(e, "headers", None))
+        field = "body" if e.status_code == 400 else None  # FastAPI's 400 is a body it could not parse (too deep, not UTF-8)
+        return reply(e.status_code, code, str(e.detail), field, headers=getattr(e, "headers", None))
 
     @app.exception_handler(RuntimeInputError)
     async def input_error(_: Request, e: RuntimeInputError) -> JSONResponse:

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     )
     service = Service(config)
     uds = Path(args.uds) if args.uds else None
+    sock = None
     try:
         sock = bind_unix(uds) if uds else bind_tcp(args.host, args.port)
         where: dict[str, Any] = {"uds": str(uds)} if uds else {"host": args.host, "port": sock.getsockname()[1]}
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             server.run(sockets=[sock])
     finally:
         service.close(args.shutdown_timeout)
-        if uds is not None:
+        if uds is not None and sock is not None:  # only the socket this daemon created
             uds.unlink(missing_ok=True)
     log.info("stopped", extra={"event": "stopped"})
     return 0
