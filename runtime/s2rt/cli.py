@@ -16,6 +16,7 @@ from s2rt.backend import BACKENDS
 from s2rt.bundle import Optimizer
 from s2rt.data import load_samples
 from s2rt.errors import KeyFileError, S2LError
+from s2rt.methods import DEFAULT_METHOD, METHODS
 from s2rt.progress import make_progress
 from s2rt.serve.commands import add_client, add_serve
 from s2rt.session import Model
@@ -61,6 +62,14 @@ def _add_train(sub: Subparsers) -> None:
     train.add_argument("--seed", type=int, default=0, help="seed for the validation split and shuffling (default: 0)")
     train.add_argument("--val-fraction", type=float, default=0.0, help="share of samples held out for early stopping (default: 0)")
     train.add_argument("--patience", type=int, default=0, help="early stop after this many epochs without validation gain; 0 = off")
+    train.add_argument(
+        "--method",
+        choices=list(METHODS),
+        default=DEFAULT_METHOD,
+        help="what to train, for comparison: "
+        + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+        + f" (default: {DEFAULT_METHOD})",
+    )
     train.add_argument("--no-cache", action="store_true", help="run the frozen forward every epoch (no Skip-Cache), for comparison")
     train.add_argument("--cache-file", help="keep the Skip-Cache in this memory-mapped file (default: in memory)")
     train.add_argument(
@@ -125,7 +134,7 @@ def _train(args: argparse.Namespace) -> int:
     head = model.bundle.head
     samples = load_samples(args.data, model.bundle.input, head.num_outputs, require_labels=True)
     if args.init:
-        model.load_adapters(args.init)
+        model.load_adapters(args.init, args.method)
     d = head.defaults
     config = TrainConfig(
         epochs=args.epochs if args.epochs is not None else d.epochs,
@@ -146,6 +155,7 @@ def _train(args: argparse.Namespace) -> int:
         cache_capacity=args.cache_capacity,
         max_cache_mb=args.max_cache_mb,
         progress=progress,
+        method=args.method,
     )
     r = result.report
     metrics = {
@@ -157,7 +167,8 @@ def _train(args: argparse.Namespace) -> int:
         "val_accuracy": r.history[r.best_epoch - 1].get("val_accuracy") if r.history and r.best_epoch else None,
         "seconds": result.seconds,
         "frozen_seconds": result.frozen_seconds,
-        "cache": not args.no_cache,
+        "method": model.method.name,
+        "cache": not args.no_cache and model.method.uses_cache,
         "cache_hits": result.cache_hits,
         "cache_misses": result.cache_misses,
         "cache_records": result.cache_records,

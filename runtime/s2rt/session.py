@@ -1,7 +1,7 @@
 """The runtime's library API: one bundle, one backend, one adapter head.
 
     model = Model.open("bundle.s2l")
-    model.fine_tune(load_samples("ft.npz", model.bundle.input, ...), TrainConfig(...))
+    model.fine_tune(load_samples("ft.npz", model.bundle.input, ...), TrainConfig(...), method="skip2lora")
     model.save_adapters("adapters.npz")
     labels, probs = model.predict(x)
 """
@@ -21,12 +21,13 @@ from s2rt.backend import open_backend
 from s2rt.bundle import Bundle, Loss
 from s2rt.cache import CHECK_BYTES, SkipCache, records_offset, records_within
 from s2rt.data import Samples
-from s2rt.errors import RuntimeInputError
+from s2rt.errors import RuntimeInputError, StateError
 from s2rt.features import CachedFeatures
 from s2rt.frozen import FrozenModel
 from s2rt.head import AdapterHead
+from s2rt.methods import DEFAULT_METHOD, TrainableHead, get_method, skip2lora_head
 from s2rt.progress import ProgressCallback
-from s2rt.state import load_adapters, save_adapters
+from s2rt.state import load_state, save_state
 from s2rt.trainer import TrainConfig, TrainReport, predict_logits, train
 from s2rt.trust import TrustedKeys, open_trusted
 
@@ -49,10 +50,13 @@ class FineTuneResult:
 
 
 class Model:
-    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int = 1) -> None:
+    """`method` (`s2rt.methods`) chooses the head; loading adapters adopts the file's method."""
+
+    def __init__(self, bundle: Bundle, backend: str = "auto", threads: int = 1, method: str = DEFAULT_METHOD) -> None:
         self.bundle = bundle
         self.frozen = FrozenModel(bundle, open_backend(bundle, backend, threads))
-        self.head = new_head(bundle)
+        self.method = get_method(method)
+        self.head: TrainableHead = self.method.make_head(bundle)
 
     @classmethod
     def open(
@@ -62,24 +66,37 @@ class Model:
         threads: int = 1,
         adapters: str | os.PathLike[str] | None = None,
         trusted_keys: TrustedKeys | None = None,
+        method: str | None = None,
     ) -> Model:
-        """Read the bundle (with `trusted_keys`, only if one of them signed it: `s2rt.trust`) and its backend."""
-        model = cls(open_trusted(path, trusted_keys), backend, threads)
+        """Read the bundle (with `trusted_keys`, only if one of them signed it: `s2rt.trust`) and its backend.
+
+        `method` None: skip2lora, or the method of `adapters` when given; otherwise
+        `adapters` must be of `method`'s family.
+        """
+        model = cls(open_trusted(path, trusted_keys), backend, threads, method or DEFAULT_METHOD)
         if adapters is not None:
-            model.load_adapters(adapters)
+            model.load_adapters(adapters, method)
         return model
 
     # -- adapters --------------------------------------------------------------------
-    def load_adapters(self, path: str | os.PathLike[str]) -> dict[str, Any]:
-        adapters, meta = load_adapters(path, self.bundle)
-        self.head.load_per_tap(adapters)
+    def load_adapters(self, path: str | os.PathLike[str], method: str | None = None) -> dict[str, Any]:
+        """Load a state file; the model takes on its method. With `method`, refuse a file of another method family."""
+        arrays, meta = load_state(path, self.bundle, method)
+        stored = get_method(meta["method"])
+        head = self.head if stored.family == self.method.family else stored.make_head(self.bundle)
+        try:
+            head.load_state_dict(arrays)
+        except StateError as e:
+            raise StateError(f"{path}: {e}") from None
+        self.method = stored if stored.family != self.method.family else self.method
+        self.head = head
         return meta
 
     def save_adapters(self, path: str | os.PathLike[str], **meta: Any) -> None:
-        save_adapters(path, self.head.per_tap(), self.bundle, **meta)
+        save_state(path, self.head.state_dict(), self.bundle, self.method.name, **meta)
 
     def reset_adapters(self) -> None:
-        self.head = new_head(self.bundle)
+        self.head = self.method.make_head(self.bundle)
 
     # -- inference -------------------------------------------------------------------
     def logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -114,17 +131,26 @@ class Model:
         cache_capacity: int | None = None,
         max_cache_mb: float | None = None,
         progress: ProgressCallback | None = None,
+        method: str | None = None,
     ) -> FineTuneResult:
         """Train the adapters on labelled samples; the frozen forward runs once per sample with the cache on.
 
         The cache holds every sample, or at most `cache_capacity` records, or at most what
         fits in `max_cache_mb` MiB (header and checksums included), whichever is least;
         the samples it cannot hold run the frozen forward every epoch.
+
+        `method` (default: the model's) switches to another fine-tuning method; one of
+        another family starts from that method's fresh head. skiplora never uses the cache.
         """
         if samples.y is None:
             raise ValueError("fine-tuning needs labelled samples")
+        if method is not None:
+            chosen = get_method(method)
+            if chosen.family != self.method.family:
+                self.head = chosen.make_head(self.bundle)
+            self.method = chosen
         cache = None
-        if use_cache:
+        if use_cache and self.method.uses_cache:
             capacity = budgeted_capacity(self.bundle, cache_capacity or len(samples.x), max_cache_mb)
             cache = SkipCache(self.bundle.cache, capacity, Path(cache_path) if cache_path else None, self.bundle.digest)
         start = time.perf_counter()
@@ -155,8 +181,8 @@ def budgeted_capacity(bundle: Bundle, records: int, max_cache_mb: float | None) 
 
 
 def new_head(bundle: Bundle) -> AdapterHead:
-    h = bundle.head
-    return AdapterHead([t.size for t in bundle.taps], h.rank, h.alpha, h.num_outputs, h.a_init)
+    """The bundle's initial Skip2-LoRA head."""
+    return skip2lora_head(bundle)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

@@ -2,7 +2,10 @@
 
 Format: an uncompressed `.npz` (no pickle) with arrays `A.<l>`, `B.<l>` per tap and
 `meta`, a UTF-8 JSON document stored as a uint8 array: format version, the digest of
-the bundle the adapters belong to, rank, alpha, creation time and the caller's metrics.
+the bundle the adapters belong to, rank, alpha, the fine-tuning method, creation time
+and the caller's metrics. Other methods (`s2rt.methods`) store their own arrays (`A`
+and `B` for lora-last, `dW` and `db` for ft-last, `db` for ft-bias); a file without a
+method is skip2lora's. A file is only loaded by a method of its family.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ import numpy as np
 from s2rt.atomic import atomic_write_bytes
 from s2rt.bundle.model import Bundle
 from s2rt.errors import StateError
+from s2rt.methods import DEFAULT_METHOD, METHODS, get_method
 from s2rt.npz import read_npz
 
 STATE_FORMAT = 1
@@ -26,26 +31,40 @@ Adapters = list[tuple[np.ndarray, np.ndarray]]
 
 
 def save_adapters(path: str | os.PathLike[str], adapters: Adapters, bundle: Bundle, **meta: Any) -> None:
-    """Write the per-tap (A, B) pairs of `bundle`'s head to `path` (temp file, fsync, rename)."""
+    """Write the per-tap (A, B) pairs of `bundle`'s skip2lora head to `path` (temp file, fsync, rename)."""
+    arrays = {f"{name}.{i}": array for i, pair in enumerate(adapters) for name, array in zip("AB", pair)}
+    save_state(path, arrays, bundle, DEFAULT_METHOD, **meta)
+
+
+def save_state(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], bundle: Bundle, method: str, **meta: Any) -> None:
+    """Write a head's named arrays (`head.state_dict()`) of fine-tuning `method` to `path`, atomically."""
     header = {
         "format": STATE_FORMAT,
         "bundle_digest": bundle.digest,
+        "method": get_method(method).name,
         "rank": bundle.head.rank,
         "alpha": bundle.head.alpha,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **meta,
     }
-    arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
-    for i, (a, b) in enumerate(adapters):
-        arrays[f"A.{i}"] = np.ascontiguousarray(a, dtype=np.float32)
-        arrays[f"B.{i}"] = np.ascontiguousarray(b, dtype=np.float32)
+    stored: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
+    stored |= {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in arrays.items()}
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy stubs mistake **arrays for allow_pickle
+    np.savez(buffer, **stored)  # type: ignore[arg-type]  # numpy stubs mistake **arrays for allow_pickle
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def load_adapters(path: str | os.PathLike[str], bundle: Bundle) -> tuple[Adapters, dict[str, Any]]:
-    """Read adapters for `bundle`; StateError if the file is unreadable or belongs to another bundle."""
+    """Read skip2lora adapters for `bundle`; StateError if the file is unreadable, belongs
+    to another bundle or holds another method's state."""
+    arrays, meta = load_state(path, bundle, DEFAULT_METHOD)
+    return _adapters(Path(path), arrays, bundle), meta
+
+
+def load_state(path: str | os.PathLike[str], bundle: Bundle, method: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a state file for `bundle`: its arrays (without `meta`) and its meta, whose
+    "method" is always set. With `method`, refuse a file of another method family;
+    the caller's head checks the arrays' names and shapes."""
     p = Path(path)
     if not p.is_file():
         raise StateError(f"{p}: no such adapter file")
@@ -56,7 +75,15 @@ def load_adapters(path: str | os.PathLike[str], bundle: Bundle) -> tuple[Adapter
             f"{p}: adapters were trained for bundle {str(meta.get('bundle_digest'))[:12]}…, "
             f"this bundle is {bundle.digest[:12]}…; train again or use the matching bundle"
         )
-    return _adapters(p, arrays, bundle), meta
+    stored = meta.setdefault("method", DEFAULT_METHOD)
+    if stored not in METHODS:
+        raise StateError(f"{p}: written by an unknown fine-tuning method {stored!r}; known: {', '.join(METHODS)}")
+    if method is not None and get_method(method).family != METHODS[stored].family:
+        raise StateError(
+            f"{p}: holds {stored} state, which --method {method} cannot load; train again with --method {method} "
+            f"or use the file with --method {stored}"
+        )
+    return {name: a for name, a in arrays.items() if name != "meta"}, meta
 
 
 def _meta(p: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -17,7 +17,8 @@ import numpy as np
 
 from s2rt.bundle.model import Loss, Optimizer
 from s2rt.errors import RuntimeInputError
-from s2rt.head import FLOAT, AdapterHead
+from s2rt.head import FLOAT
+from s2rt.methods import TrainableHead
 from s2rt.loss import LOSSES
 from s2rt.optim import StepOptimizer, make_optimizer
 from s2rt.progress import EpochListener, ProgressCallback
@@ -95,7 +96,7 @@ class _Diverged(Exception):
 
 
 def train(
-    head: AdapterHead,
+    head: TrainableHead,
     source: FeatureSource,
     y: np.ndarray,
     config: TrainConfig,
@@ -187,7 +188,7 @@ class _Run:
 
     def __init__(
         self,
-        head: AdapterHead,
+        head: TrainableHead,
         source: FeatureSource,
         targets: np.ndarray,
         config: TrainConfig,
@@ -261,7 +262,7 @@ def _check_finite(params: Mapping[str, np.ndarray], entry: Mapping[str, float], 
 
 
 def evaluate(
-    head: AdapterHead,
+    head: TrainableHead,
     source: FeatureSource,
     y: np.ndarray,
     batch_size: int,
@@ -291,7 +292,7 @@ def evaluate(
     }
 
 
-def predict_logits(head: AdapterHead, X: np.ndarray, F: np.ndarray) -> np.ndarray:
+def predict_logits(head: TrainableHead, X: np.ndarray, F: np.ndarray) -> np.ndarray:
     """The adapted logits F + head(X); keeps no state, so it is safe between forward and backward."""
     z = head.delta_logits(X)
     z += F
@@ -337,7 +338,7 @@ def split_indices(y: np.ndarray, val_fraction: float, rng: np.random.Generator, 
     return train_idx, val_idx
 
 
-def _check_batch(X: np.ndarray, F: np.ndarray, n: int, head: AdapterHead) -> None:
+def _check_batch(X: np.ndarray, F: np.ndarray, n: int, head: TrainableHead) -> None:
     if X.shape != (n, head.tap_width) or F.shape != (n, head.num_outputs) or X.dtype != FLOAT or F.dtype != FLOAT:
         raise RuntimeInputError(
             f"feature source returned X {X.dtype}{X.shape} and F {F.dtype}{F.shape} for "
