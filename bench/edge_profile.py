@@ -6,8 +6,9 @@ Every figure comes from a fresh `s2rt` process, as a device runs it: one thread 
 OpenMP/OpenBLAS/MKL and `--threads 1` for onnxruntime.
 
 - **Peak RSS**: `ru_maxrss` (from `wait4`) of `s2rt train BUNDLE --data FT --epochs 20`,
-  for the float bundle with a float32 and an int8 Skip-Cache, and for the int8 bundle.
-- **Cold start**: wall time of `s2rt predict BUNDLE --data ONE.npz` on one sample (the
+  for float and int8 bundles, ONNX segments on onnxruntime and TFLite ones on LiteRT,
+  with float32 and int8 Skip-Caches.
+- **Cold start**: wall time of `s2rt predict BUNDLE --data ONE.npz` (the float ONNX bundle) on one sample (the
   interpreter, every import, reading and verifying the bundle, the onnxruntime session,
   one prediction), and of `python -c "import s2rt.cli"` (imports alone). The median and
   the minimum over `--repeat` runs are reported; on a shared machine the minimum is the
@@ -82,22 +83,27 @@ def tool(name: str) -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", f"{name}.cli"]
 
 
-def convert(model: str, folder: Path) -> dict[str, Path]:
+def convert(model: str, folder: Path) -> dict[str, tuple[Path, str]]:
+    """label -> (bundle, the s2rt backend that runs it)."""
     sys.path[:0] = [str(ROOT / "models")]
     from s2models import data  # the pretraining inputs, for calibration (host side)
 
     calib = folder / "calib.npz"
     np.savez(calib, x=getattr(data, model).load().train.x)
     source = ROOT / "models" / f"{model}_mlp.onnx"
+    int8 = ["--quantize", "int8", "--cache-dtype", "int8", "--calib", str(calib)]
     variants = {
-        "float bundle, float32 cache": [],
-        "float bundle, int8 cache": ["--cache-dtype", "int8", "--calib", str(calib)],
-        "int8 bundle, int8 cache": ["--quantize", "int8", "--cache-dtype", "int8", "--calib", str(calib)],
+        "onnx float, float32 cache": ([], "onnx"),
+        "onnx float, int8 cache": (["--cache-dtype", "int8", "--calib", str(calib)], "onnx"),
+        "onnx int8, int8 cache": (int8, "onnx"),
+        "tflite float, float32 cache": (["--backend", "tflite"], "tflite"),
+        "tflite int8, int8 cache": (["--backend", "tflite", *int8], "tflite"),
     }
     bundles = {}
-    for i, (label, options) in enumerate(variants.items()):
-        bundles[label] = folder / f"{model}_{i}.s2l"
-        subprocess.run([*tool("s2conv"), str(source), "-o", str(bundles[label]), *options], check=True, capture_output=True)
+    for i, (label, (options, backend)) in enumerate(variants.items()):
+        path = folder / f"{model}_{i}.s2l"
+        subprocess.run([*tool("s2conv"), str(source), "-o", str(path), *options], check=True, capture_output=True)
+        bundles[label] = (path, backend)
     return bundles
 
 
@@ -109,15 +115,15 @@ def profile(model: str, repeat: int) -> dict[str, object]:
         one = folder / "one.npz"
         np.savez(one, x=np.load(data / f"{model}_test.npz")["x"][:1])
         train = {
-            label: run([*tool("s2rt"), "train", str(b), "--data", str(data / f"{model}_ft.npz"), "--epochs", "20",
-                        "--threads", "1", "--quiet", "-o", str(folder / "adapters.npz")])
-            for label, b in bundles.items()
+            label: run([*tool("s2rt"), "train", str(b), "--backend", backend, "--data", str(data / f"{model}_ft.npz"),
+                        "--epochs", "20", "--threads", "1", "--quiet", "-o", str(folder / "adapters.npz")])
+            for label, (b, backend) in bundles.items()
         }
-        first = next(iter(bundles.values()))
+        first = next(iter(bundles.values()))[0]
         predict = [run([*tool("s2rt"), "predict", str(first), "--data", str(one), "--threads", "1"]) for _ in range(repeat)]
         imports = [run([sys.executable, "-c", "import s2rt.cli"]) for _ in range(repeat)]
         baseline = run([sys.executable, "-c", "import numpy, onnxruntime"])
-        sizes = {label: b.stat().st_size for label, b in bundles.items()}
+        sizes = {label: b.stat().st_size for label, (b, _) in bundles.items()}
     return {
         "model": model,
         "train_peak_rss_mb": {label: round(r.peak_rss_mb, 1) for label, r in train.items()},
