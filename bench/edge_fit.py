@@ -1,0 +1,76 @@
+"""Edge fit: bundle size and fine-tuned accuracy of float vs int8 segments and per cache dtype.
+
+    .venv/bin/python bench/edge_fit.py [--models har digits] [--seeds 0 1 2] [--epochs 20]
+
+For each reference model: convert it (calibration data: its pretraining inputs) as a float
+and an int8 bundle, ONNX and TFLite; fine-tune on the shifted device split with the
+bundle's defaults (Adam, lr 0.01, batch 32) for every seed; report the shifted-test
+accuracy (mean over seeds) per segment and per Skip-Cache storage: float32, float16,
+int8 with calibrated scales and int8 with scales chosen on the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for folder in ("runtime", "converter", "models"):
+    sys.path.insert(0, str(ROOT / folder))
+
+from s2conv import ConvertOptions, convert  # noqa: E402
+from s2models import data  # noqa: E402
+from s2rt.bundle import Bundle, parse_bundle, serialize_bundle  # noqa: E402
+from s2rt.data import load_samples  # noqa: E402
+from s2rt.session import Model  # noqa: E402
+from s2rt.trainer import TrainConfig  # noqa: E402
+
+SEGMENTS = {"onnx float": {}, "onnx int8": {"quantize": "int8"}, "tflite float": {"backend": "tflite"},
+            "tflite int8": {"backend": "tflite", "quantize": "int8"}}
+CACHES = {"float32": {}, "float16": {"cache_dtype": "float16"}, "int8 calibrated": {"cache_dtype": "int8"},
+          "int8 on device": {"cache_dtype": "int8", "device_scales": True}}
+
+
+def bundle_for(source: Path, calib: Path, segment: dict, cache: dict) -> Bundle:
+    options = {**segment, **{k: v for k, v in cache.items() if k != "device_scales"}}
+    needs_calib = options.get("quantize") == "int8" or (options.get("cache_dtype") == "int8" and not cache.get("device_scales"))
+    return convert(source, ConvertOptions(**options, calib=str(calib) if needs_calib else None))
+
+
+def accuracy(bundle: Bundle, name: str, seeds: list[int], epochs: int) -> float:
+    backend = bundle.segments[0].backend.name.lower()
+    scores = []
+    for seed in seeds:
+        model = Model(parse_bundle(serialize_bundle(bundle)[0]), backend=backend)
+        ft, test = (load_samples(ROOT / "models" / "data" / f"{name}_{s}.npz", bundle.input) for s in ("ft", "test"))
+        model.fine_tune(ft, TrainConfig(epochs=epochs, seed=seed))
+        scores.append(model.evaluate(test)["accuracy"])
+    return float(np.mean(scores))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["har", "digits"], choices=["har", "digits"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=20)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="s2l-edge-fit-") as tmp:
+        for name in args.models:
+            calib = Path(tmp) / f"{name}_calib.npz"
+            np.savez(calib, x=getattr(data, name).load().train.x)
+            source = ROOT / "models" / f"{name}_mlp.onnx"
+            print(f"\n{name}: shifted-test accuracy after {args.epochs} epochs, mean of seeds {args.seeds}")
+            print(f"  {'segment':14s} {'bundle bytes':>12s}  " + "  ".join(f"{c:>15s}" for c in CACHES))
+            for label, segment in SEGMENTS.items():
+                size = len(serialize_bundle(bundle_for(source, calib, segment, {}))[0])
+                scores = [accuracy(bundle_for(source, calib, segment, cache), name, args.seeds, args.epochs) for cache in CACHES.values()]
+                print(f"  {label:14s} {size:12,d}  " + "  ".join(f"{s:15.4f}" for s in scores))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
