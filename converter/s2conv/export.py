@@ -6,8 +6,9 @@ The bundle's ONNX frozen segment plus, per tap l, one MatMul by W_l^T and an Add
 
 then the source model's output activation (softmax, log-softmax) re-applied. The result
 equals `s2rt predict`'s tuned logits (`Model.logits`), activation applied; written as
-.onnx, or as .tflite through the TFLite emitter. For devices that only predict after
-tuning, or to send a tuned model home.
+.onnx, or as .tflite through the TFLite emitter; a bundle with only a TFLite segment gets
+the same ops appended to that segment (`s2conv.tflite.tuned`). For devices that only
+predict after tuning, or to send a tuned model home.
 """
 
 from __future__ import annotations
@@ -53,19 +54,38 @@ def export_file(bundle: Bundle, adapters_path: str | Path, output: str | Path, o
     path = Path(output)
     fmt = ExportFormat.for_path(path)
     adapters, _ = load_adapters(adapters_path, bundle)
-    tuned = tuned_model(bundle, adapters, output_name)
-    if fmt is ExportFormat.TFLITE:
-        from s2conv.tflite import onnx_to_tflite
-
-        data = onnx_to_tflite(tuned)
-    else:
-        data = tuned.SerializeToString()
+    data = tuned_bytes(bundle, adapters, fmt, output_name)
     try:
         path.write_bytes(data)
     except OSError as e:
         raise ConversionError(f"{path}: cannot write the tuned model: {e.strerror or e}") from e
     log.info("wrote tuned model %s (%d bytes)", path, len(data))
     return len(data)
+
+
+def tuned_bytes(bundle: Bundle, adapters: Adapters, fmt: ExportFormat, output_name: str | None = None) -> bytes:
+    """The tuned model file: built on the ONNX segment when the bundle has one (and emitted
+    as TFLite for .tflite), else on the TFLite segment (.tflite only)."""
+    kinds = {s.backend for s in bundle.segments}
+    if SegmentBackend.ONNX in kinds:
+        tuned = tuned_model(bundle, adapters, output_name)
+        if fmt is ExportFormat.ONNX:
+            return tuned.SerializeToString()
+        from s2conv.tflite import onnx_to_tflite
+
+        return onnx_to_tflite(tuned)
+    if fmt is ExportFormat.ONNX:
+        raise ConversionError(
+            "the bundle has only a TFLite segment, so the tuned model can only be written as .tflite; "
+            "convert with --backend onnx or --backend both to export ONNX"
+        )
+    from s2conv.tflite.tuned import tuned_tflite
+
+    segment = bundle.segment(SegmentBackend.TFLITE)
+    activation = {OutputActivation.SOFTMAX: "softmax", OutputActivation.LOG_SOFTMAX: "log_softmax"}.get(bundle.output_activation)
+    name = output_name or ACTIVATION_OUTPUTS.get(bundle.output_activation, "logits")
+    taps = [t.name for t in bundle.taps]
+    return tuned_tflite(bytes(segment.model), taps, segment.logits_output, delta_weights(bundle, adapters), activation, name)
 
 
 def tuned_model(bundle: Bundle, adapters: Adapters, output_name: str | None = None) -> onnx.ModelProto:

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from s2conv import ConvertOptions, convert
 from s2conv.cli import main
 from s2conv.export import delta_weights, export_file, tuned_model
-from s2rt.bundle import SegmentBackend, read_bundle, write_bundle
+from s2rt.bundle import read_bundle, write_bundle
 from s2rt.data import Samples, load_samples
 from s2rt.errors import ConversionError, StateError
 from s2rt.session import Model, softmax
@@ -22,6 +22,8 @@ from s2rt.state import load_adapters
 from s2rt.trainer import TrainConfig
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
+# Feature-map taps cached whole, not averaged (tap_pool arrives with the CNN taps of issue 5).
+WHOLE_FEATURE_MAPS = {"tap_pool": 0} if "tap_pool" in {f.name for f in dataclasses.fields(ConvertOptions)} else {}
 
 
 def _convert(source: Path, directory: Path, **options) -> Path:
@@ -131,12 +133,53 @@ def test_output_name_option(har, tmp_path):
     assert list(run_onnx((tmp_path / "t.onnx").read_bytes(), x)) == ["scores"]
 
 
-def test_bundle_without_onnx_segment(har, tmp_path):
-    path, adapters, _, _ = har
-    bundle = read_bundle(path)
-    only = dataclasses.replace(bundle, segments=(dataclasses.replace(bundle.segments[0], backend=SegmentBackend.TFLITE),))
-    with pytest.raises(ConversionError, match="--backend onnx or --backend both"):
-        tuned_model(only, [])
+def test_tflite_only_bundle_exports_tflite(tmp_path):
+    """No ONNX segment: the adapters are appended to the TFLite segment itself."""
+    path = _convert(softmax_mlp(tmp_path), tmp_path, backend="tflite")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    model = _train(path, x, rng.integers(0, 3, 40), tmp_path / "a.npz")
+    assert model.frozen.backend.name == "tflite"
+    assert main(["export", str(path), "--adapters", str(tmp_path / "a.npz"), "-o", str(tmp_path / "t.tflite")]) == 0
+    data = (tmp_path / "t.tflite").read_bytes()
+    assert tflite_ops(data)[-5:] == ["FULLY_CONNECTED", "ADD"] * 2 + ["SOFTMAX"]
+    got = run_tflite(data, x)
+    assert list(got) == ["probabilities"]
+    np.testing.assert_allclose(got["probabilities"], model.predict(x)[1], rtol=REL, atol=REL)
+    with pytest.raises(ConversionError, match="can only be written as .tflite"):
+        export_file(read_bundle(path), tmp_path / "a.npz", tmp_path / "t.onnx")
+
+
+def test_tflite_only_bundle_with_feature_map_taps(tmp_path):
+    """Multi-dimensional taps (a conv output, cached whole) go into FULLY_CONNECTED as they are."""
+    rng = np.random.default_rng(2)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(3, 1, 3, 3)).astype(np.float32), "K"),
+        numpy_helper.from_array(rng.normal(size=(4, 48)).astype(np.float32), "W"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "K"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("Gemm", ["f", "W"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        initializer=inits,
+    )
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    source.ir_version = 8
+    onnx.save(source, tmp_path / "cnn.onnx")
+    x = rng.normal(size=(30, 1, 4, 4)).astype(np.float32)
+    for backend in ("both", "tflite"):
+        path = _convert(tmp_path / "cnn.onnx", tmp_path, backend=backend, taps=("x", "r"), **WHOLE_FEATURE_MAPS)
+        assert [t.shape for t in read_bundle(path).taps] == [(1, 4, 4), (3, 4, 4)]
+        model = _train(path, x, rng.integers(0, 4, 30), tmp_path / "a.npz")
+        export_file(read_bundle(path), tmp_path / "a.npz", tmp_path / "t.tflite")
+        assert_close(run_tflite((tmp_path / "t.tflite").read_bytes(), x), {"logits": model.logits(x)})
 
 
 def test_adapters_of_another_bundle(har, tmp_path):
