@@ -10,6 +10,8 @@ method is skip2lora's. A file is only loaded by a method of its family.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -26,7 +28,8 @@ from s2rt.errors import StateError
 from s2rt.methods import DEFAULT_METHOD, METHODS, get_method
 from s2rt.npz import read_npz
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: a `digest` member, the SHA-256 of every other member, checked on load
+DIGEST = "digest"
 Adapters = list[tuple[np.ndarray, np.ndarray]]
 
 
@@ -49,6 +52,7 @@ def save_state(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], b
     }
     stored: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
     stored |= {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in arrays.items()}
+    stored[DIGEST] = _digest(stored)
     buffer = io.BytesIO()
     np.savez(buffer, **stored)  # type: ignore[arg-type]  # numpy stubs mistake **arrays for allow_pickle
     atomic_write_bytes(Path(path), buffer.getvalue())
@@ -69,6 +73,7 @@ def load_state(path: str | os.PathLike[str], bundle: Bundle, method: str | None 
     if not p.is_file():
         raise StateError(f"{p}: no such adapter file")
     arrays = read_npz(p, StateError, "adapter file")
+    _check_digest(p, arrays)
     meta = _meta(p, arrays)
     if meta.get("bundle_digest") != bundle.digest:
         raise StateError(
@@ -83,7 +88,28 @@ def load_state(path: str | os.PathLike[str], bundle: Bundle, method: str | None 
             f"{p}: holds {stored} state, which --method {method} cannot load; train again with --method {method} "
             f"or use the file with --method {stored}"
         )
-    return {name: a for name, a in arrays.items() if name != "meta"}, meta
+    return {name: a for name, a in arrays.items() if name not in ("meta", DIGEST)}, meta
+
+
+def _digest(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """SHA-256 over every member but the digest, in name order: its name, dtype, shape and bytes."""
+    h = hashlib.sha256(b"s2l adapter state\x00")
+    for name in sorted(arrays):
+        if name == DIGEST:
+            continue
+        a = np.ascontiguousarray(arrays[name])
+        header = json.dumps([name, a.dtype.str, list(a.shape)]).encode()
+        h.update(len(header).to_bytes(8, "little") + header)
+        h.update(a.tobytes())
+    return np.frombuffer(h.digest(), dtype=np.uint8)
+
+
+def _check_digest(p: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    stored = arrays.get(DIGEST)
+    if stored is None:
+        raise StateError(f"{p}: has no digest: not an adapter file, or one of an older s2rt (format 1); train again")
+    if stored.dtype != np.uint8 or stored.shape != (32,) or not hmac.compare_digest(stored.tobytes(), _digest(arrays).tobytes()):
+        raise StateError(f"{p}: digest mismatch: the adapter file is corrupt (its arrays or meta changed after it was written)")
 
 
 def _meta(p: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -74,9 +74,11 @@ def test_weak_token_and_busy_state_dir_are_refused(serve, tiny_file, tmp_path):
     assert out.returncode == 1 and "not a socket" in out.stderr and not_a_socket.read_text() == "keep me"
 
 
-@pytest.mark.parametrize(
-    ("host", "loopback"), [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("::", False), ("192.168.1.5", False), ("example.com", False)]
-)
+LOOPBACK = [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("localhost", True)]
+OTHERS = [("0.0.0.0", False), ("::", False), ("192.168.1.5", False), ("example.com", False)]
+
+
+@pytest.mark.parametrize(("host", "loopback"), LOOPBACK + OTHERS)
 def test_loopback_detection(host, loopback):
     assert is_loopback(host) is loopback
     if loopback:
