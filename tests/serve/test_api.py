@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,16 +227,3 @@ def test_ingest_train_activate_rollback_download(serve, har_bundle, har_data, tm
     assert all(isinstance(e.get("ts"), str) and e.get("level") for e in events), "every log line is a JSON object"
     assert any(e.get("event") == "job_finished" and e.get("state") == "rejected" for e in events)
 
-
-def test_restart_serves_the_same_version_and_samples(serve, har_bundle, har_data):
-    x, y = har_data
-    d = serve(str(har_bundle))
-    d.client.post("/v1/samples", json={"x": x[:300].tolist(), "y": y[:300].tolist()})
-    job = wait_job(d.client, d.client.post("/v1/jobs", json={"epochs": 5, "check_accuracy": False}).json()["id"])
-    assert job["state"] == "succeeded", job
-    before = d.client.post("/v1/predict", json={"x": x[:50].tolist()}).json()
-    assert d.stop() == 0
-    again = serve(str(har_bundle))
-    assert again.client.post("/v1/predict", json={"x": x[:50].tolist()}).json() == before
-    assert again.client.get("/v1/samples").json()["count"] == 300
-    assert json.loads(Path(again.args[again.args.index("--state-dir") + 1], "deploy.json").read_text())["current"]

@@ -104,7 +104,7 @@ def test_kill_9_at_random_moments_around_the_swap(serve, har_bundle, har_data):
     rng = random.Random(6)
     d = serve(str(har_bundle))
     d.client.post("/v1/samples", json={"x": x[:600].tolist(), "y": y[:600].tolist()})
-    for _ in range(3):
+    for _ in range(2):
         job = d.client.post("/v1/jobs", json={"epochs": 40, "check_accuracy": False, "start_from": "initial"}).json()
         time.sleep(rng.uniform(0.0, 0.5))
         d.kill()
