@@ -70,3 +70,22 @@ def test_metrics_text_format():
     assert 's2rt_http_request_duration_seconds_bucket{route="/v1/x",le="+Inf"} 2' in text
     assert 's2rt_http_request_duration_seconds_count{route="/v1/x"} 2' in text
     assert "s2rt_answer 42" in text and "s2rt_predictions_total 0" in text
+
+
+def test_systemd_unit_runs_the_daemon_with_a_bounded_graceful_stop():
+    import configparser
+    import shlex
+    from pathlib import Path
+
+    from s2rt.cli import _parser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(Path(__file__).resolve().parents[2] / "runtime" / "deploy" / "s2rt.service")
+    service = unit["Service"]
+    command = shlex.split(service["ExecStart"])
+    assert command[0].endswith("/s2rt")
+    args = _parser().parse_args(command[1:])
+    assert args.command == "serve" and args.state_dir == "/var/lib/s2rt" and args.uds
+    assert service["KillSignal"] == "SIGTERM"
+    assert int(service["TimeoutStopSec"]) > 2 * args.shutdown_timeout
