@@ -54,10 +54,10 @@ log = logging.getLogger(__name__)
 def sample_keys(x: np.ndarray) -> np.ndarray:
     """(N, 16) uint8: a content hash of each sample (row of `x`)."""
     rows = np.ascontiguousarray(x).reshape(len(x), -1)
-    keys = np.empty((len(rows), KEY_BYTES), dtype=np.uint8)
-    for i, row in enumerate(rows):
-        keys[i] = np.frombuffer(hashlib.blake2b(row.tobytes(), digest_size=KEY_BYTES).digest(), dtype=np.uint8)
-    return keys
+    raw, step = rows.data.cast("B"), rows.shape[1] * rows.itemsize
+    blake = hashlib.blake2b  # one digest per row, joined once: half the time of filling a keys array row by row
+    digests = b"".join([blake(raw[i : i + step], digest_size=KEY_BYTES).digest() for i in range(0, len(rows) * step, step)])
+    return np.frombuffer(digests, dtype=np.uint8).reshape(len(rows), KEY_BYTES).copy()
 
 
 class SkipCache:
@@ -195,27 +195,32 @@ class SkipCache:
     # -- use -------------------------------------------------------------------------
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The record index of each key, or -1 where the sample is not cached."""
-        return np.fromiter((self.index.get(k.tobytes(), -1) for k in keys), dtype=np.int64, count=len(keys))
+        raw, get = np.ascontiguousarray(keys).tobytes(), self.index.get
+        return np.fromiter((get(raw[i : i + KEY_BYTES], -1) for i in range(0, len(raw), KEY_BYTES)), dtype=np.int64, count=len(keys))
 
     def put(self, keys: np.ndarray, taps: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Store samples not yet cached while there is room; returns each one's record (-1: not admitted)."""
         slots = np.full(len(keys), -1, dtype=np.int64)
-        count = self.count
+        first = count = self.count
         stored = self._stored_taps(taps, count) if count < self.capacity else taps
-        for i, key in enumerate(keys):
-            k = key.tobytes()
+        admitted = []  # rows of the arguments that get the new records first..count-1, in order
+        raw = np.ascontiguousarray(keys).tobytes()
+        for i in range(len(keys)):
+            k = raw[i * KEY_BYTES : (i + 1) * KEY_BYTES]
             slot = self.index.get(k)
             if slot is None and count < self.capacity:
-                slot = count
-                self.keys[slot] = key
-                self.labels[slot] = labels[i]
-                self.logits[slot] = logits[i]
-                self.taps[slot] = stored[i]
-                self.checks[slot] = _checksum(self.records[slot])
-                self.index[k] = slot
+                slot = self.index[k] = count
+                admitted.append(i)
                 count += 1
             if slot is not None:
                 slots[i] = slot
+        if admitted:  # new records are consecutive: write each field once for all of them
+            rows, new = np.array(admitted), slice(first, count)
+            self.keys[new] = keys[rows]
+            self.labels[new] = np.asarray(labels)[rows]
+            self.logits[new] = logits[rows]
+            self.taps[new] = stored[rows]
+            self.checks[new] = _checksums(self.records[new])
         self._write_header(self.storage, count)  # the count moves only after the records are written
         return slots
 
@@ -267,3 +272,11 @@ def records_within(layout: CacheLayout, max_bytes: int) -> int:
 
 def _checksum(record: np.ndarray) -> int:
     return int.from_bytes(hashlib.blake2b(record.tobytes(), digest_size=CHECK_BYTES).digest(), "little")
+
+
+def _checksums(records: np.ndarray) -> np.ndarray:
+    """`_checksum` of each row of a contiguous block of records, without copying the rows."""
+    raw, step = np.ascontiguousarray(records).data.cast("B"), records.shape[1]
+    blake = hashlib.blake2b
+    digests = b"".join([blake(raw[i : i + step], digest_size=CHECK_BYTES).digest() for i in range(0, len(records) * step, step)])
+    return np.frombuffer(digests, dtype="<u8")

@@ -9,16 +9,23 @@ import numpy as np
 from s2rt.cache import SkipCache, sample_keys
 from s2rt.frozen import FrozenModel
 
+PREFETCH_BYTES = 1 << 20  # features served per call when the trainer asks for many batches at once
+FORWARD_ROWS = 128  # samples per frozen-segment run: bounds the backend's activation memory
+
 
 class CachedFeatures:
     """Serves (X, F) for sample indices of one data set.
 
     With `cache=None` every request runs the frozen segment (the "no Skip-Cache"
     baseline); otherwise a sample runs it once, the first time it is seen.
+    `prefetch_rows` tells the trainer how many rows to ask for in one call (about
+    PREFETCH_BYTES of float32 taps and logits), which saves a call per batch.
     """
 
     def __init__(self, frozen: FrozenModel, x: np.ndarray, y: np.ndarray, cache: SkipCache | None) -> None:
         self.frozen = frozen
+        width = sum(t.size for t in frozen.bundle.taps) + frozen.num_outputs
+        self.prefetch_rows = max(1, PREFETCH_BYTES // (4 * width))
         self.x = frozen.check_input(x)
         self.y = y
         self.cache = cache
@@ -31,7 +38,11 @@ class CachedFeatures:
 
     def _forward(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         start = time.perf_counter()
-        out = self.frozen.run(self.x[idx])
+        if len(idx) <= FORWARD_ROWS:
+            out = self.frozen.run(self.x[idx])
+        else:
+            parts = [self.frozen.run(self.x[idx[i : i + FORWARD_ROWS]]) for i in range(0, len(idx), FORWARD_ROWS)]
+            out = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         self.frozen_seconds += time.perf_counter() - start
         self.misses += len(idx)
         return out

@@ -18,13 +18,17 @@ import numpy as np
 from s2rt.bundle.model import Loss, Optimizer
 from s2rt.errors import RuntimeInputError
 from s2rt.head import FLOAT
-from s2rt.methods import TrainableHead
 from s2rt.loss import LOSSES
+from s2rt.methods import TrainableHead
 from s2rt.optim import StepOptimizer, make_optimizer
 from s2rt.progress import EpochListener, ProgressCallback
 
 
 class FeatureSource(Protocol):
+    """Serves features by sample index. A source may also have an int attribute
+    `prefetch_rows`: how many rows it serves well in one call; the trainer then asks for
+    that many (whole batches) at a time instead of one batch per call."""
+
     def features(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(X: len(idx) x D float32, F: len(idx) x C float32) for sample indices `idx`."""
         ...
@@ -207,33 +211,40 @@ class _Run:
     def epoch(self, epoch: int, order: np.ndarray, report: TrainReport) -> dict[str, float]:
         head, source, targets, loss_fn = self.head, self.source, self.targets, self.loss_fn
         step, grads, progress = self.optimizer.step, head.grads, self.progress
+        clock = time.perf_counter
         bs = self.config.batch_size
         batches = -(-len(order) // bs)
+        per_call = max(1, getattr(source, "prefetch_rows", 0) // bs)  # whole batches per features() call
         t_feat = t_fwd = t_bwd = t_upd = total = 0.0
-        for b in range(batches):
-            idx = order[b * bs : (b + 1) * bs]
-            t0 = time.perf_counter()
+        for first in range(0, batches, per_call):
+            # One features() call serves `per_call` batches; each tap is then split into its
+            # own contiguous array, so every batch below is a set of row slices (views).
+            t0 = clock()
+            idx = order[first * bs : (first + per_call) * bs]
             X, F = source.features(idx)
-            t1 = time.perf_counter()
             _check_batch(X, F, len(idx), head)
-            loss, dz = loss_fn(head.forward(X, F), targets[idx])
-            if not math.isfinite(loss):
-                where = f"epoch {epoch}, batch {b + 1}/{batches}"
-                raise _Diverged(f"loss became {loss} at {where}{_DIVERGED_HINT}")
-            if b == 0:
-                self.good, self.good_epoch = self._snapshot(), epoch
-            t2 = time.perf_counter()
-            head.backward(dz)
-            t3 = time.perf_counter()
-            step(grads)
-            t4 = time.perf_counter()
-            t_feat += t1 - t0
-            t_fwd += t2 - t1
-            t_bwd += t3 - t2
-            t_upd += t4 - t3
-            total += loss * len(idx)
-            if progress is not None:
-                progress(epoch, self.config.epochs, b + 1, batches, loss)
+            xs, ys = head.split_taps(X), targets[idx]
+            t_feat += clock() - t0
+            for b in range(first, min(first + per_call, batches)):
+                rows = slice((b - first) * bs, (b - first + 1) * bs)
+                t1 = clock()
+                loss, dz = loss_fn(head.forward_taps([x[rows] for x in xs], F[rows]), ys[rows])
+                if not math.isfinite(loss):
+                    where = f"epoch {epoch}, batch {b + 1}/{batches}"
+                    raise _Diverged(f"loss became {loss} at {where}{_DIVERGED_HINT}")
+                if b == 0:
+                    self.good, self.good_epoch = self._snapshot(), epoch
+                t2 = clock()
+                head.backward(dz)
+                t3 = clock()
+                step(grads)
+                t4 = clock()
+                t_fwd += t2 - t1
+                t_bwd += t3 - t2
+                t_upd += t4 - t3
+                total += loss * len(dz)
+                if progress is not None:
+                    progress(epoch, self.config.epochs, b + 1, batches, loss)
         report.time_features += t_feat
         report.time_forward += t_fwd
         report.time_backward += t_bwd
