@@ -8,10 +8,14 @@ there is a header); a row of exactly the input size is unlabelled.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -20,6 +24,9 @@ from s2rt.errors import RuntimeInputError
 from s2rt.npz import read_npz
 
 LABEL_COLUMNS = ("label", "y")
+MAX_CHARS_PER_VALUE = 64  # a CSV line may hold this many characters per expected value...
+MAX_HEADER_CHARS = 4096  # ...plus this many (long column names)
+MAX_LABEL = 2**31
 
 
 @dataclass(frozen=True)
@@ -56,31 +63,44 @@ def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _read_csv(p: Path, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows streamed into one float64 buffer: memory is 8 bytes per value, whatever the text."""
+    columns = size + 1
     try:
         with open(p, newline="", encoding="utf-8") as f:
-            rows = [row for row in csv.reader(f) if row]
+            rows = csv.reader(_bounded_lines(p, f, MAX_CHARS_PER_VALUE * columns + MAX_HEADER_CHARS))
+            first = next((row for row in rows if row), None)
+            if first is None:
+                raise RuntimeInputError(f"{p}: no rows")
+            header = None if _is_number(first[0]) else [h.strip().lower() for h in first]
+            width = len(header) if header is not None else len(first)
+            if width not in (size, columns):
+                raise RuntimeInputError(f"{p}: rows have {width} values, expected {size} features (+1 label)")
+            values = array("d")
+            for i, row in enumerate(rows if header is not None else itertools.chain([first], rows)):
+                if not row:
+                    continue
+                if len(row) != width:
+                    raise RuntimeInputError(f"{p}: row {i + 1} has {len(row)} values, expected {width}")
+                try:
+                    values.extend(float(v) for v in row)
+                except ValueError:
+                    raise RuntimeInputError(f"{p}: row {i + 1} holds a value that is not a number") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise RuntimeInputError(f"{p}: not a readable CSV file ({e})") from None
-    if not rows:
-        raise RuntimeInputError(f"{p}: no rows")
-    label_col = None
-    if not _is_number(rows[0][0]):
-        header = [h.strip().lower() for h in rows.pop(0)]
-        label_col = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
-    values = np.empty((len(rows), len(rows[0]) if rows else 0), dtype=np.float64)
-    for i, row in enumerate(rows):
-        if len(row) != values.shape[1]:
-            raise RuntimeInputError(f"{p}: row {i + 1} has {len(row)} values, the first row has {values.shape[1]}")
-        try:
-            values[i] = [float(v) for v in row]
-        except ValueError:
-            raise RuntimeInputError(f"{p}: row {i + 1} holds a value that is not a number") from None
-    if values.shape[1] == size:
-        return values, None
-    if values.shape[1] == size + 1:
-        col = values.shape[1] - 1 if label_col is None else label_col
-        return np.delete(values, col, axis=1), values[:, col]
-    raise RuntimeInputError(f"{p}: rows have {values.shape[1]} values, expected {size} features (+1 label)")
+    table = np.frombuffer(values, dtype=np.float64).reshape(-1, width)
+    if width == size:
+        return table, None
+    label_col = next((header.index(c) for c in LABEL_COLUMNS if c in header), None) if header is not None else None
+    col = width - 1 if label_col is None else label_col
+    return np.delete(table, col, axis=1), table[:, col]
+
+
+def _bounded_lines(p: Path, f: TextIO, limit: int) -> Iterator[str]:
+    """The file's lines, refusing one longer than `limit` characters before holding it whole."""
+    while line := f.readline(limit + 1):
+        if len(line) > limit:
+            raise RuntimeInputError(f"{p}: a line longer than {limit:,} characters; expected one sample per line")
+        yield line
 
 
 def _is_number(text: str) -> bool:
@@ -101,17 +121,18 @@ def _checked(
 ) -> Samples:
     if x.dtype.kind not in "fiu":
         raise RuntimeInputError(f"{p}: x has dtype {x.dtype}, expected numbers")
-    if len(x) == 0:
-        raise RuntimeInputError(f"{p}: holds no samples")
+    if x.ndim == 0 or len(x) == 0:
+        raise RuntimeInputError(f"{p}: holds no samples (x has shape {x.shape})")
     if x.shape[1:] != signature.shape:
         if math.prod(x.shape[1:]) != signature.size:
             raise RuntimeInputError(
                 f"{p}: samples have shape {x.shape[1:]}, the bundle's input {signature.name!r} expects {signature.shape}"
             )
         x = x.reshape((len(x), *signature.shape))
-    x = x.astype(signature.dtype.numpy, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become Inf, refused below
+        x = x.astype(signature.dtype.numpy, copy=False)
     if not np.isfinite(x).all():
-        raise RuntimeInputError(f"{p}: x contains NaN or Inf")
+        raise RuntimeInputError(f"{p}: x contains NaN or Inf, or values beyond {signature.dtype.name.lower()}")
     if y is None:
         if require_labels:
             raise RuntimeInputError(f"{p}: has no labels (array 'y' / a label column), which training needs")
@@ -128,6 +149,8 @@ def _labels(p: Path, y: np.ndarray, n: int, num_classes: int | None) -> np.ndarr
             raise RuntimeInputError(f"{p}: labels must be whole class indices")
     elif y.dtype.kind not in "iu":
         raise RuntimeInputError(f"{p}: labels have dtype {y.dtype}, expected integer class indices")
+    if len(y) and (y.min() < -MAX_LABEL or y.max() > MAX_LABEL):  # before the cast, which would wrap them
+        raise RuntimeInputError(f"{p}: labels range from {y.min()} to {y.max()}, not class indices")
     y = y.astype(np.int64)
     if num_classes is not None and ((y < 0) | (y >= num_classes)).any():
         bad = int(y[(y < 0) | (y >= num_classes)][0])
