@@ -32,6 +32,13 @@ def add_serve(sub: Subparsers) -> None:
     p.add_argument("--max-bundle-bytes", type=_positive, default=256 << 20, help="largest bundle upload (default 256 MiB)")
     p.add_argument("--max-connections", type=_positive, default=256, help="concurrent connections before 503 (default 256)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds to wait for requests and the job on stop (default 10)")
+    p.add_argument(
+        "--trusted-key",
+        action="append",
+        metavar="PUB",
+        help="serve and accept uploads only of bundles signed by this public key (a .pub file or a folder of them); "
+        "repeatable; also read from $S2RT_TRUSTED_KEYS",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

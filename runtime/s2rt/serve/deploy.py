@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from s2rt.atomic import atomic_write_bytes
-from s2rt.bundle import Bundle, parse_bundle
+from s2rt.bundle import Bundle
 from s2rt.errors import BundleError, StateError
+from s2rt.trust import TrustedKeys, open_trusted
 
 log = logging.getLogger(__name__)
 
 
 class BundleShelf:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, trusted_keys: TrustedKeys = ()) -> None:
+        self.trusted_keys = trusted_keys  # re-checked at every start: a key no longer trusted stops its bundles
         self.dir = root / "bundles"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pointer_path = root / "deploy.json"
@@ -46,7 +48,7 @@ class BundleShelf:
         pointer = self.pointer()
         if given is not None:
             try:
-                data, bundle = read_verified(given)
+                data, bundle = read_verified(given, self.trusted_keys)
             except BundleError as e:
                 if not pointer.get("current"):
                     raise
@@ -57,7 +59,7 @@ class BundleShelf:
                     return bundle
         if not pointer.get("current"):
             raise StateError(f"{self.pointer_path.parent}: no bundle deployed yet; start with `s2rt serve BUNDLE --state-dir ...`")
-        _, bundle = read_verified(self.path(pointer["current"]))
+        _, bundle = read_verified(self.path(pointer["current"]), self.trusted_keys)
         return bundle
 
     def install(self, data: bytes, bundle: Bundle, *, from_command_line: bool = False) -> None:
@@ -78,11 +80,12 @@ class BundleShelf:
         log.info("bundle %s deployed", bundle.digest[:12], extra={"event": "deployed", "bundle_digest": bundle.digest})
 
 
-def read_verified(path: Path) -> tuple[bytes, Bundle]:
+def read_verified(path: Path, trusted_keys: TrustedKeys = ()) -> tuple[bytes, Bundle]:
+    """The file's bytes and bundle, verified (and, with trusted keys, signed by one of them)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise BundleError(f"{path}: no such bundle file") from None
     except OSError as e:
         raise BundleError(f"{path}: cannot read bundle: {e.strerror}") from None
-    return data, parse_bundle(data, source=str(path))
+    return data, open_trusted(data, trusted_keys, name=str(path))

@@ -29,6 +29,7 @@ from s2rt.errors import RuntimeInputError
 from s2rt.serve.app import Limits, create_app
 from s2rt.serve.logs import setup_logging
 from s2rt.serve.service import Service, ServiceConfig
+from s2rt.trust import trusted_keys_from
 
 log = logging.getLogger("s2rt.serve")
 
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         threads=args.threads,
         cache_capacity=args.cache_capacity,
+        trusted_keys=trusted_keys_from(args.trusted_key),
     )
     service = Service(config)
     uds = Path(args.uds) if args.uds else None

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from s2rt.backend import open_backend
-from s2rt.bundle import Bundle, Loss, parse_bundle
+from s2rt.bundle import Bundle, Loss
+from s2rt.bundle.signing import PublicKey
 from s2rt.cache import SkipCache
 from s2rt.errors import BackendError, BundleError, S2LError, StateError
 from s2rt.frozen import FrozenModel
@@ -35,6 +36,7 @@ from s2rt.session import new_head, softmax
 from s2rt.state import Adapters
 from s2rt.store import AdapterStore, UnknownVersionError
 from s2rt.trainer import predict_logits
+from s2rt.trust import open_trusted
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class ServiceConfig:
     backend: str = "auto"
     threads: int = 1
     cache_capacity: int = 20_000
+    trusted_keys: tuple[PublicKey, ...] = ()  # when set, only bundles signed by one of them are served (s2rt.trust)
 
 
 class Deployment:
@@ -91,7 +94,7 @@ class Service:
         self.metrics = Metrics()
         self.db = Database(self.state_dir / "samples.sqlite")
         self.samples = SampleStore(self.db)
-        self.shelf = BundleShelf(self.state_dir)
+        self.shelf = BundleShelf(self.state_dir, config.trusted_keys)
         bundle = self.shelf.startup(config.bundle)
         deployment = Deployment(bundle, self._frozen(bundle), self.state_dir, config.cache_capacity)
         deployment.prune_caches()
@@ -174,7 +177,7 @@ class Service:
     def deploy(self, data: bytes) -> dict[str, Any]:
         """Verify an uploaded bundle and serve it; the running one stays if anything fails."""
         try:
-            bundle = parse_bundle(data, source="uploaded bundle")
+            bundle = open_trusted(data, self.config.trusted_keys, name="uploaded bundle")
             frozen = self._frozen(bundle)
         except (BundleError, BackendError) as e:
             raise ApiError(422, "invalid_bundle", str(e), "body") from None
