@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from helpers.daemon import Daemon, all_sample_ids, wait_job
 from s2rt.bundle import read_bundle
+from s2rt.serve.jobs import held_out
 from s2rt.session import Model
 
 
@@ -161,6 +162,16 @@ def test_openapi_schema_lists_every_route(daemon):
     paths = set(schema["paths"])
     assert {"/v1/predict", "/v1/predict/npy", "/v1/samples", "/v1/jobs", "/v1/jobs/{job_id}/cancel", "/v1/adapters/rollback"} <= paths
     assert {"/v1/bundle", "/v1/metrics", "/v1/health/live", "/v1/health/ready", "/v1/model"} <= paths
+
+
+def test_a_job_whose_adapters_could_not_be_checked_is_refused_up_front(daemon, har_data):
+    x, y = har_data
+    train_only = np.flatnonzero(~held_out(x, 0.2))[:3]
+    assert daemon.client.post("/v1/samples", json={"x": x[train_only].tolist(), "y": y[train_only].tolist()}).status_code == 201
+    refused = daemon.client.post("/v1/jobs", json={"epochs": 1})
+    assert refused.status_code == 409 and refused.json()["field"] == "samples" and "held-out" in refused.json()["message"]
+    unchecked = wait_job(daemon.client, daemon.client.post("/v1/jobs", json={"epochs": 1, "check_accuracy": False}).json()["id"])
+    assert unchecked["state"] == "succeeded" and unchecked["n_val"] == 0
 
 
 def test_ingest_train_activate_rollback_download(serve, har_bundle, har_data, tmp_path):

@@ -165,6 +165,12 @@ class JobRunner:
                 f"{len(samples.y)} labelled samples stored, {int(val.sum())} of them held out: nothing to train on; ingest samples first",
                 "samples",
             )
+        if options.check_accuracy and not val.any():
+            raise conflict(
+                f"none of the {len(samples.y)} stored samples falls in the held-out split (val_fraction {options.val_fraction}), "
+                "so the new adapters could not be checked; ingest more samples or set check_accuracy to false",
+                "samples",
+            )
         d = bundle.head.defaults
         try:
             config = TrainConfig(
