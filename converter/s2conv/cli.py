@@ -318,7 +318,8 @@ def _sign_parser() -> _Parser:
 def _sign(args: argparse.Namespace, parser: _Parser) -> int:
     key = SigningKey.load(args.key)
     signed = sign_bundle_file(args.bundle, key, args.output)
-    print(f"signed {args.output or args.bundle} with key {key.key_id} (format {signed.format_version[0]}.{signed.format_version[1]}, digest {signed.digest[:16]})")
+    version = "{}.{}".format(*signed.format_version)
+    print(f"signed {args.output or args.bundle} with key {key.key_id} (format {version}, digest {signed.digest[:16]})")
     return 0
 
 

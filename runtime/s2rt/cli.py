@@ -233,7 +233,8 @@ def _verify(args: argparse.Namespace) -> int:
         "signer_key_id": bundle.signer_key_id,
         "trusted_key": key.source,
     }
-    _emit(args, result, f"{args.bundle}: OK (format {version}, digest {bundle.digest[:16]}), signed by trusted key {key.key_id} ({key.source})")
+    text = f"{args.bundle}: OK (format {version}, digest {bundle.digest[:16]}), signed by trusted key {key.key_id} ({key.source})"
+    _emit(args, result, text)
     return 0
 
 
