@@ -41,6 +41,13 @@ from tflite.OperatorCode import (
     OperatorCodeEnd,
     OperatorCodeStart,
 )
+from tflite.QuantizationParameters import (
+    QuantizationParametersAddQuantizedDimension,
+    QuantizationParametersAddScale,
+    QuantizationParametersAddZeroPoint,
+    QuantizationParametersEnd,
+    QuantizationParametersStart,
+)
 from tflite.SubGraph import (
     SubGraphAddInputs,
     SubGraphAddName,
@@ -49,13 +56,6 @@ from tflite.SubGraph import (
     SubGraphAddTensors,
     SubGraphEnd,
     SubGraphStart,
-)
-from tflite.QuantizationParameters import (
-    QuantizationParametersAddQuantizedDimension,
-    QuantizationParametersAddScale,
-    QuantizationParametersAddZeroPoint,
-    QuantizationParametersEnd,
-    QuantizationParametersStart,
 )
 from tflite.Tensor import (
     TensorAddBuffer,
