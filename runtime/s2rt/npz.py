@@ -94,7 +94,7 @@ def _read_array(member: IO[bytes], info: zipfile.ZipInfo) -> np.ndarray:
             f"{info.file_size - member.tell():,} bytes of data"
         )
     array = np.empty(math.prod(shape), dtype=dtype)  # pages are touched only as data arrives
-    view = memoryview(array.view(np.uint8).reshape(-1))
+    view = array.view(np.uint8).reshape(-1).data
     filled = 0
     while filled < nbytes:
         got = member.readinto(view[filled : filled + CHUNK])  # type: ignore[attr-defined]

@@ -101,7 +101,8 @@ def main() -> int:
     if args.max_rss_growth_mb is not None and growth > args.max_rss_growth_mb:
         failures.append({"error": f"resident set grew {growth:.1f} MiB"})
     total = sum(int(s["cases"]) for s in summary.values())  # type: ignore[call-overload]
-    print(json.dumps({"seed": seed, "total_cases": total, "rss_growth_mb": round(growth, 1), "targets": summary, "failures": failures[:20]}, indent=1))
+    report = {"seed": seed, "total_cases": total, "rss_growth_mb": round(growth, 1), "targets": summary, "failures": failures[:20]}
+    print(json.dumps(report, indent=1))
     return 1 if failures else 0
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import os
 
+from helpers.mutate import INTERESTING_U32, OPS
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-
-from helpers.mutate import INTERESTING_U32, OPS
 
 CI_EXAMPLES = 500
 EXAMPLES = int(os.environ.get("S2L_FUZZ_EXAMPLES", CI_EXAMPLES))

@@ -17,15 +17,14 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+from helpers.keys import test_key
+from helpers.mutate import body_of, npz_bytes, reseal
+from helpers.tiny import tiny_bundle
 from s2rt.bundle import Bundle, DType, InputSignature, Segment, SegmentBackend, parse_bundle, serialize_bundle
 from s2rt.data import load_samples
 from s2rt.errors import BundleError, RuntimeInputError, S2LError, StateError
 from s2rt.state import load_adapters, save_adapters
 from s2rt.trust import open_trusted
-
-from helpers.keys import test_key
-from helpers.mutate import body_of, npz_bytes, reseal
-from helpers.tiny import tiny_bundle
 
 KEY = test_key(1)
 SIG = InputSignature("x", (6,))
@@ -69,7 +68,8 @@ def adapter_bundle() -> Bundle:
 
 def adapter_seed() -> bytes:
     b, rng = adapter_bundle(), np.random.default_rng(0)
-    adapters = [(rng.normal(size=(b.head.rank, t.size)).astype(np.float32), rng.normal(size=(3, b.head.rank)).astype(np.float32)) for t in b.taps]
+    h = b.head
+    adapters = [(rng.normal(size=(h.rank, t.size)).astype(np.float32), rng.normal(size=(3, h.rank)).astype(np.float32)) for t in b.taps]
     save_adapters(scratch() / "seed.npz", adapters, b, metrics={"accuracy": 0.5})
     return (scratch() / "seed.npz").read_bytes()
 

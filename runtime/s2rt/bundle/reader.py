@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from s2rt.bundle.consistency import check_consistency
 from s2rt.bundle.fb.BundleBody import BundleBody
 from s2rt.bundle.fb.BundleFile import BundleFile
-from s2rt.bundle.consistency import check_consistency
 from s2rt.bundle.model import (
     FILE_IDENTIFIER,
     FORMAT_MAJOR,
