@@ -141,6 +141,15 @@ class AdapterHead:
         HT *= self.scaling
         return np.dot(HT.T, self._BT)
 
+    def merged_weight(self) -> np.ndarray:
+        """M (D x C) with X M = delta_logits(X): the adapters folded into one matrix for inference,
+        rows of tap l = s A_l^T B_l^T. A copy: it does not follow later changes of theta."""
+        M = np.empty((self.tap_width, self.num_outputs), FLOAT)
+        for a, xc, hc in zip(self._A, self._x_cols, self._h_cols):
+            np.dot(a.T, self._BT[hc], out=M[xc])
+        M *= self.scaling
+        return M
+
     def per_tap(self, grad: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
         """Copies of (A_l, B_l) per tap: the weights, or with `grad` their gradients."""
         a_views, b = (self._dA, self._dB) if grad else (self._A, self._B)

@@ -57,6 +57,7 @@ class Model:
         self.frozen = FrozenModel(bundle, open_backend(bundle, backend, threads))
         self.method = get_method(method)
         self.head: TrainableHead = self.method.make_head(bundle)
+        self._merged: tuple[TrainableHead, bytes, np.ndarray] | None = None  # see _merged_weight
 
     @classmethod
     def open(
@@ -101,11 +102,31 @@ class Model:
     # -- inference -------------------------------------------------------------------
     def logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Tuned logits: frozen logits plus the head's correction."""
-        out = []
-        for start in range(0, len(x), batch_size):
-            taps, frozen_logits = self.frozen.run(x[start : start + batch_size])
-            out.append(predict_logits(self.head, taps, frozen_logits))
+        if 0 < len(x) <= batch_size:
+            return self._logits(x)
+        out = [self._logits(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.empty((0, self.bundle.head.num_outputs), np.float32)
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        taps, frozen_logits = self.frozen.run(x)
+        merged = self._merged_weight()
+        if merged is None:
+            return predict_logits(self.head, taps, frozen_logits)
+        z = np.dot(taps, merged)
+        z += frozen_logits
+        return z
+
+    def _merged_weight(self) -> np.ndarray | None:
+        """The Skip2-LoRA head folded into one D x C matrix (one GEMM per prediction instead of
+        2L + 1), rebuilt whenever the head or its weights are not those it was made from."""
+        merge = getattr(self.head, "merged_weight", None)
+        if merge is None:
+            return None
+        theta = self.head.parameters()["theta"]
+        made = self._merged
+        if made is None or made[0] is not self.head or made[1] != theta.tobytes():
+            made = self._merged = (self.head, theta.tobytes(), merge())
+        return made[2]
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(class index, class probabilities) per sample."""
