@@ -1,14 +1,14 @@
 """Frozen-segment latency on onnxruntime vs LiteRT, one thread, and bundle sizes per backend.
 
-    .venv/bin/python bench/tflite_latency.py [--repeat 300] [--json FILE]
+    .venv/bin/python bench/tflite_latency.py [--repeat 300] [--models har,digits] [--onnx MORE.onnx ...] [--json FILE]
 
 For every reference model in models/models.json: convert with `backend=both`, open the
 ONNX segment on onnxruntime and the TFLite segment on LiteRT (the runtime's backends, one
 thread each; LiteRT with its default XNNPACK delegate, and for comparison its builtin
 kernels without delegates), and time `backend.run(x)` on the model's own test inputs at
-batch sizes 1, 32 and 256. Runs alternate between the backends so that both see the same
-machine load; the median over `--repeat` runs is the figure. A last column times LiteRT
-when every call changes the batch size, alternating b and b + 1 (the input is resized and the tensors re-planned).
+batch sizes 1, 32 and 256. The backends take turns in blocks of 10 calls so that all see
+the same machine load; the median over `--repeat` calls is the figure. A last column times
+LiteRT when every call changes the batch size, alternating b and b + 1 (the input is resized and the tensors re-planned).
 
 Bundle sizes are the serialised .s2l bytes with the ONNX segment only, the TFLite segment
 only, and both.
@@ -40,7 +40,6 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 from s2conv import ConvertOptions, convert  # noqa: E402
 from s2rt.backend import open_backend  # noqa: E402
 from s2rt.bundle import Bundle, SegmentBackend, serialize_bundle  # noqa: E402
-from s2rt.data import load_samples  # noqa: E402
 
 BATCHES = (1, 32, 256)
 
@@ -66,16 +65,19 @@ class NoDelegateLiteRT:
         return [self.interpreter.get_tensor(i) for i in self.outputs]
 
 
-def median_us(runners: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Median wall time per call in microseconds, the runners interleaved call by call."""
+def median_us(runners: dict[str, Callable[[], object]], repeat: int, block: int = 10) -> dict[str, float]:
+    """Median wall time per call in microseconds. The runners take turns in blocks of
+    `block` calls, so all of them see the same machine load while each block runs with
+    its own data in the caches, as a device running one model does."""
     for run in runners.values():
-        run()  # warm up: first allocation, XNNPACK packing
+        run()  # warm up: first allocation, XNNPACK weight packing
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeat):
+    for _ in range(max(repeat // block, 1)):
         for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) * 1e6 for name, t in times.items()}
 
 
@@ -87,18 +89,16 @@ def bundle_sizes(bundle: Bundle) -> dict[str, int]:
     return sizes
 
 
-def measure(name: str, entry: dict, repeat: int) -> dict:
-    bundle = convert(ROOT / "models" / entry["onnx"], ConvertOptions(backend="both"))
-    x_all = load_samples(ROOT / "models" / entry["data"]["test"], bundle.input).x
+def measure(name: str, source: Path, x_all: np.ndarray | None, repeat: int) -> dict:
+    """`x_all`: inputs to time on (None: uniform [0, 1) samples of the model's input shape)."""
+    bundle = convert(source, ConvertOptions(backend="both"))
+    if x_all is None:
+        x_all = np.random.default_rng(0).uniform(0, 1, size=(256, *bundle.input.shape)).astype(np.float32)
     onnx, litert = open_backend(bundle, "onnx", 1), open_backend(bundle, "tflite", 1)
     plain = NoDelegateLiteRT(bytes(bundle.segment(SegmentBackend.TFLITE).model))
     rows = []
     for batch in BATCHES:
         x = np.ascontiguousarray(np.resize(x_all, (batch, *x_all.shape[1:])))
-        times = median_us(
-            {"onnxruntime": lambda x=x: onnx.run(x), "litert": lambda x=x: litert.run(x), "litert_builtin": lambda x=x: plain.run(x)},
-            repeat if batch < 256 else max(repeat // 5, 20),
-        )
         flip = [x, np.ascontiguousarray(np.resize(x_all, (batch + 1, *x_all.shape[1:])))]
         state = {"i": 0}
 
@@ -106,8 +106,13 @@ def measure(name: str, entry: dict, repeat: int) -> dict:
             state["i"] ^= 1
             return litert.run(flip[state["i"]])
 
-        times["litert_resize_each_call"] = median_us({"r": resizing}, repeat if batch < 256 else max(repeat // 5, 20))["r"]
-        rows.append({"batch": batch, **times})
+        runners = {
+            "onnxruntime": lambda x=x: onnx.run(x),
+            "litert": lambda x=x: litert.run(x),
+            "litert_builtin": lambda x=x: plain.run(x),
+            "litert_resize_each_call": resizing,
+        }
+        rows.append({"batch": batch, **median_us(runners, repeat if batch < 256 else max(repeat // 5, 20))})
     return {
         "model": name,
         "segment_bytes": {s.backend.name.lower(): len(s.model) for s in bundle.segments},
@@ -142,11 +147,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=300, help="timed calls per backend and batch size (default: 300)")
     parser.add_argument("--models", help="comma-separated subset of models.json (default: all)")
+    parser.add_argument("--onnx", type=Path, nargs="*", default=[], help="also time these ONNX models (on uniform [0, 1) inputs)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     reference = json.loads((ROOT / "models" / "models.json").read_text())
     names = args.models.split(",") if args.models else sorted(reference)
-    results = [measure(name, reference[name], args.repeat) for name in names]
+    results = []
+    for name in names:
+        entry = reference[name]
+        source = ROOT / "models" / entry["onnx"]
+        x = np.load(ROOT / "models" / entry["data"]["test"], allow_pickle=False)["x"].astype(np.float32)
+        results.append(measure(name, source, x, args.repeat))
+    results += [measure(path.stem, path, None, args.repeat) for path in args.onnx]
     print(render(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
