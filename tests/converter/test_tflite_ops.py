@@ -450,7 +450,8 @@ def squeeze_excite_fc() -> Case:
 @case
 def passthrough_ops() -> Case:
     g = G()
-    h = g.n("Dropout", [g.n("Identity", ["x"], "i")], "d")
+    g.nodes.append(helper.make_node("Dropout", [g.n("Identity", ["x"], "i")], ["d", "unused_mask"], name="dropout"))
+    h = "d"
     g.n("Cast", [g.n("Relu", [h], "r")], "y", to=TensorProto.FLOAT)
     return g.model((4,), [h, "y"]), (4,)
 

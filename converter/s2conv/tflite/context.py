@@ -65,6 +65,10 @@ class EmitContext:
         name = node.inputs[index] if index < len(node.inputs) else ""
         return self.const(name, role) if name else None
 
+    def is_used(self, name: str) -> bool:
+        """Does an emitted node, or a graph output, read `name`?"""
+        return bool(name) and (self.consumers.get(name, 0) > 0 or name in self.outputs)
+
     def shape(self, name: str) -> tuple[int, ...]:
         """The ONNX shape of a data tensor, its batch dimension as BATCH (-1)."""
         return self.shapes[name]

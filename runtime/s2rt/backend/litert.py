@@ -8,6 +8,7 @@ batch size changes. Outputs are looked up by tensor name, never by position.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,6 @@ INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter
 
 def interpreter_class() -> tuple[type, str]:
     """(Interpreter class, module it came from); ImportError if neither is installed."""
-    import importlib
-
     failures = []
     for module_name in INTERPRETER_MODULES:
         try:

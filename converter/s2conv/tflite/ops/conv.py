@@ -77,7 +77,7 @@ def BatchNormalization(  # noqa: N802
     spatial: int = 1,
 ) -> None:
     del momentum  # only matters in training
-    if training_mode or any(node.outputs[1:]) or not spatial:
+    if training_mode or any(ctx.is_used(name) for name in node.outputs[1:]) or not spatial:
         raise ctx.fail("only inference-mode BatchNormalization (one output, spatial=1) is supported")
     x, y = node.inputs[0], node.outputs[0]
     roles = ("scale", "B", "input_mean", "input_var")

@@ -36,7 +36,7 @@ def _pool(
     x, y = node.inputs[0], node.outputs[0]
     if ctx.rank(x) != 4 or not kernel_shape or len(kernel_shape) != 2:
         raise ctx.fail("only 2-D pooling (4-D NCHW input, 2 kernel sizes) is supported")
-    if any(node.outputs[1:]):
+    if any(ctx.is_used(name) for name in node.outputs[1:]):
         raise ctx.fail("the Indices output is not supported")
     kernel, stride = ints(kernel_shape, 1, 2), ints(strides, 1, 2)
     padding, explicit = spatial_padding(ctx, spatial_sizes(ctx, x), kernel, stride, (1, 1), pads, auto_pad)

@@ -25,7 +25,7 @@ def Identity(ctx: EmitContext, node: OnnxNode) -> None:  # noqa: N802
 @onnx_op()
 def Dropout(ctx: EmitContext, node: OnnxNode, *, ratio: float = 0.5, seed: int = 0) -> None:  # noqa: N802
     del ratio, seed  # inference: Dropout passes its input through
-    if any(node.outputs[1:]):
+    if any(ctx.is_used(name) for name in node.outputs[1:]):
         raise ctx.fail("the mask output is not supported")
     ctx.alias(node.outputs[0], node.inputs[0])
 
