@@ -166,8 +166,11 @@ def _predict(app: FastAPI, service: Service) -> None:
     async def predict_npy(request: Request) -> JSONResponse:
         """As /v1/predict, with the samples as a raw `.npy` body (one sample or a batch; float32 is fastest)."""
         body = await request.body()
-        x, _ = samples_from_npy(body, service.serving.deployment.bundle.input)
-        return JSONResponse(await run_in_threadpool(service.predict, x))
+
+        def parse_and_predict() -> dict[str, Any]:
+            return service.predict(samples_from_npy(body, service.serving.deployment.bundle.input)[0])
+
+        return JSONResponse(await run_in_threadpool(parse_and_predict))
 
 
 def _samples(app: FastAPI, service: Service) -> None:
