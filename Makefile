@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test test-numpy1 check models schema clean golden
+.PHONY: demo test test-numpy1 check models schema clean golden bench bench-quick bench-ortt-setup
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ demo: $(VENV)/.runtime
 	$(BIN)/s2rt eval $(OUT)/har.s2l --adapters $(OUT)/har_adapters.npz --data models/data/har_test.npz --json > $(OUT)/har_after.json
 	@$(BIN)/python models/demo_table.py $(OUT) models/har_mlp.onnx
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev $(VENV)/.bench
 	$(BIN)/python -m pytest -q
 
 # The runtime promises NumPy 1.23+: run its torch-free tests against the oldest NumPy.
@@ -69,6 +69,25 @@ schema: $(VENV)/.dev
 # Add the golden bundles of the current format version (tests/golden; older ones are kept).
 golden: $(VENV)/.dev
 	S2L_REGEN_GOLDEN=1 $(BIN)/python -m pytest -q tests/runtime/test_golden.py
+
+# The side-by-side benchmark (bench/): peft and matplotlib on top of the dev packages.
+$(VENV)/.bench: $(VENV)/.dev bench/requirements.txt
+	PYTHONWARNINGS=ignore $(BIN)/pip install -q -r bench/requirements.txt
+	touch $@
+
+# Both thread profiles, every workload in models/models.json -> bench/results/ (under 10 minutes).
+bench: $(VENV)/.bench
+	$(BIN)/python bench/run.py
+
+# A small slice (edge profile, HAR subset, few epochs) -> bench/results/quick/ (under a minute).
+bench-quick: $(VENV)/.bench
+	$(BIN)/python bench/run.py --quick
+
+# The optional onnxruntime-training peer in its own venv (it replaces onnxruntime, wants onnx <= 1.17).
+bench-ortt-setup:
+	$(PYTHON) -m venv bench/.venv-ortt
+	bench/.venv-ortt/bin/pip install -q --upgrade pip
+	bench/.venv-ortt/bin/pip install -q -r bench/requirements-ortt.txt
 
 clean:
 	rm -rf $(OUT) .pytest_cache

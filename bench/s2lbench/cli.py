@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     out = Path(args.out) if args.out else RESULTS / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
-    profiles = _csv(args.profiles)
+    profiles = _csv(args.profiles or ("edge" if args.quick else "edge,default"))
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown:
         raise SystemExit(f"unknown profiles {unknown}; known: {', '.join(PROFILES)}")
@@ -120,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the benchmark (default)")
     for target in (p, r):
         target.add_argument("--quick", action="store_true", help="a small slice (make bench-quick)")
-        target.add_argument("--profiles", default="edge,default", help="comma-separated: edge, default")
+        target.add_argument("--profiles", help="comma-separated: edge, default (default: both; --quick: edge)")
         target.add_argument("--workloads", help="comma-separated workload names (default: every model in models.json)")
         target.add_argument("--methods", help="comma-separated method names (default: all available)")
         target.add_argument("--epochs", type=int, help="fine-tuning epochs (default 20; 10 for CNNs)")

@@ -7,27 +7,33 @@ samples, fills the Skip-Cache on first sight and trains the head.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from typing import Any
 
 from s2lbench.methods import ADAPTER_GRID, Job, Method, RunResult, score
 
-FINE_TUNE_METHODS_MODULE = "s2rt.methods"  # issue 5's last-layer methods, when present
+# s2rt method name (s2rt.methods) -> (benchmark name, label, learning-rate grid)
+S2RT_METHODS = {
+    "skip2lora": ("s2rt-skip2lora", "Skip2-LoRA (s2rt)", ADAPTER_GRID),
+    "skiplora": ("s2rt-skip2lora-nocache", "Skip2-LoRA, no cache (s2rt)", ADAPTER_GRID),
+    "lora-last": ("s2rt-lora-last", "LoRA-Last (s2rt)", ADAPTER_GRID),
+    "ft-last": ("s2rt-ft-last", "FT-Last (s2rt)", ADAPTER_GRID),
+    "ft-bias": ("s2rt-ft-bias", "FT-Bias (s2rt)", ADAPTER_GRID),
+}
 
 
-def _skip2lora(use_cache: bool):
+def _runner(method: str):
     def run(job: Job, context: Any) -> RunResult:
         from s2rt.bundle.model import Optimizer
         from s2rt.data import Samples
         from s2rt.session import Model
         from s2rt.trainer import TrainConfig
 
-        model = Model(context.bundle(job.seed), threads=job.profile.s2rt_threads)
+        model = Model(context.bundle(job.seed), threads=job.profile.s2rt_threads, method=method)
         config = TrainConfig(epochs=job.epochs, batch_size=job.batch_size, learning_rate=job.lr, optimizer=Optimizer.ADAM, seed=job.seed)
         samples = Samples(job.train.x, job.train.y)
         start = time.perf_counter()
-        result = model.fine_tune(samples, config, use_cache=use_cache)
+        result = model.fine_tune(samples, config)
         seconds = time.perf_counter() - start
         accuracy, loss = score(model.logits(job.eval.x), job.eval.y)
         report = result.report
@@ -39,18 +45,16 @@ def _skip2lora(use_cache: bool):
             "update": report.time_update,
         }
         phases["other"] = max(seconds - sum(phases.values()), 0.0)
-        return RunResult(seconds, accuracy, loss, model.head.num_parameters, phases, result.hit_rate if use_cache else None)
+        hit_rate = result.hit_rate if model.method.uses_cache else None
+        return RunResult(seconds, accuracy, loss, model.head.num_parameters, phases, hit_rate)
 
     return run
 
 
 def methods() -> list[Method]:
-    out = [
-        Method("s2rt-skip2lora", "Skip2-LoRA (s2rt)", "s2rt", ADAPTER_GRID, _skip2lora(use_cache=True)),
-        Method("s2rt-skip2lora-nocache", "Skip2-LoRA, no cache (s2rt)", "s2rt", ADAPTER_GRID, _skip2lora(use_cache=False)),
-    ]
-    if importlib.util.find_spec(FINE_TUNE_METHODS_MODULE) is not None:
-        from s2lbench.methods_s2rt_last import methods as last_layer_methods
-
-        out += last_layer_methods()
-    return out
+    """The s2rt methods this runtime has (older runtimes: Skip2-LoRA with and without the cache only)."""
+    try:
+        from s2rt.methods import METHODS
+    except ImportError:
+        METHODS = {"skip2lora": None, "skiplora": None}
+    return [Method(name, label, "s2rt", grid, _runner(m)) for m, (name, label, grid) in S2RT_METHODS.items() if m in METHODS]

@@ -43,7 +43,7 @@ def method_table(w: dict[str, Any]) -> list[str]:
     lines = [
         f"| method | trainable params | lr | shifted-test acc (mean ± std, {next(iter(methods.values()))['runs']} seeds) "
         f"| fine-tune ms (median) | speed-up vs LoRA-All{f' r={r}' if r else ''} | vs LoRA-All r=4 | vs FT-All "
-        "| peak RSS MB (+fine-tune) |",
+        "| peak RSS MB (+run) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| frozen model, no fine-tuning | 0 | | {w['frozen_accuracy']:.3f} | | | | | |",
     ]
@@ -157,9 +157,9 @@ def markdown(results: list[dict[str, Any]], plot_name: str | None = "results.png
         f"onnxruntime {v['onnxruntime']}, torch {v['torch']}, peft {v['peft']}.",
         "Same samples, epochs, batch size and per-epoch order for every method (Adam, learning rate per method from a grid "
         "on a validation split); fine-tune time is the median of the timed runs, methods interleaved; accuracy is on the "
-        "shifted test split. Peak RSS: one run per method in a fresh process (ru_maxrss), in brackets what fine-tuning "
-        "added over the loaded model and data. Ratios measured in one run are the figures; absolute times on a shared "
-        "machine are noise.",
+        "shifted test split. Peak RSS: one run per method in a fresh process (ru_maxrss), in brackets what the run "
+        "(building the session or model, then fine-tuning) added over the libraries, data and weights. "
+        "Ratios measured in one run are the figures; absolute times on a shared machine are noise.",
         "",
         f"Reproduce: `{REPRODUCE}`.",
         "",

@@ -1,10 +1,13 @@
 """Peak resident memory per method: one fine-tuning run in a fresh process, read with ru_maxrss.
 
+The process is forked by a small launcher (see LAUNCHER), so it does not inherit the
+benchmark's own high-water mark.
+
 The child imports only what its method needs (an s2rt method reads a bundle the parent
-wrote and never imports torch, onnx or s2conv), loads the data, builds the model, notes
-ru_maxrss ("baseline": interpreter, libraries, model, data), fine-tunes once and notes it
-again ("peak"). ru_maxrss is the process's high-water mark, so peak - baseline is what
-fine-tuning added on top.
+wrote and never imports torch, onnx or s2conv), loads the data and the weights, notes
+ru_maxrss ("baseline": interpreter, libraries, data, weights), runs the method once
+(building its session or model, then fine-tuning) and notes it again ("peak").
+ru_maxrss is the process's high-water mark, so peak - baseline is what the run added.
 """
 
 from __future__ import annotations
@@ -21,6 +24,16 @@ from s2lbench.profiles import PROFILES, Profile
 from s2lbench.workloads import load
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
+
+# ru_maxrss survives fork and exec: a child forked from this (large) process would start
+# at its high-water mark. A small launcher process forks the measured child instead.
+LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def max_rss_mb() -> float:
@@ -61,8 +74,12 @@ def child(args: Any) -> int:
     workload = load(args.workload).subset(args.max_ft, args.max_test)
     context = ChildContext(workload, args.bundle, args.matched_rank)
     if method.family == "s2rt":
-        context.bundle(args.seed)  # read before the baseline, like the torch model below
+        import onnxruntime  # noqa: F401 - the baseline holds the libraries, not the session
+
+        context.bundle(args.seed)
     else:
+        import peft  # noqa: F401
+
         context.torch_net()
     job = Job(workload, workload.ft, workload.test, args.epochs, args.batch_size, args.lr, args.seed, profile)
     baseline = max_rss_mb()
@@ -75,7 +92,8 @@ def measure(
     method: str, job: Job, profile: Profile, bundle_path: str | None, matched_rank: int, max_ft: int | None, max_test: int | None
 ) -> dict[str, Any]:
     """Run `child` in a fresh process with the profile's environment."""
-    cmd = [sys.executable, str(RUN_PY), "rss", "--profile", profile.name, "--workload", job.workload.name, "--method", method]
+    cmd = [sys.executable, "-c", LAUNCHER, sys.executable, str(RUN_PY), "rss", "--profile", profile.name]
+    cmd += ["--workload", job.workload.name, "--method", method]
     cmd += ["--lr", str(job.lr), "--epochs", str(job.epochs), "--batch-size", str(job.batch_size), "--seed", str(job.seed)]
     cmd += ["--matched-rank", str(matched_rank)]
     if bundle_path:

@@ -41,8 +41,17 @@ class Workload:
 def _subset(data: Data, n: int | None, seed: int) -> Data:
     if n is None or n >= len(data):
         return data
-    keep, _ = stratified_split(data.y, 1.0 - n / len(data), seed)
-    return data.take(keep)
+    return data.take(stratified_take(data.y, n, seed))
+
+
+def stratified_take(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of exactly n samples, each class in proportion (seeded)."""
+    rng = np.random.default_rng([seed, 19])
+    key = np.empty(len(y))
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        key[members] = (np.arange(len(members)) + rng.uniform()) / len(members)  # spread each class over [0, 1)
+    return np.sort(np.argsort(key, kind="stable")[:n])
 
 
 def read_npz(path: Path) -> Data:
