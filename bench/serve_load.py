@@ -6,7 +6,8 @@
 Measures, on one daemon (one backend thread, OMP_NUM_THREADS=1):
 - time from process start to ready (first 200 from /v1/health/ready), median of 3 starts;
 - predict requests/s and latency percentiles at 1 and 8 concurrent clients, one sample
-  per request, JSON body and raw .npy body (each client is its own process, keep-alive);
+  per request, JSON body and raw .npy body (each client is its own process, keep-alive),
+  and batches of 64 samples from one client;
 - ingest samples/s: one sample per request (one durable commit each) and 100 per request;
 - RSS of the daemon idle (after warm-up) and while a fine-tune job runs (peak), and
   predict latency from one client while that job runs.
@@ -170,7 +171,10 @@ def main() -> None:
             bodies = [r.tolist() for r in rows] if kind == "json" else [npy_bytes(r) for r in rows]
             for clients in (1, 8):
                 share = [bodies[k::clients] for k in range(clients)]
-                out["predict"].append({"body": kind, **load(d.url, kind, clients, share)})
+                out["predict"].append({"body": kind, "batch": 1, **load(d.url, kind, clients, share)})
+        batches64 = [x[(i * 64) % (len(x) - 64) :][:64] for i in range(max(1, args.requests // 16))]
+        for kind, bodies in (("json", [b.tolist() for b in batches64]), ("npy", [npy_bytes(b) for b in batches64])):
+            out["predict"].append({"body": kind, "batch": 64, **load(d.url, kind, 1, [bodies])})
 
         singles = [{"x": x[i % len(x)].tolist(), "y": int(y[i % len(x)])} for i in range(args.ingest)]
         r1 = load(d.url, "ingest", 1, [singles])
@@ -220,7 +224,7 @@ def report(out: dict[str, Any]) -> None:
     t = out["training"]
     print(f"start to ready  {out['start_to_ready_s']:.2f} s (median of 3; {out['startup_after_imports_s']:.2f} s of it after imports)")
     print(f"RSS idle {out['rss_idle_mb']:.0f} MB; peak while training on {t['samples']} samples {t['rss_peak_mb']:.0f} MB")
-    rows = [(f"predict {p['body']} x{p['clients']}", p) for p in out["predict"]]
+    rows = [(f"predict {p['body']} batch {p['batch']} x{p['clients']}", p) for p in out["predict"]]
     rows.append(("predict json x1, training", t["predict_1_client_while_training"]))
     for name, p in rows:
         print(f"{name:28} {p['requests_per_s']:7.0f} req/s  p50 {p['p50_ms']:6.2f} ms  p99 {p['p99_ms']:6.2f} ms")
