@@ -1,9 +1,10 @@
-"""Build every workload: data, pretrained MLP, ONNX, device npz files and models.json.
+"""Build every workload: data, pretrained MLP or CNN, ONNX, device npz files and models.json.
 
-    python -m s2models.build [--out models/] [--only har|digits|fan]
+    python -m s2models.build [--out models/] [--only har|digits|fan|digits_cnn|mnist_cnn]
 
-Writes, under --out: <name>_mlp.onnx, data/<name>_ft.npz, data/<name>_test.npz,
-data/<name>_labels.txt (one class name a line) and models.json (one entry per workload;
+Writes, under --out: <name>_mlp.onnx (an MLP) or <name>.onnx (a CNN, input N x 1 x H x W),
+data/<workload>_ft.npz, data/<workload>_test.npz, data/<workload>_labels.txt (one class
+name a line; digits_cnn shares the digits files) and models.json (one entry per recipe;
 --only updates just that entry).
 """
 
@@ -18,9 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from torch import nn
 
-from s2models.data import Workload, digits, fan, har, save_npz
+from s2models.cnn import digits_cnn, mnist_mobilenet
+from s2models.data import Split, Workload, digits, fan, har, mnist, save_npz
 from s2models.export import INPUT_NAME, OUTPUT_NAME, accuracy, export, session
 from s2models.mlp import Standardize, feature_stats, mlp
 from s2models.train import TrainConfig, TrainResult, pretrain
@@ -35,17 +39,46 @@ class Recipe:
     load: Callable[[], Workload]
     standardize: bool  # bake the pretraining features' mean/std into the model
     train: TrainConfig = TrainConfig()
+    cnn: Callable[[int], nn.Module] | None = None  # classes -> model; None: the paper-style MLP
+    input_shape: tuple[int, ...] | None = None  # a CNN's per-sample input (channels first); None: flat features
 
 
 RECIPES: dict[str, Recipe] = {
     "har": Recipe(load=har.load, standardize=True),
     "digits": Recipe(load=digits.load, standardize=False),
     "fan": Recipe(load=fan.load, standardize=True),
+    "digits_cnn": Recipe(digits.load, False, TrainConfig(lr=3e-3, patience=5), digits_cnn, (1, 8, 8)),
+    "mnist_cnn": Recipe(mnist.load, False, TrainConfig(lr=4e-3, batch_size=64, max_epochs=12, patience=5), mnist_mobilenet, (1, 28, 28)),
 }
 
 
+def features(split: Split, recipe: Recipe) -> np.ndarray:
+    """The split's rows as the model takes them: flat, or images for a CNN."""
+    return split.x if recipe.input_shape is None else split.x.reshape(len(split), *recipe.input_shape)
+
+
+def pretrained_cnn(workload: Workload, recipe: Recipe) -> tuple[onnx.ModelProto, TrainResult]:
+    """Pretrain the recipe's CNN on the workload's train split (as images) and export it, verified on val."""
+    make = recipe.cnn
+    assert make is not None
+    train, val = (Split(features(s, recipe), s.y, s.group) for s in (workload.train, workload.val))
+    model, result = pretrain(lambda: make(len(workload.labels)), train, val, recipe.train)
+    doc = f"s2models {workload.name}: {make.__name__}, input {list(recipe.input_shape or ())} per sample, logits out; {workload.source}"
+    return without_trace(export(model, val.x, workload.name, workload.labels, doc)), result
+
+
+def without_trace(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node debug metadata (stack traces with this checkout's absolute
+    paths), so the same seeds give the same bytes wherever the repository lives."""
+    for item in (*model.graph.node, *model.graph.input, *model.graph.output, *model.graph.value_info):
+        del item.metadata_props[:]
+    return model
+
+
 def pretrained_model(workload: Workload, recipe: Recipe) -> tuple[onnx.ModelProto, TrainResult]:
-    """Pretrain the MLP on the workload's train split and export it, verified on val."""
+    """Pretrain the MLP (or the CNN) on the workload's train split and export it, verified on val."""
+    if recipe.cnn is not None:
+        return pretrained_cnn(workload, recipe)
     norm = Standardize(*feature_stats(workload.train.x)) if recipe.standardize else None
     model, result = pretrain(lambda: mlp(workload.n_features, len(workload.labels), norm), workload.train, workload.val, recipe.train)
     doc = f"s2models {workload.name}: MLP {workload.n_features}-96-96-{len(workload.labels)}, logits out; {workload.source}"
@@ -70,14 +103,14 @@ def describe(workload: Workload, recipe: Recipe, model: onnx.ModelProto, result:
         "source": workload.source,
         "input": {
             "name": INPUT_NAME,
-            "shape": ["batch", workload.n_features],
+            "shape": ["batch", *(recipe.input_shape or (workload.n_features,))],
             "dtype": "float32",
             "standardized_in_model": recipe.standardize,
         },
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(workload.labels)], "dtype": "float32"},
         "classes": list(workload.labels),
-        "pretrain_val_accuracy": accuracy(sess, workload.val.x, workload.val.y),
-        "shifted_test_accuracy": accuracy(sess, workload.test.x, workload.test.y),
+        "pretrain_val_accuracy": accuracy(sess, features(workload.val, recipe), workload.val.y),
+        "shifted_test_accuracy": accuracy(sess, features(workload.test, recipe), workload.test.y),
         "samples": workload.sizes(),
         "data": {split: f"data/{workload.name}_{split}.npz" for split in DEVICE_SPLITS} | {"labels": f"data/{workload.name}_labels.txt"},
         "data_config": workload.config,
@@ -92,13 +125,13 @@ def build(name: str, out: Path) -> dict[str, Any]:
     workload = recipe.load()
     model, result = pretrained_model(workload, recipe)
     (out / "data").mkdir(parents=True, exist_ok=True)
-    onnx_name = f"{name}_mlp.onnx"
+    onnx_name = f"{name}.onnx" if recipe.cnn is not None else f"{name}_mlp.onnx"
     write(out / onnx_name, model.SerializeToString())
     for split in DEVICE_SPLITS:
-        path = out / "data" / f"{name}_{split}.npz"
+        path = out / "data" / f"{workload.name}_{split}.npz"
         save_npz(path, getattr(workload, split), workload.labels)
         report(path)
-    write(out / "data" / f"{name}_labels.txt", "".join(f"{label}\n" for label in workload.labels).encode())
+    write(out / "data" / f"{workload.name}_labels.txt", "".join(f"{label}\n" for label in workload.labels).encode())
     return describe(workload, recipe, model, result, onnx_name)
 
 

@@ -18,7 +18,7 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 class Split:
     """One labelled split.
 
-    x: float32 (N, F) features; y: int64 (N,) class indices;
+    x: float32 (N, F) features (or (N, C, H, W) images for a CNN); y: int64 (N,) class indices;
     group: int64 (N,) the source each row came from (a recording for HAR, an image for
     digits), so tests can check that no source lands in two splits.
     """
@@ -28,8 +28,8 @@ class Split:
     group: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.x.dtype != np.float32 or self.x.ndim != 2:
-            raise ValueError(f"Split.x: expected float32 (N, F), found {self.x.dtype} {self.x.shape}")
+        if self.x.dtype != np.float32 or self.x.ndim < 2:
+            raise ValueError(f"Split.x: expected float32 (N, F) or (N, C, H, W), found {self.x.dtype} {self.x.shape}")
         if self.y.dtype != np.int64 or self.y.shape != (len(self.x),):
             raise ValueError(f"Split.y: expected int64 ({len(self.x)},), found {self.y.dtype} {self.y.shape}")
         if self.group.shape != self.y.shape:
