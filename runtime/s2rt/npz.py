@@ -13,6 +13,7 @@ checked. Any failure raises the caller's error type naming the file.
 from __future__ import annotations
 
 import math
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -30,6 +31,9 @@ CHUNK = 1 << 20
 _ENCRYPTED = 0x1  # zip general-purpose flag bit 0
 
 NPZ_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, KeyError, SyntaxError)
+
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 class _Bad(Exception):
@@ -79,12 +83,12 @@ def _read_members(archive: zipfile.ZipFile, budget: int) -> dict[str, np.ndarray
 
 def _read_array(member: IO[bytes], info: zipfile.ZipInfo) -> np.ndarray:
     version = np.lib.format.read_magic(member)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(member, max_header_size=MAX_HEADER)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(member, max_header_size=MAX_HEADER)
-    else:
+    if version not in _HEADER_READERS:
         raise _Bad(f"{info.filename[:80]!r}: .npy format version {version} is not supported (1.0 and 2.0 are)")
+    try:
+        shape, fortran, dtype = _HEADER_READERS[version](member, max_header_size=MAX_HEADER)
+    except (SyntaxError, ValueError, TypeError, tokenize.TokenError) as e:  # numpy re-parses a bad header with tokenize
+        raise _Bad(f"{info.filename[:80]!r}: unreadable .npy header ({type(e).__name__})") from None
     if dtype.hasobject:
         raise _Bad(f"{info.filename[:80]!r} holds Python objects (pickle), which s2l never reads")
     nbytes = math.prod(shape) * dtype.itemsize

@@ -53,6 +53,12 @@ def test_a_header_that_promises_more_than_the_member_holds_is_refused_unallocate
     refused(tmp_path, "lie.npz", zipped(**{"x.npy": lie}), message)
 
 
+def test_an_unparsable_npy_header_is_named(tmp_path):
+    """Found by fuzzing: numpy re-parses a bad header with tokenize, which raised TokenError."""
+    member = npy(np.ones((2, 4), np.float32)).replace(b"(2, 4)", b"(2, 4\x00")
+    refused(tmp_path, "bad.npz", zipped(**{"x.npy": member}), r"unreadable .npy header \(TokenError\)")
+
+
 def test_object_arrays_and_stray_members_are_refused(tmp_path):
     buffer = io.BytesIO()
     np.savez(buffer, x=np.array([{"a": 1}], dtype=object))
