@@ -110,7 +110,10 @@ def render_text(d: dict[str, Any]) -> str:
         f"output      {_activation(d['output_activation'])}",
         "segments    " + "; ".join(f"{s['backend']} {s['size_bytes']:,} bytes" for s in d["segments"]),
         f"taps        {len(d['taps'])}, fused width {d['tap_width']}",
-        *_table(["name", "source", "layer", "shape"], [[t["name"], t["source"], t["layer"] or "-", _shape(t["shape"])] for t in d["taps"]]),
+        *_table(
+            ["name", "source", "layer", "shape", "reduction"],
+            [[t["name"], t["source"], t["layer"] or "-", _shape(t["shape"]), t["reduction"].replace("_", " ")] for t in d["taps"]],
+        ),
         f"head        rank {h['rank']}, alpha {h['alpha']:g} (scaling {h['scaling']:g}), {h['num_outputs']} outputs, "
         f"{h['trainable_parameters']:,} trainable parameters, loss {h['loss']}, seed {h['seed']}",
         f"defaults    {defaults['optimizer']}, learning rate {defaults['learning_rate']:g}, "

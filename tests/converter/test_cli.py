@@ -69,7 +69,7 @@ def test_inspect_text(converted):
     result = s2conv("inspect", bundle)
     assert result.returncode == 0, result.stderr
     assert "labels      cat, dog, bird" in result.stdout
-    assert "s2l.tap.1  r0      fc1    [5]" in result.stdout
+    assert "s2l.tap.1  r0      fc1    [5]    none" in result.stdout
 
 
 def test_errors_are_one_line_with_status_1(tmp_path):
