@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers.daemon import Daemon, all_sample_ids, wait_job
 from s2rt.bundle import read_bundle
-from s2rt.serve.jobs import held_out
+from s2rt.serve.gate import held_out
 from s2rt.session import Model
 
 

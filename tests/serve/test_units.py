@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from s2rt.bundle import InputSignature
 from s2rt.serve.errors import ApiError
+from s2rt.serve.gate import held_out
 from s2rt.serve.inputs import labels_from_json, npy_array, samples_from_json, samples_from_npy
-from s2rt.serve.jobs import held_out
 from s2rt.serve.metrics import Metrics
 
 SIG = InputSignature("x", (2, 3))

@@ -1,10 +1,9 @@
 """Fine-tune jobs: one at a time, in a worker thread, while predictions keep being answered.
 
-A job trains a copy of the active adapters on a snapshot of the stored samples. The
-held-out split is fixed by each sample's content hash, so every job and every version
-is judged on the same samples. When the run ends, the new adapters are committed and
-activated only if their held-out accuracy is not worse than the version active at that
-moment (`check_accuracy`); otherwise the active version stays and the job says why.
+A job trains a copy of the active adapters on a snapshot of the stored samples, minus
+the held-out split (`gate.held_out`). When the run ends, the new adapters are committed
+and activated only if `gate.AccuracyGate` accepts them: held-out accuracy not worse than
+the version active at that moment; otherwise the active version stays and the job says why.
 Job records live in the database: a job that was running when the daemon died is
 reported as interrupted after the restart.
 """
@@ -26,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from s2rt.bundle import Optimizer
-from s2rt.cache import sample_keys
 from s2rt.errors import S2LError
 from s2rt.features import CachedFeatures
 from s2rt.head import AdapterHead
 from s2rt.serve.errors import ApiError, conflict, not_found
+from s2rt.serve.gate import AccuracyGate, held_out
 from s2rt.state import Adapters
 from s2rt.trainer import TrainConfig, evaluate, train
 
@@ -209,7 +208,8 @@ class JobRunner:
             if report.diverged:
                 state, message, result = "rejected", f"training diverged: {report.message}; the active version stays", None
             else:
-                result = self.service.swap_in(deployment, head, _judge(head, val_src, plan), job=job.id, epochs=report.epochs_run)
+                gate = AccuracyGate(head, val_src, plan.y_val, len(plan.y_train), plan.config.batch_size, plan.check_accuracy)
+                result = self.service.swap_in(deployment, head, gate, job=job.id, epochs=report.epochs_run)
                 state = "succeeded" if result["accepted"] else "rejected"
                 message = result["reason"]
         except JobCancelled:
@@ -328,41 +328,6 @@ class _Listener:
 
     def close(self) -> None:
         pass
-
-
-def _judge(head: AdapterHead, val: CachedFeatures | None, plan: Plan) -> Any:
-    def decide(current: Serving) -> dict[str, Any]:
-        n_val = len(plan.y_val)
-        new = _accuracy(head, val, plan) if val is not None else None
-        metrics = {"val_accuracy": new, "n_train": len(plan.y_train), "n_val": n_val}
-        verdict = {"val_accuracy": new, "active_version": current.version, "metrics": metrics}
-        if not plan.check_accuracy:
-            return verdict | {"accepted": True, "reason": "activated without the accuracy check (check_accuracy is false)"}
-        if val is None or new is None:
-            return verdict | {"accepted": False, "reason": "no held-out samples to check the new adapters on; ingest more samples"}
-        active = _accuracy(current.head, val, plan)
-        verdict |= {"active_val_accuracy": active}
-        if new < active:
-            reason = (
-                f"held-out accuracy {new:.4f} is below the active version {current.version}'s {active:.4f} "
-                f"on the same {n_val} samples; version {current.version} stays active"
-            )
-            return verdict | {"accepted": False, "reason": reason}
-        return verdict | {"accepted": True, "reason": f"held-out accuracy {new:.4f} >= {active:.4f} of version {current.version}"}
-
-    return decide
-
-
-def _accuracy(head: AdapterHead, val: CachedFeatures, plan: Plan) -> float:
-    return float(evaluate(head, val, plan.y_val, plan.config.batch_size)["accuracy"])
-
-
-def held_out(x: np.ndarray, fraction: float) -> np.ndarray:
-    """Boolean mask of the held-out samples: fixed by content, the same in every job."""
-    if not len(x) or not fraction:
-        return np.zeros(len(x), bool)
-    h = sample_keys(x)[:, :8].copy().view("<u8").reshape(-1)
-    return h < np.uint64(min(fraction, 1.0) * float(2**64 - 1))
 
 
 def _finite(v: Any) -> Any:
