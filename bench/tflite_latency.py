@@ -11,7 +11,8 @@ the same machine load; the median over `--repeat` calls is the figure. A last co
 LiteRT when every call changes the batch size, alternating b and b + 1 (the input is resized and the tensors re-planned).
 
 Bundle sizes are the serialised .s2l bytes with the ONNX segment only, the TFLite segment
-only, and both.
+only, and both. The last column is the largest difference between the two segments'
+outputs on 256 test inputs, relative to each output's largest magnitude.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 from s2conv import ConvertOptions, convert  # noqa: E402
 from s2rt.backend import open_backend  # noqa: E402
 from s2rt.bundle import Bundle, SegmentBackend, serialize_bundle  # noqa: E402
+from s2rt.data import load_samples  # noqa: E402
 
 BATCHES = (1, 32, 256)
 
@@ -89,10 +91,12 @@ def bundle_sizes(bundle: Bundle) -> dict[str, int]:
     return sizes
 
 
-def measure(name: str, source: Path, x_all: np.ndarray | None, repeat: int) -> dict:
-    """`x_all`: inputs to time on (None: uniform [0, 1) samples of the model's input shape)."""
+def measure(name: str, source: Path, data: Path | None, repeat: int) -> dict:
+    """`data`: the samples to time on (None: uniform [0, 1) inputs of the model's input shape)."""
     bundle = convert(source, ConvertOptions(backend="both"))
-    if x_all is None:
+    if data is not None:
+        x_all = load_samples(data, bundle.input).x
+    else:
         x_all = np.random.default_rng(0).uniform(0, 1, size=(256, *bundle.input.shape)).astype(np.float32)
     onnx, litert = open_backend(bundle, "onnx", 1), open_backend(bundle, "tflite", 1)
     plain = NoDelegateLiteRT(bytes(bundle.segment(SegmentBackend.TFLITE).model))
@@ -113,8 +117,12 @@ def measure(name: str, source: Path, x_all: np.ndarray | None, repeat: int) -> d
             "litert_resize_each_call": resizing,
         }
         rows.append({"batch": batch, **median_us(runners, repeat if batch < 256 else max(repeat // 5, 20))})
+    x = np.ascontiguousarray(x_all[:256])
+    want, got = onnx.run(x), litert.run(x)
+    parity = max(float(np.abs(got[k] - want[k]).max() / max(np.abs(want[k]).max(), 1e-30)) for k in want)
     return {
         "model": name,
+        "max_relative_difference": parity,
         "segment_bytes": {s.backend.name.lower(): len(s.model) for s in bundle.segments},
         "bundle_bytes": bundle_sizes(bundle),
         "latency_us": rows,
@@ -134,12 +142,15 @@ def render(results: list[dict]) -> str:
             )
     lines += [
         "",
-        "| model | ONNX segment | TFLite segment | bundle, ONNX only | bundle, TFLite only | bundle, both |",
-        "|---|---|---|---|---|---|",
+        "| model | ONNX segment | TFLite segment | bundle, ONNX only | bundle, TFLite only | bundle, both | TFLite vs ONNX, rel. |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         s, b = r["segment_bytes"], r["bundle_bytes"]
-        lines.append(f"| {r['model']} | {s['onnx']:,} | {s['tflite']:,} | {b['onnx']:,} | {b['tflite']:,} | {b['both']:,} |")
+        lines.append(
+            f"| {r['model']} | {s['onnx']:,} | {s['tflite']:,} | {b['onnx']:,} | {b['tflite']:,} | {b['both']:,} | "
+            f"{r['max_relative_difference']:.1e} |"
+        )
     return "\n".join(lines)
 
 
@@ -156,8 +167,7 @@ def main() -> int:
     for name in names:
         entry = reference[name]
         source = ROOT / "models" / entry["onnx"]
-        x = np.load(ROOT / "models" / entry["data"]["test"], allow_pickle=False)["x"].astype(np.float32)
-        results.append(measure(name, source, x, args.repeat))
+        results.append(measure(name, source, ROOT / "models" / entry["data"]["test"], args.repeat))
     results += [measure(path.stem, path, None, args.repeat) for path in args.onnx]
     print(render(results))
     if args.json:
