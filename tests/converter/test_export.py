@@ -3,7 +3,6 @@ as ONNX on onnxruntime and as TFLite on LiteRT."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,6 @@ from s2rt.state import load_adapters
 from s2rt.trainer import TrainConfig
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-# Feature-map taps cached whole, not averaged (tap_pool arrives with the CNN taps of issue 5).
-WHOLE_FEATURE_MAPS = {"tap_pool": 0} if "tap_pool" in {f.name for f in dataclasses.fields(ConvertOptions)} else {}
 
 
 def _convert(source: Path, directory: Path, **options) -> Path:
@@ -175,7 +172,7 @@ def test_tflite_only_bundle_with_feature_map_taps(tmp_path):
     onnx.save(source, tmp_path / "cnn.onnx")
     x = rng.normal(size=(30, 1, 4, 4)).astype(np.float32)
     for backend in ("both", "tflite"):
-        path = _convert(tmp_path / "cnn.onnx", tmp_path, backend=backend, taps=("x", "r"), **WHOLE_FEATURE_MAPS)
+        path = _convert(tmp_path / "cnn.onnx", tmp_path, backend=backend, taps=("x", "r"), tap_pool=0)
         assert [t.shape for t in read_bundle(path).taps] == [(1, 4, 4), (3, 4, 4)]
         model = _train(path, x, rng.integers(0, 4, 30), tmp_path / "a.npz")
         export_file(read_bundle(path), tmp_path / "a.npz", tmp_path / "t.tflite")
