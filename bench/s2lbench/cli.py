@@ -30,15 +30,16 @@ def config_from(args: argparse.Namespace) -> Any:
     from s2lbench.suite import QUICK, BenchConfig
     from s2lbench.workloads import available
 
-    config = QUICK if args.quick else BenchConfig(workloads=tuple(available()), epochs_by_kind={"cnn": 10})
+    config = QUICK if args.quick else BenchConfig(workloads=tuple(available()), epochs_by_kind={"cnn": 5}, grid_by_kind={"cnn": 2})
     changes: dict[str, Any] = {}
     if args.workloads:
         changes["workloads"] = _csv(args.workloads)
     if args.methods:
         changes["methods"] = _csv(args.methods)
-    for name in ("epochs", "repeats"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
+    if args.epochs is not None:
+        changes["epochs"], changes["epochs_by_kind"] = args.epochs, {}
+    if args.repeats is not None:
+        changes["repeats"] = args.repeats
     if args.no_rss:
         changes["rss_methods"] = ()
     return dataclasses.replace(config, **changes)
@@ -123,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
         target.add_argument("--profiles", help="comma-separated: edge, default (default: both; --quick: edge)")
         target.add_argument("--workloads", help="comma-separated workload names (default: every model in models.json)")
         target.add_argument("--methods", help="comma-separated method names (default: all available)")
-        target.add_argument("--epochs", type=int, help="fine-tuning epochs (default 20; 10 for CNNs)")
+        target.add_argument("--epochs", type=int, help="fine-tuning epochs (default 20; 5 for CNNs)")
         target.add_argument("--repeats", type=int, help="timed runs per method (default 5)")
         target.add_argument("--no-rss", action="store_true", help="skip the per-method peak-RSS processes")
         target.add_argument("--out", help="output directory (default bench/results, quick: bench/results/quick)")

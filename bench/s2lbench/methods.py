@@ -55,7 +55,7 @@ class Method:
     family: str  # s2rt | torch | peft | ortt
     lr_grid: tuple[float, ...]
     runner: Runner
-    options: dict[str, Any] = field(default_factory=dict)
+    tune_as: str | None = None  # a method with the same math: reuse its learning rate instead of a grid search
 
     def run(self, job: Job, context: Any) -> RunResult:
         return self.runner(job, context)

@@ -108,6 +108,6 @@ def methods() -> list[Method]:
     if os.environ.get("S2LBENCH_NO_ORTT"):
         return []
     return [
-        Method("ortt-ft-all", "FT-All (onnxruntime-training)", "ortt", FT_GRID, _runner("all")),
-        Method("ortt-ft-last", "FT-Last (onnxruntime-training)", "ortt", ADAPTER_GRID, _runner("last")),
+        Method("ortt-ft-all", "FT-All (onnxruntime-training)", "ortt", FT_GRID, _runner("all"), tune_as="torch-ft-all"),
+        Method("ortt-ft-last", "FT-Last (onnxruntime-training)", "ortt", ADAPTER_GRID, _runner("last"), tune_as="torch-ft-last"),
     ]

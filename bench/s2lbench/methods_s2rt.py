@@ -18,7 +18,7 @@ S2RT_METHODS = {
     "skiplora": ("s2rt-skip2lora-nocache", "Skip2-LoRA, no cache (s2rt)", ADAPTER_GRID),
     "lora-last": ("s2rt-lora-last", "LoRA-Last (s2rt)", ADAPTER_GRID),
     "ft-last": ("s2rt-ft-last", "FT-Last (s2rt)", ADAPTER_GRID),
-    "ft-bias": ("s2rt-ft-bias", "FT-Bias (s2rt)", ADAPTER_GRID),
+    "ft-bias": ("s2rt-ft-bias", "FT-Bias, last layer (s2rt)", ADAPTER_GRID),
 }
 
 
@@ -57,4 +57,9 @@ def methods() -> list[Method]:
         from s2rt.methods import METHODS
     except ImportError:
         METHODS = {"skip2lora": None, "skiplora": None}
-    return [Method(name, label, "s2rt", grid, _runner(m)) for m, (name, label, grid) in S2RT_METHODS.items() if m in METHODS]
+    shared = {"skiplora": "s2rt-skip2lora"}  # the same training as skip2lora, only slower
+    return [
+        Method(name, label, "s2rt", grid, _runner(m), tune_as=shared.get(m))
+        for m, (name, label, grid) in S2RT_METHODS.items()
+        if m in METHODS
+    ]

@@ -45,11 +45,17 @@ def _lora(where: str, rank: str | int) -> Callable[[Any, Job, Any], Any]:
         import peft
 
         r = context.matched_lora_rank(job.seed) if rank == "matched" else int(rank)
-        targets = net.layer_names if where == "all" else net.layer_names[-1:]
+        targets = lora_targets(net, r) if where == "all" else net.layer_names[-1:]
         config = peft.LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets)
         return peft.get_peft_model(net, config)
 
     return prepare
+
+
+def lora_targets(net: Any, rank: int) -> list[str]:
+    """Every layer PEFT can put LoRA on at this rank: it refuses a grouped (depthwise) conv
+    unless the rank is divisible by its groups, so those stay frozen."""
+    return [name for name in net.layer_names if rank % getattr(net.layers[name], "groups", 1) == 0]
 
 
 def train_torch(model: Any, job: Job) -> float:
@@ -87,9 +93,19 @@ def _runner(prepare: Callable[[Any, Job, Any], Any]):
         trainable = sum(p.numel() for p in _trainable(model))
         seconds = train_torch(model, job)
         accuracy, loss = score(predict_torch(model, job.eval.x), job.eval.y)
-        return RunResult(seconds, accuracy, loss, trainable)
+        return RunResult(seconds, accuracy, loss, trainable, note=_note(model))
 
     return run
+
+
+def _note(model: Any) -> str:
+    """Which layers a LoRA-All left out (PEFT cannot wrap them at this rank), if any."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is None:
+        return ""
+    net = model.get_base_model()
+    left = [n for n in net.layer_names if n not in config.target_modules] if len(config.target_modules) > 1 else []
+    return f"PEFT cannot put rank-{config.r} LoRA on grouped convs: {', '.join(left)} stay frozen" if left else ""
 
 
 def lora_parameters(net: Any, rank: int, where: str = "all") -> int:
@@ -102,7 +118,7 @@ def methods() -> list[Method]:
     return [
         Method("torch-ft-all", "FT-All (PyTorch)", "torch", FT_GRID, _runner(_select("all"))),
         Method("torch-ft-last", "FT-Last (PyTorch)", "torch", ADAPTER_GRID, _runner(_select("last"))),
-        Method("torch-ft-bias", "FT-Bias (PyTorch)", "torch", ADAPTER_GRID, _runner(_select("bias"))),
+        Method("torch-ft-bias", "FT-Bias, every layer (PyTorch)", "torch", ADAPTER_GRID, _runner(_select("bias"))),
         Method("peft-lora-all", "LoRA-All r=4 (PEFT)", "peft", ADAPTER_GRID, _runner(_lora("all", 4))),
         Method("peft-lora-all-matched", "LoRA-All, Skip2-LoRA's params (PEFT)", "peft", ADAPTER_GRID, _runner(_lora("all", "matched"))),
         Method("peft-lora-last", "LoRA-Last r=4 (PEFT)", "peft", ADAPTER_GRID, _runner(_lora("last", 4))),

@@ -88,6 +88,8 @@ OPS: dict[str, OpFn] = {
     "Div": _binary(torch.div),
     "Relu": lambda xs, _: torch.relu(xs[0]),
     "Sigmoid": lambda xs, _: torch.sigmoid(xs[0]),
+    "HardSigmoid": lambda xs, a: torch.clamp(a.get("alpha", 0.2) * xs[0] + a.get("beta", 0.5), 0.0, 1.0),
+    "HardSwish": lambda xs, _: tf.hardswish(xs[0]),
     "Tanh": lambda xs, _: torch.tanh(xs[0]),
     "Clip": _clip,
     "Identity": lambda xs, _: xs[0],

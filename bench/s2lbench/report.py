@@ -54,6 +54,9 @@ def method_table(w: dict[str, Any]) -> list[str]:
             f"| {_ms(m['seconds_median'])} | {_speedup(m, f'speedup_vs_{LORA_ALL}')} | {_speedup(m, f'speedup_vs_{LORA_R4}')} "
             f"| {_speedup(m, f'speedup_vs_{FT_ALL}')} | {_rss(w.get('rss', {}), name)} |"
         )
+    notes = {m["note"] for m in methods.values() if m.get("note")}
+    lines += [f"\n{note}." for note in sorted(notes)]
+    lines += [f"\nNot run: {name}: {why}" for name, why in w.get("failed", {}).items()]
     return lines
 
 

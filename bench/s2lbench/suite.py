@@ -29,6 +29,9 @@ from s2lbench.profiles import Profile, apply_torch
 from s2lbench.timing import mean_std, median, rotate
 from s2lbench.workloads import Workload, load, stratified_split
 
+# Peak RSS is measured for one method of each kind of process (each costs a fresh process).
+RSS_METHODS = ("s2rt-skip2lora", "s2rt-skip2lora-nocache", "torch-ft-all", "peft-lora-all-matched")
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -46,11 +49,15 @@ class BenchConfig:
     latency_calls: int = 2000
     latency_batch_calls: int = 400
     floor_epochs: int = 10
-    rss_methods: tuple[str, ...] | None = None  # None: all; () : no RSS
-    epochs_by_kind: dict[str, int] = field(default_factory=dict)  # e.g. {"cnn": 10}
+    rss_methods: tuple[str, ...] | None = RSS_METHODS  # None: all; (): no RSS
+    epochs_by_kind: dict[str, int] = field(default_factory=dict)  # e.g. {"cnn": 5}
+    grid_by_kind: dict[str, int] = field(default_factory=dict)  # grid_size per workload kind
 
     def epochs_for(self, workload: Workload) -> int:
         return self.epochs_by_kind.get(workload.kind, self.epochs)
+
+    def grid_for(self, workload: Workload) -> int | None:
+        return self.grid_by_kind.get(workload.kind, self.grid_size)
 
 
 QUICK = BenchConfig(
@@ -78,16 +85,27 @@ def grid(method: Method, size: int | None) -> tuple[float, ...]:
     return method.lr_grid[start : start + size]
 
 
-def tune(workload: Workload, methods: list[Method], context: Context, config: BenchConfig, profile: Profile) -> dict[str, Any]:
+def tune(
+    workload: Workload, methods: list[Method], context: Context, config: BenchConfig, profile: Profile, failed: dict[str, str]
+) -> dict[str, Any]:
+    """Each method's learning rate; a method whose math another one shares (`tune_as`) takes its rate."""
     keep, held = stratified_split(workload.ft.y, config.val_fraction, seed=0)
     train, val = workload.ft.take(keep), workload.ft.take(held)
     epochs = config.epochs_for(workload)
     out: dict[str, Any] = {}
-    for method in methods:
+    for method in sorted(methods, key=lambda m: m.tune_as is not None):
+        if method.tune_as in out:
+            out[method.name] = {"lr": out[method.tune_as]["lr"], "shared_with": method.tune_as}
+            continue
         scores = {}
-        for lr in grid(method, config.grid_size):
-            result = method.run(Job(workload, train, val, epochs, config.batch_size, lr, 0, profile), context)
-            scores[lr] = {"val_accuracy": result.accuracy, "val_loss": result.loss}
+        try:
+            for lr in grid(method, config.grid_for(workload)):
+                result = method.run(Job(workload, train, val, epochs, config.batch_size, lr, 0, profile), context)
+                scores[lr] = {"val_accuracy": result.accuracy, "val_loss": result.loss}
+        except Exception as e:  # one method failing on one workload must not sink the benchmark
+            failed[method.name] = f"{type(e).__name__}: {e}"
+            log(f"  {method.name} failed on {workload.name}: {failed[method.name]}")
+            continue
         best = max(scores, key=lambda lr: (scores[lr]["val_accuracy"], -scores[lr]["val_loss"]))
         out[method.name] = {"lr": best, "grid": [{"lr": lr, **s} for lr, s in scores.items()]}
         log(f"  tune {method.name}: lr {best:g} (val acc {scores[best]['val_accuracy']:.3f})")
@@ -95,13 +113,24 @@ def tune(workload: Workload, methods: list[Method], context: Context, config: Be
 
 
 def timed_rounds(
-    workload: Workload, methods: list[Method], lrs: dict[str, float], context: Context, config: BenchConfig, profile: Profile
+    workload: Workload,
+    methods: list[Method],
+    lrs: dict[str, float],
+    context: Context,
+    config: BenchConfig,
+    profile: Profile,
+    failed: dict[str, str],
 ) -> dict[str, list[dict[str, Any]]]:
     epochs = config.epochs_for(workload)
-    by_name = {m.name: m for m in methods}
-    runs: dict[str, list[dict[str, Any]]] = {m.name: [] for m in methods}
-    for method in methods:  # warm-up: first-call costs (allocators, lazy imports) stay out of the figures
-        method.run(Job(workload, workload.ft, workload.test, 1, config.batch_size, lrs[method.name], 0, profile), context)
+    by_name = {m.name: m for m in methods if m.name in lrs and m.name not in failed}
+    for name, method in list(by_name.items()):  # warm-up: first-call costs (allocators, lazy imports) stay out of the figures
+        try:
+            method.run(Job(workload, workload.ft, workload.test, 1, config.batch_size, lrs[name], 0, profile), context)
+        except Exception as e:
+            failed[name] = f"{type(e).__name__}: {e}"
+            log(f"  {name} failed on {workload.name}: {failed[name]}")
+            del by_name[name]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in by_name}
     for round_ in range(config.repeats):
         for name in rotate(list(by_name), round_):
             job = Job(workload, workload.ft, workload.test, epochs, config.batch_size, lrs[name], round_, profile)
@@ -114,7 +143,9 @@ def timed_rounds(
 def summarise(runs: dict[str, list[dict[str, Any]]], methods: list[Method], lrs: dict[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for method in methods:
-        rs = runs[method.name]
+        rs = runs.get(method.name)
+        if not rs:
+            continue
         acc_mean, acc_std = mean_std([r["accuracy"] for r in rs])
         entry = {
             "label": method.label,
@@ -126,6 +157,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], methods: list[Method], lrs:
             "seconds_median": median([r["seconds"] for r in rs]),
             "seconds_all": [r["seconds"] for r in rs],
             "runs": len(rs),
+            "note": rs[0]["note"],
         }
         if rs[0]["phases"]:
             entry["phases_median"] = {k: median([r["phases"][k] for r in rs]) for k in rs[0]["phases"]}
@@ -182,9 +214,15 @@ def run_workload(
     try:
         sizes = f"{len(workload.ft)} fine-tune / {len(workload.test)} test samples"
         log(f"[{profile.name}] {name}: {sizes}, {config.epochs_for(workload)} epochs")
-        tuned = known_lrs if known_lrs and all(m.name in known_lrs for m in methods) else tune(workload, methods, context, config, profile)
-        lrs = {m.name: tuned[m.name]["lr"] for m in methods}
-        runs = timed_rounds(workload, methods, lrs, context, config, profile)
+        failed: dict[str, str] = {}
+        if known_lrs is not None:
+            tuned = known_lrs
+            failed.update({m.name: "failed in the first profile" for m in methods if m.name not in known_lrs})
+        else:
+            tuned = tune(workload, methods, context, config, profile, failed)
+        lrs = {m.name: tuned[m.name]["lr"] for m in methods if m.name in tuned}
+        runs = timed_rounds(workload, methods, lrs, context, config, profile, failed)
+        methods = [m for m in methods if m.name in runs]
         latency = predict_latency(
             context.bundle(0), str(workload.onnx), workload.test.x, profile, config.latency_calls, config.latency_batch_calls
         )
@@ -209,6 +247,7 @@ def run_workload(
         "frozen_accuracy": frozen_accuracy(workload),
         "matched_lora_rank": context.matched_lora_rank() if "peft-lora-all-matched" in lrs else None,
         "tuning": {m.name: tuned[m.name] for m in methods},
+        "failed": failed,
         "methods": summarise(runs, methods, lrs),
         "runs": runs,
         "latency": latency,

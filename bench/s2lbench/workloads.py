@@ -54,9 +54,12 @@ def stratified_take(y: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.argsort(key, kind="stable")[:n])
 
 
-def read_npz(path: Path) -> Data:
+def read_npz(path: Path, sample_shape: tuple[int, ...] | None = None) -> Data:
+    """x (reshaped to `sample_shape` per sample when given) and y of an npz file."""
     with np.load(path, allow_pickle=False) as arrays:
-        return Data(np.ascontiguousarray(arrays["x"], dtype=np.float32), arrays["y"].astype(np.int64))
+        x = np.ascontiguousarray(arrays["x"], dtype=np.float32)
+        y = arrays["y"].astype(np.int64)
+    return Data(x.reshape(len(x), *sample_shape) if sample_shape else x, y)
 
 
 def index(models: Path = MODELS) -> dict[str, dict]:
@@ -78,11 +81,12 @@ def load(name: str, models: Path = MODELS) -> Workload:
     if name not in entries:
         raise KeyError(f"workload {name!r} is not in {models / 'models.json'}; known: {', '.join(sorted(entries))}")
     entry = entries[name]
+    shape = tuple(entry["input"]["shape"][1:])  # the CNNs share the MLPs' flat npz files
     return Workload(
         name=name,
         onnx=models / entry["onnx"],
-        ft=read_npz(models / entry["data"]["ft"]),
-        test=read_npz(models / entry["data"]["test"]),
+        ft=read_npz(models / entry["data"]["ft"], shape),
+        test=read_npz(models / entry["data"]["test"], shape),
         classes=tuple(entry["classes"]),
         kind=_kind(name, entry),
     )

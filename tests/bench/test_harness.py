@@ -43,7 +43,8 @@ def test_the_torch_mirror_of_the_har_model_matches_onnxruntime():
 
 
 def tiny_cnn() -> onnx.ModelProto:
-    """Conv(pad 1) -> BatchNorm -> Clip(0, 6) -> depthwise Conv -> MaxPool -> GlobalAveragePool -> Flatten -> Gemm."""
+    """Conv(pad 1) -> BatchNorm -> Clip(0, 6) -> depthwise Conv -> HardSwish, times its HardSigmoid
+    gate -> MaxPool -> GlobalAveragePool -> Flatten -> Gemm."""
     rng = np.random.default_rng(1)
 
     def init(name: str, *shape: int) -> onnx.TensorProto:
@@ -57,7 +58,10 @@ def tiny_cnn() -> onnx.ModelProto:
         helper.make_node("Conv", ["x", "c1.weight", "c1.bias"], ["a"], pads=[1, 1, 1, 1]),
         helper.make_node("BatchNormalization", ["a", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["b"]),
         helper.make_node("Clip", ["b", "lo", "hi"], ["c"]),
-        helper.make_node("Conv", ["c", "dw.weight"], ["d"], group=4, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c", "dw.weight"], ["d0"], group=4, pads=[1, 1, 1, 1]),
+        helper.make_node("HardSwish", ["d0"], ["d1"]),
+        helper.make_node("HardSigmoid", ["d1"], ["d2"], alpha=1.0 / 6),
+        helper.make_node("Mul", ["d1", "d2"], ["d"]),
         helper.make_node("MaxPool", ["d"], ["e"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("GlobalAveragePool", ["e"], ["f"]),
         helper.make_node("Flatten", ["f"], ["g"]),
@@ -83,8 +87,8 @@ def test_the_torch_mirror_runs_conv_graphs_like_onnxruntime():
 
 def test_the_torch_mirror_names_an_op_it_does_not_know():
     model = tiny_cnn()
-    model.graph.node[2].op_type = "HardSwish"
-    with pytest.raises(UnsupportedModelError, match="HardSwish"):
+    model.graph.node[2].op_type = "Celu"
+    with pytest.raises(UnsupportedModelError, match="Celu"):
         OnnxNet(model)
 
 
@@ -136,14 +140,18 @@ def tiny_result() -> dict:
 def test_a_profile_run_records_every_figure(tiny_result, tmp_path):
     write_json(tmp_path / "edge.json", tiny_result)
     result = json.loads((tmp_path / "edge.json").read_text())
-    assert result["profile"] == "edge" and result["threads"] == 1
+    assert result["profile"] == "edge" and result["threads"] == 1 and result["workloads"]["har"]["failed"] == {}
     w = result["workloads"]["har"]
     assert w["n_ft"] == 64 and w["n_test"] == 48 and 0 <= w["frozen_accuracy"] <= 1
     assert set(w["methods"]) == {"s2rt-skip2lora", "s2rt-skip2lora-nocache", "torch-ft-all", "peft-lora-all-matched"}
     for name, m in w["methods"].items():
         assert m["runs"] == 2 and len(w["runs"][name]) == 2 and {r["seed"] for r in w["runs"][name]} == {0, 1}
         assert 0 <= m["accuracy_mean"] <= 1 and m["accuracy_std"] >= 0 and m["seconds_median"] > 0 and m["trainable"] > 0
-        assert m["lr"] in [g["lr"] for g in w["tuning"][name]["grid"]]
+        tuning = w["tuning"][name]
+        if "shared_with" in tuning:  # the same training as another method: its learning rate
+            assert name == "s2rt-skip2lora-nocache" and m["lr"] == w["methods"][tuning["shared_with"]]["lr"]
+        else:
+            assert m["lr"] in [g["lr"] for g in tuning["grid"]]
         assert m["speedup_vs_torch-ft-all"] > 0 and m["speedup_vs_peft-lora-all-matched"] > 0
     skip2 = w["methods"]["s2rt-skip2lora"]
     assert set(skip2["phases_median"]) == {"frozen_forward", "cache_gather", "head_forward", "backward", "update", "other"}
@@ -176,3 +184,23 @@ def test_the_report_has_the_tables_and_the_plot(tiny_result, tmp_path):
     report.plot([tiny_result], tmp_path / "results.png")
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(tmp_path / "results.png").stat().st_size > 10_000
+
+
+def test_a_method_that_fails_on_a_workload_is_recorded_and_the_rest_carry_on():
+    from s2lbench.context import Context
+    from s2lbench.methods import Method, registry
+    from s2lbench.suite import timed_rounds, tune
+    from s2lbench.workloads import load
+
+    def broken(job, context):
+        raise ValueError("no such op")
+
+    workload = load("har").subset(40, 20)
+    methods = [registry()["s2rt-skip2lora"], Method("broken", "Broken", "torch", (0.1,), broken)]
+    config = BenchConfig(workloads=("har",), epochs=1, repeats=1, grid_size=1)
+    context = Context(workload, PROFILES["edge"], 4, 8.0, {})
+    failed: dict[str, str] = {}
+    tuned = tune(workload, methods, context, config, PROFILES["edge"], failed)
+    assert set(tuned) == {"s2rt-skip2lora"} and failed == {"broken": "ValueError: no such op"}
+    runs = timed_rounds(workload, methods, {k: v["lr"] for k, v in tuned.items()}, context, config, PROFILES["edge"], failed)
+    assert set(runs) == {"s2rt-skip2lora"} and len(runs["s2rt-skip2lora"]) == 1
