@@ -18,6 +18,7 @@ Integrity: after the records comes one 8-byte checksum per record (BLAKE2b-64 of
 bytes). A file is reopened only if its header matches the bundle and layout; then its
 records are checked in order and the cache keeps those before the first bad one (a
 crash or power cut may leave records half written), so nothing in it is trusted blindly.
+An in-memory cache (no path) cannot be reopened, so it skips the checksums.
 """
 
 from __future__ import annotations
@@ -220,7 +221,8 @@ class SkipCache:
             self.labels[new] = np.asarray(labels)[rows]
             self.logits[new] = logits[rows]
             self.taps[new] = stored[rows]
-            self.checks[new] = _checksums(self.records[new])
+            if self.path is not None:  # only a file can be reopened after a torn write
+                self.checks[new] = _checksums(self.records[new])
         self._write_header(self.storage, count)  # the count moves only after the records are written
         return slots
 
