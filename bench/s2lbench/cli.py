@@ -30,7 +30,11 @@ def config_from(args: argparse.Namespace) -> Any:
     from s2lbench.suite import QUICK, BenchConfig
     from s2lbench.workloads import available
 
-    config = QUICK if args.quick else BenchConfig(workloads=tuple(available()), epochs_by_kind={"cnn": 5}, grid_by_kind={"cnn": 2})
+    config = (
+        QUICK
+        if args.quick
+        else BenchConfig(workloads=tuple(available()), epochs_by_kind={"cnn": 5}, grid_by_kind={"cnn": 2}, tap_pool_by_kind={"cnn": 2})
+    )
     changes: dict[str, Any] = {}
     if args.workloads:
         changes["workloads"] = _csv(args.workloads)

@@ -10,8 +10,8 @@ from s2lbench.workloads import Workload
 
 
 class Context:
-    def __init__(self, workload: Workload, profile: Profile, rank: int, alpha: float, peer_env: dict[str, str]) -> None:
-        self.workload, self.profile, self.rank, self.alpha = workload, profile, rank, alpha
+    def __init__(self, workload: Workload, profile: Profile, rank: int, alpha: float, peer_env: dict[str, str], tap_pool: int = 1) -> None:
+        self.workload, self.profile, self.rank, self.alpha, self.tap_pool = workload, profile, rank, alpha, tap_pool
         self._peer_env = peer_env
         self._peer: Any = None
 
@@ -20,7 +20,7 @@ class Context:
         """The workload's model converted by s2conv (the seed draws the adapters' initial A)."""
         from s2conv import ConvertOptions, convert
 
-        return convert(self.workload.onnx, ConvertOptions(rank=self.rank, alpha=self.alpha, seed=seed))
+        return convert(self.workload.onnx, ConvertOptions(rank=self.rank, alpha=self.alpha, seed=seed, tap_pool=self.tap_pool))
 
     @functools.cache  # noqa: B019
     def torch_net(self) -> Any:

@@ -143,6 +143,9 @@ def profile_section(result: dict[str, Any]) -> list[str]:
     lines += targets(result)
     for name, w in result["workloads"].items():
         sizes = f"{w['n_ft']} fine-tune / {w['n_test']} shifted-test samples"
+        if w.get("kind") == "cnn":
+            pool = w.get("tap_pool", 1)
+            sizes += ", conv taps " + ("globally averaged" if pool == 1 else f"averaged to {pool}x{pool}")
         lines += ["", f"### {name}: {sizes}, {w['epochs']} epochs, batch {result['config']['batch_size']}", ""]
         for block in (method_table(w), s2rt_split(w), latency_table(w), floor_line(w)):
             if block:

@@ -29,6 +29,8 @@ from s2lbench.profiles import Profile, apply_torch
 from s2lbench.timing import mean_std, median, rotate
 from s2lbench.workloads import Workload, load, stratified_split
 
+# A CNN prediction costs ~100x an MLP's: fewer latency calls keep the figure's cost alike.
+CNN_LATENCY_SCALE = 0.1
 # Peak RSS is measured for one method of each kind of process (each costs a fresh process).
 RSS_METHODS = ("s2rt-skip2lora", "s2rt-skip2lora-nocache", "torch-ft-all", "peft-lora-all-matched")
 
@@ -52,6 +54,7 @@ class BenchConfig:
     rss_methods: tuple[str, ...] | None = RSS_METHODS  # None: all; (): no RSS
     epochs_by_kind: dict[str, int] = field(default_factory=dict)  # e.g. {"cnn": 5}
     grid_by_kind: dict[str, int] = field(default_factory=dict)  # grid_size per workload kind
+    tap_pool_by_kind: dict[str, int] = field(default_factory=dict)  # s2conv --tap-pool (conv taps averaged to g x g)
 
     def epochs_for(self, workload: Workload) -> int:
         return self.epochs_by_kind.get(workload.kind, self.epochs)
@@ -209,8 +212,15 @@ def run_workload(
     from s2lbench.latency import predict_latency
 
     workload = load(name).subset(config.max_ft, config.max_test)
-    context = Context(workload, profile, config.rank, config.alpha, peer_env)
+    tap_pool = config.tap_pool_by_kind.get(workload.kind, 1)
+    context = Context(workload, profile, config.rank, config.alpha, peer_env, tap_pool)
     started = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def lap(phase: str) -> None:
+        phases[phase] = time.perf_counter() - started - sum(phases.values())
+
+    scale = CNN_LATENCY_SCALE if workload.kind == "cnn" else 1.0
     try:
         sizes = f"{len(workload.ft)} fine-tune / {len(workload.test)} test samples"
         log(f"[{profile.name}] {name}: {sizes}, {config.epochs_for(workload)} epochs")
@@ -220,22 +230,19 @@ def run_workload(
             failed.update({m.name: "failed in the first profile" for m in methods if m.name not in known_lrs})
         else:
             tuned = tune(workload, methods, context, config, profile, failed)
+        lap("tune")
         lrs = {m.name: tuned[m.name]["lr"] for m in methods if m.name in tuned}
         runs = timed_rounds(workload, methods, lrs, context, config, profile, failed)
         methods = [m for m in methods if m.name in runs]
-        latency = predict_latency(
-            context.bundle(0), str(workload.onnx), workload.test.x, profile, config.latency_calls, config.latency_batch_calls
-        )
-        floor = cached_epoch(
-            context.bundle(0),
-            workload.ft.x,
-            workload.ft.y,
-            profile,
-            config.batch_size,
-            lrs.get("s2rt-skip2lora", 0.01),
-            config.floor_epochs,
-        )
+        lap("timed_rounds")
+        calls, batch_calls = max(50, int(config.latency_calls * scale)), max(50, int(config.latency_batch_calls * scale))
+        latency = predict_latency(context.bundle(0), str(workload.onnx), workload.test.x, profile, calls, batch_calls)
+        lap("latency")
+        skip2_lr = lrs.get("s2rt-skip2lora", 0.01)
+        floor = cached_epoch(context.bundle(0), workload.ft.x, workload.ft.y, profile, config.batch_size, skip2_lr, config.floor_epochs)
+        lap("cached_epoch")
         rss = rss_all(workload, methods, lrs, context, config, profile) if profile.name == "edge" else {}
+        lap("rss")
     finally:
         context.close()
     return {
@@ -244,6 +251,7 @@ def run_workload(
         "n_ft": len(workload.ft),
         "n_test": len(workload.test),
         "epochs": config.epochs_for(workload),
+        "tap_pool": tap_pool,
         "frozen_accuracy": frozen_accuracy(workload),
         "matched_lora_rank": context.matched_lora_rank() if "peft-lora-all-matched" in lrs else None,
         "tuning": {m.name: tuned[m.name] for m in methods},
@@ -254,6 +262,7 @@ def run_workload(
         "cached_epoch": floor,
         "rss": rss,
         "seconds": time.perf_counter() - started,
+        "phase_seconds": phases,
     }
 
 
