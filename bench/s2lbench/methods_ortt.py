@@ -55,7 +55,7 @@ class OrttPeer:
             raise RuntimeError("the onnxruntime-training peer exited")
         reply = json.loads(line)
         if not reply.pop("ok"):
-            raise RuntimeError(f"onnxruntime-training peer: {reply['error']}")
+            raise RuntimeError(f"onnxruntime-training: {_last_sentence(reply['error'])}")
         return reply
 
     def data_file(self, data: Data) -> str:
@@ -92,6 +92,12 @@ class OrttPeer:
             with contextlib.suppress(RuntimeError, BrokenPipeError, json.JSONDecodeError):
                 self.request(cmd="quit")
             self.proc.wait(timeout=10)
+
+
+def _last_sentence(error: str) -> str:
+    """onnxruntime's C++ errors start with a long source location; the reason is at the end."""
+    tail = error.rsplit(". ", 1)[-1] if len(error) > 200 else error
+    return tail.strip()
 
 
 def _runner(which: str):

@@ -56,7 +56,7 @@ def method_table(w: dict[str, Any]) -> list[str]:
         )
     notes = {m["note"] for m in methods.values() if m.get("note")}
     lines += [f"\n{note}." for note in sorted(notes)]
-    lines += [f"\nNot run: {name}: {why}" for name, why in w.get("failed", {}).items()]
+    lines += [f"\nNot run: {name}: {why if len(why) < 200 else why.rsplit('. ', 1)[-1]}" for name, why in w.get("failed", {}).items()]
     return lines
 
 
@@ -137,6 +137,35 @@ def targets(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ms_of(methods: dict[str, Any], key: str) -> str:
+    return _ms(methods[key]["seconds_median"]) if key in methods else "–"
+
+
+def _acc_of(methods: dict[str, Any], key: str) -> str:
+    return f"{methods[key]['accuracy_mean']:.3f}" if key in methods else "–"
+
+
+def summary_table(results: list[dict[str, Any]]) -> list[str]:
+    """One row per (profile, workload): Skip2-LoRA against PEFT LoRA-All (Skip2-LoRA's params) and FT-All."""
+    lines = [
+        "| profile | workload | epochs | Skip2-LoRA ms | LoRA-All ms (PEFT, same params) | speed-up | FT-All ms (PyTorch) | speed-up "
+        "| shifted acc: frozen / Skip2-LoRA / LoRA-All / FT-All |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for result in results:
+        for name, w in result["workloads"].items():
+            m = w["methods"]
+            if SKIP2 not in m:
+                continue
+            s = m[SKIP2]
+            lines.append(
+                f"| {result['profile']} | {name} | {w['epochs']} | {_ms(s['seconds_median'])} | {_ms_of(m, LORA_ALL)} "
+                f"| {_speedup(s, f'speedup_vs_{LORA_ALL}')} | {_ms_of(m, FT_ALL)} | {_speedup(s, f'speedup_vs_{FT_ALL}')} "
+                f"| {w['frozen_accuracy']:.3f} / {_acc_of(m, SKIP2)} / {_acc_of(m, LORA_ALL)} / {_acc_of(m, FT_ALL)} |"
+            )
+    return lines
+
+
 def profile_section(result: dict[str, Any]) -> list[str]:
     threads = "one thread everywhere" if result["threads"] == 1 else "library defaults"
     lines = [f"## Profile `{result['profile']}` ({threads}; {result['machine']['cpus']} CPUs)", ""]
@@ -172,6 +201,7 @@ def markdown(results: list[dict[str, Any]], plot_name: str | None = "results.png
     ]
     if plot_name:
         lines += [f"![accuracy vs fine-tune time]({plot_name})", ""]
+    lines += ["## Summary", "", *summary_table(results), ""]
     for result in results:
         lines += profile_section(result)
     return "\n".join(lines).rstrip() + "\n"
@@ -186,6 +216,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     names = list(results[0]["workloads"])
     fig, axes = plt.subplots(len(results), len(names), figsize=(4.6 * len(names), 3.8 * len(results)), squeeze=False)
@@ -204,6 +235,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
                 ax.annotate(m["label"], (m["seconds_median"], m["accuracy_mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
             ax.axhline(w["frozen_accuracy"], color="gray", lw=0.8, ls="--")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log range overlap
             ax.set_title(f"{name} — {result['profile']}", fontsize=9)
             ax.set_xlabel("fine-tune time, s (median, log)", fontsize=8)
             ax.set_ylabel("shifted-test accuracy", fontsize=8)

@@ -172,6 +172,8 @@ def test_a_profile_run_records_every_figure(tiny_result, tmp_path):
 def test_the_report_has_the_tables_and_the_plot(tiny_result, tmp_path):
     text = report.markdown([tiny_result], "results.png")
     for heading in (
+        "## Summary",
+        "| edge | har | 2 |",
         "## Profile `edge`",
         "### har",
         "| method | trainable params |",
