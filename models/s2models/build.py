@@ -64,7 +64,7 @@ def pretrained_cnn(workload: Workload, recipe: Recipe) -> tuple[onnx.ModelProto,
     train, val = (Split(features(s, recipe), s.y, s.group) for s in (workload.train, workload.val))
     model, result = pretrain(lambda: make(len(workload.labels)), train, val, recipe.train)
     doc = f"s2models {workload.name}: {make.__name__}, input {list(recipe.input_shape or ())} per sample, logits out; {workload.source}"
-    return without_trace(export(model, val.x, workload.name, workload.labels, doc)), result
+    return export(model, val.x, workload.name, workload.labels, doc), result
 
 
 def without_trace(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -78,11 +78,12 @@ def without_trace(model: onnx.ModelProto) -> onnx.ModelProto:
 def pretrained_model(workload: Workload, recipe: Recipe) -> tuple[onnx.ModelProto, TrainResult]:
     """Pretrain the MLP (or the CNN) on the workload's train split and export it, verified on val."""
     if recipe.cnn is not None:
-        return pretrained_cnn(workload, recipe)
+        model, result = pretrained_cnn(workload, recipe)
+        return without_trace(model), result
     norm = Standardize(*feature_stats(workload.train.x)) if recipe.standardize else None
     model, result = pretrain(lambda: mlp(workload.n_features, len(workload.labels), norm), workload.train, workload.val, recipe.train)
     doc = f"s2models {workload.name}: MLP {workload.n_features}-96-96-{len(workload.labels)}, logits out; {workload.source}"
-    return export(model, workload.val.x, workload.name, workload.labels, doc), result
+    return without_trace(export(model, workload.val.x, workload.name, workload.labels, doc)), result
 
 
 def write(path: Path, data: bytes) -> None:
