@@ -174,6 +174,8 @@ def _make_model(source: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelPr
         producer_version=__version__,
     )
     model.ir_version = source.ir_version
+    for node in model.graph.node:  # exporter debug info (torch stack traces) holds host paths; a device needs none of it
+        del node.metadata_props[:]
     return model
 
 

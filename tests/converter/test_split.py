@@ -102,3 +102,13 @@ def test_a_batch_size_pinned_inside_a_model_with_a_free_input_batch_is_reported(
     onnx.save(g.model([("x", ["N", 2, 4], onnx.TensorProto.FLOAT)], [("logits", [1, 3])]), path)
     with pytest.raises(ConversionError, match=r"tensor 'flat' \(segment output 's2l.tap.0'\) has a fixed batch size of 1"):
         convert(path)
+
+
+def test_exporter_debug_metadata_stays_on_the_host(tmp_path):
+    case = gemm_chain(batch=3)
+    for node in case.model.graph.node:
+        entry = node.metadata_props.add()
+        entry.key, entry.value = "pkg.torch.onnx.stack_trace", "File /home/someone/secret/train.py, line 1"
+    segment, loaded = segment_of(case, tmp_path)
+    assert any(node.metadata_props for node in loaded.model.graph.node)
+    assert not any(node.metadata_props for node in segment.graph.node)
