@@ -4,8 +4,9 @@ Startup opens the state directory (one daemon per directory), the bundle, the ac
 adapters and the sample database, then binds: 127.0.0.1 by default, a non-loopback
 address only with bearer tokens, or a Unix socket created with mode 0600. Serving is
 uvicorn. SIGTERM or SIGINT stops accepting, lets requests in flight finish (bounded
-by --shutdown-timeout), cancels a running fine-tune job (its samples are safe, the
-active adapters stay), waits for it (bounded), closes the database and exits 0.
+by --shutdown-timeout), lets a running fine-tune job finish within half that time or
+else cancels it (its samples are safe, the active adapters stay), waits for it
+(bounded), closes the database and exits 0.
 """
 
 from __future__ import annotations
