@@ -124,7 +124,7 @@ class GraphView:
 def view_graph(model: onnx.ModelProto, input_name: str, output_name: str) -> GraphView:
     """Build the view of a shape-inferred model with one input and one output."""
     graph = model.graph
-    nodes = tuple(_node(i, n) for i, n in enumerate(graph.node))
+    nodes = tuple(node_view(i, n) for i, n in enumerate(graph.node))
     constants = _constant_names(graph, nodes)
     return GraphView(
         input_name=input_name,
@@ -137,7 +137,7 @@ def view_graph(model: onnx.ModelProto, input_name: str, output_name: str) -> Gra
     )
 
 
-def _node(index: int, node: onnx.NodeProto) -> OnnxNode:
+def node_view(index: int, node: onnx.NodeProto) -> OnnxNode:
     return OnnxNode(
         index=index,
         name=node.name,

@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper
 from s2rt.errors import ConversionError, UnsupportedGraphError, UnsupportedOpError
 
-from s2conv.graph import DEFAULT_DOMAINS, OnnxNode
+from s2conv.graph import DEFAULT_DOMAINS, OnnxNode, node_view
 from s2conv.tflite.constants import Shape, fold_constants
 from s2conv.tflite.context import EmitContext
 from s2conv.tflite.ir import Graph
@@ -46,11 +46,11 @@ def onnx_to_graph(model: onnx.ModelProto) -> Graph:
     in a way the emitter cannot express (a non-constant weight, a grouped conv, ...).
     """
     inferred = _infer_shapes(model)
-    nodes = [_node(i, n) for i, n in enumerate(inferred.graph.node)]
+    nodes = [node_view(i, n) for i, n in enumerate(inferred.graph.node)]
     pinned = pin_computed_reshapes(inferred, nodes, _known_shapes(inferred))
     if pinned is not None:
         inferred = _infer_shapes(pinned)
-        nodes = [_node(i, n) for i, n in enumerate(inferred.graph.node)]
+        nodes = [node_view(i, n) for i, n in enumerate(inferred.graph.node)]
     graph = inferred.graph
     input_name = _single_input(graph)
     outputs = [o.name for o in graph.output]
@@ -98,18 +98,6 @@ def _single_input(graph: onnx.GraphProto) -> str:
             f"input {inputs[0].name!r} is {helper.tensor_dtype_to_string(elem_type)}; the TFLite segment takes float32 only"
         )
     return inputs[0].name
-
-
-def _node(index: int, node: onnx.NodeProto) -> OnnxNode:
-    return OnnxNode(
-        index=index,
-        name=node.name,
-        op=node.op_type,
-        domain=node.domain,
-        inputs=tuple(node.input),
-        outputs=tuple(node.output),
-        attrs={a.name: helper.get_attribute_value(a) for a in node.attribute},
-    )
 
 
 def _needed_nodes(nodes: Sequence[OnnxNode], outputs: Sequence[str], constants: Mapping[str, object], input_name: str) -> list[OnnxNode]:
