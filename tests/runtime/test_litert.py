@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from ai_edge_litert.interpreter import Interpreter as RealInterpreter
+from helpers.device import HOST_ONLY, run_on_device
 from helpers.tiny import tiny_bundle, tiny_reference, tiny_weights
 from s2conv.tflite import onnx_to_tflite
 from s2rt.backend import open_backend
@@ -25,8 +23,6 @@ from s2rt.errors import BackendError
 from s2rt.frozen import FrozenModel
 from s2rt.session import Model
 from s2rt.trainer import TrainConfig
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def with_tflite(bundle, keep_onnx: bool = True, reorder_outputs: bool = False):
@@ -172,38 +168,14 @@ def test_fine_tuning_through_litert_equals_onnxruntime(bundle, tmp_path):
         np.testing.assert_allclose(b2, b1, rtol=1e-4, atol=1e-6)
 
 
-BLOCKED = ("torch", "onnx", "tensorflow", "sklearn", "scipy", "onnxscript", "onnxruntime")
-BLOCKER = f"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {BLOCKED!r}:
-            raise ImportError("blocked on the device: " + name)
-sys.meta_path.insert(0, Block())
-from s2rt.cli import main
-code = main(sys.argv[1:])
-leaked = sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r})
-assert not leaked, leaked
-sys.exit(code)
-"""
-
-
 def test_device_with_litert_only(bundle, tmp_path):
     """No onnxruntime, onnx or tensorflow: `auto` finds the TFLite segment and trains on it."""
     path = tmp_path / "b.s2l"
     write_bundle(bundle, path)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=samples(30), y=rng.integers(0, 3, 30))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime")}
     args = ["train", str(path), "--data", str(tmp_path / "d.npz"), "--epochs", "2", "-o", str(tmp_path / "a.npz"), "--json"]
-    run = subprocess.run(
-        [sys.executable, "-c", BLOCKER, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    run = run_on_device(*args, blocked=(*HOST_ONLY, "onnxruntime"))
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["epochs"] == 2
 
