@@ -51,7 +51,7 @@ test-numpy1: $(NUMPY1_VENV)/.ready
 
 check: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy runtime/s2rt converter/s2conv
+	$(BIN)/mypy runtime/s2rt converter/s2conv models/s2models
 
 models: $(VENV)/.dev
 	$(BIN)/python -m s2models.build --out models
