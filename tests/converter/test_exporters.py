@@ -18,22 +18,12 @@ import torch
 from conv_graphs import GraphBuilder, random_input, run_original, run_segment
 from onnx import TensorProto
 from s2conv import convert
+from s2models.cnn import SqueezeExcite
 from s2rt.bundle.model import OutputActivation, TapReduction
 from s2rt.errors import ConversionError, UnsupportedGraphError
 from torch import nn
 
 INPUT_SHAPE = (1, 8, 8)
-
-
-class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int, reduced: int) -> None:
-        super().__init__()
-        self.reduce = nn.Conv2d(channels, reduced, 1)
-        self.expand = nn.Conv2d(reduced, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = nn.functional.adaptive_avg_pool2d(x, 1)
-        return x * nn.functional.hardsigmoid(self.expand(torch.relu(self.reduce(gate))))
 
 
 class TinyMobileNet(nn.Module):
