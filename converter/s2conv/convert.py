@@ -1,4 +1,4 @@
-"""The pipeline: load ▸ analyse ▸ split ▸ head ▸ layout → an in-memory `Bundle`.
+"""The pipeline: load ▸ analyse ▸ split ▸ (quantize) ▸ compact ▸ head ▸ layout → an in-memory `Bundle`.
 
 `convert(model_path, options)` builds the bundle; `s2conv.emit.write` puts it on disk.
 """
@@ -35,6 +35,7 @@ from s2rt.errors import ConversionError
 
 from s2conv.analyse import TapPlan, find_taps, input_signature
 from s2conv.calibrate import load_calibration, tap_scales
+from s2conv.compact import compact_segment
 from s2conv.graph import view_graph
 from s2conv.head import init_head
 from s2conv.load import LoadedModel, load_model
@@ -153,7 +154,12 @@ class ConvertOptions:
         return str(next(f for f in dataclasses.fields(cls) if f.name == name).metadata["help"])
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """The options as compact JSON; the calibration file by its name only (host paths do
+        not go to devices)."""
+        options = dataclasses.asdict(self)
+        if self.calib is not None:
+            options["calib"] = Path(self.calib).name
+        return json.dumps(options, sort_keys=True, separators=(",", ":"))
 
     @property
     def train_defaults(self) -> TrainDefaults:
@@ -196,7 +202,7 @@ def convert(model_path: str | Path, options: ConvertOptions | None = None) -> Bu
     calibration = load_calibration(options.calib, signature) if options.calib is not None else None
     int8_calibration = calibration if options.quantize == "int8" else None
     onnx_segment = segment if int8_calibration is None else quantize_segment(segment, int8_calibration)
-    segment_bytes = onnx_segment.SerializeToString()
+    segment_bytes = compact_segment(onnx_segment).SerializeToString()
     taps = bundle_taps(plan)
     log.debug("taps: %s", ", ".join(f"{t.source} {t.shape}" for t in taps))
     head = init_head(
