@@ -4,8 +4,12 @@ onnxruntime.quantization in QDQ form: int8 weights with one scale per output cha
 int8 activations whose scales come from the calibration inputs (min/max), float biases.
 Only weight-carrying ops are quantized (`QUANTIZED_OPS`); everything else stays float.
 Only the int8 weights are stored (QDQ dequantizes them at load time), which is what
-shrinks the bundle, and the exporter's per-node debug metadata is dropped. onnxruntime
-runs the result as is, so the device needs nothing new.
+shrinks the bundle, and the exporter's per-node debug metadata is dropped. The float
+constants that stay (biases, per-channel weight scales, an input normalisation) are
+stored as float16 behind a Cast to float32 (`_store_float16`): their rounding error,
+at most 2^-11 relative, is far below the int8 steps around them, and onnxruntime folds
+the Cast into a float32 constant when it loads the model. onnxruntime runs the result
+as is, so the device needs nothing new.
 
 The segment's outputs stay float: a tap (and its pooling, for a feature map) reads the
 float tensor just before its QuantizeLinear (the value the next layer is fed, before
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 from s2rt.errors import ConversionError
 
 from s2conv.calibrate import batches
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 QUANTIZE_CHOICES = ("none", "int8")
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+FLOAT16_MIN_SIZE = 16
 
 
 def quantize_segment(segment: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
@@ -46,6 +52,7 @@ def quantize_segment(segment: onnx.ModelProto, calibration: np.ndarray) -> onnx.
 
     source = onnx.ModelProto()
     source.CopyFrom(segment)  # quantize_static rewrites the model it is given
+    _export_outputs_through_identities(source.graph)
     input_name = segment.graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="s2conv-quant-") as tmp, _quiet_quantizer():
         path = Path(tmp) / "segment.int8.onnx"
@@ -68,8 +75,24 @@ def quantize_segment(segment: onnx.ModelProto, calibration: np.ndarray) -> onnx.
     _keep_outputs_float(quantized, _float_outputs(segment))
     _prune(quantized.graph)
     _strip_debug_info(quantized.graph)
+    _store_float16(quantized.graph)
     _check(quantized, segment)
     return quantized
+
+
+def _export_outputs_through_identities(graph: onnx.GraphProto) -> None:
+    """Give every output that a computing node writes directly (as in a compacted segment)
+    an Identity of its own, as `split` does, so that quantization never rounds an output."""
+    produced = {out: node for node in graph.node for out in node.output}
+    for output in graph.output:
+        node = produced.get(output.name)
+        if node is None or node.op_type in ("Identity", "Cast"):
+            continue
+        value = f"{output.name}.value"
+        for reader in graph.node:
+            reader.input[:] = [value if name == output.name else name for name in reader.input]
+        node.output[:] = [value if name == output.name else name for name in node.output]
+        graph.node.append(helper.make_node("Identity", [value], [output.name]))
 
 
 def _float_outputs(segment: onnx.ModelProto) -> set[str]:
@@ -127,6 +150,30 @@ def _strip_debug_info(graph: onnx.GraphProto) -> None:
     for node in graph.node:
         node.doc_string = ""
         del node.metadata_props[:]
+
+
+def _store_float16(graph: onnx.GraphProto) -> None:
+    """Store every float32 constant of at least `FLOAT16_MIN_SIZE` values as float16, read
+    through a Cast, unless float16 cannot hold it (out of range, or a rounding error above
+    2^-10 of its largest magnitude). Smaller ones stay: the Cast would cost more than it saves."""
+    readers = {name for node in graph.node for name in node.input}
+    casts = []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or init.name not in readers:
+            continue
+        values = numpy_helper.to_array(init)
+        halves = values.astype(np.float16)
+        largest = float(np.max(np.abs(values))) if values.size else 0.0
+        if values.size < FLOAT16_MIN_SIZE or not np.all(np.isfinite(halves)):
+            continue
+        if float(np.max(np.abs(halves.astype(np.float32) - values))) > largest * 2.0**-10:
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(halves, f"{name}.float16"))
+        casts.append(helper.make_node("Cast", [init.name], [name], to=onnx.TensorProto.FLOAT))
+    nodes = [*casts, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _check(quantized: onnx.ModelProto, source: onnx.ModelProto) -> None:
