@@ -4,17 +4,19 @@ A_l (rank x d_l) is drawn U(-1/sqrt(d_l), 1/sqrt(d_l)). That is exactly PEFT's L
 init, `kaiming_uniform_(A, a=sqrt(5))`, whose bound is sqrt(6 / ((1 + a^2) d_l)) =
 1/sqrt(d_l). B_l is zero (the runtime creates it), so a fresh head changes nothing.
 
-Each tap's A has its own NumPy `Generator` seeded with (seed, tap index): the same seed
-gives the same bytes on every machine, and adding a tap leaves the earlier A's unchanged.
+The draw is the runtime's `s2rt.lora_init.lora_a(rank, d_l, seed, l)`: a counter-based
+generator with one stream per (seed, tap index), the same float32 bytes on every machine
+and NumPy version, and adding a tap leaves the earlier A's unchanged. So the bundle need
+not store A: the writer names the rule and the device regenerates it from the seed
+(format 1.2, s2l.fbs `AInitRule`). `seed` is 0..2^63-1.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import numpy as np
 from s2rt.bundle.model import Head, Loss, Tap, TrainDefaults
+from s2rt.lora_init import lora_a
 
 
 def init_head(
@@ -27,8 +29,8 @@ def init_head(
     loss: Loss = Loss.SOFTMAX_CROSS_ENTROPY,
     defaults: TrainDefaults | None = None,
 ) -> Head:
-    """A head for `taps` with `num_outputs` outputs and seeded random A's."""
-    a_init = tuple(init_lora_a(rank, tap.size, seed, index) for index, tap in enumerate(taps))
+    """A head for `taps` with `num_outputs` outputs and seeded random A's; ValueError for a seed outside 0..2^63-1."""
+    a_init = tuple(lora_a(rank, tap.size, seed, index) for index, tap in enumerate(taps))
     return Head(
         rank=rank,
         alpha=float(alpha),
@@ -39,9 +41,3 @@ def init_head(
         defaults=defaults or TrainDefaults(),
     )
 
-
-def init_lora_a(rank: int, width: int, seed: int, tap_index: int) -> np.ndarray:
-    """A (rank x width) float32 matrix, U(-1/sqrt(width), 1/sqrt(width)), C-contiguous."""
-    rng = np.random.default_rng([seed, tap_index])
-    bound = 1.0 / math.sqrt(width)
-    return np.ascontiguousarray(rng.uniform(-bound, bound, size=(rank, width)), dtype=np.float32)

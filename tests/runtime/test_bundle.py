@@ -11,6 +11,7 @@ from helpers.tiny import tiny_bundle
 from s2rt.bundle import (
     FORMAT_MAJOR,
     FORMAT_MINOR,
+    AInitRule,
     DType,
     Loss,
     Optimizer,
@@ -22,8 +23,10 @@ from s2rt.bundle import (
     serialize_bundle,
     write_bundle,
 )
+from s2rt.bundle.a_init import a_init_rule
 from s2rt.bundle.model import FILE_IDENTIFIER, InputSignature
 from s2rt.errors import BundleError
+from s2rt.lora_init import lora_a
 
 
 def rich_bundle():
@@ -143,3 +146,107 @@ def test_missing_and_non_bundle_files(tmp_path):
     with pytest.raises(BundleError, match="not an s2l bundle"):
         read_bundle(tmp_path / "model.onnx")
     assert FILE_IDENTIFIER == b"S2LB"
+
+
+# -- the head's initial A: stored, or regenerated from the seed (format 1.2) ----------
+
+
+def generated_a_bundle(seed=7, rank=3):
+    b = tiny_bundle(rank=rank)
+    a_init = tuple(lora_a(rank, t.size, seed, i) for i, t in enumerate(b.taps))
+    return dataclasses.replace(b, head=dataclasses.replace(b.head, seed=seed, a_init=a_init))
+
+
+def raw_head(data: bytes):
+    from s2rt.bundle.fb.BundleFile import BundleFile
+
+    return BundleFile.GetRootAs(data, 0).BodyNestedRoot().Head()
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**63 - 1])
+def test_a_drawn_from_the_seed_is_written_as_its_rule_and_read_back_bit_for_bit(seed):
+    b = generated_a_bundle(seed)
+    assert a_init_rule(b.head, b.taps) == AInitRule.SPLITMIX64_UNIFORM
+    data, _ = serialize_bundle(b)
+    head = raw_head(data)
+    assert (head.AInitRule(), head.AInitLength(), head.Seed()) == (AInitRule.SPLITMIX64_UNIFORM, 0, seed)
+    r = parse_bundle(data)
+    assert r.head.seed == seed and len(r.head.a_init) == len(b.taps)
+    for got, want in zip(r.head.a_init, b.head.a_init, strict=True):
+        assert got.dtype == np.float32 and got.flags.c_contiguous and not got.flags.writeable
+        assert got.tobytes() == want.tobytes()
+    assert serialize_bundle(r)[0] == data
+
+
+def test_a_generated_head_leaves_exactly_the_a_arrays_out():
+    generated = generated_a_bundle()
+    stored = dataclasses.replace(generated, head=dataclasses.replace(generated.head, a_init=_nudged(generated.head.a_init)))
+    a_bytes = sum(a.nbytes for a in generated.head.a_init)
+    saved = len(serialize_bundle(stored)[0]) - len(serialize_bundle(generated)[0])
+    assert a_bytes <= saved <= a_bytes + 96 * len(generated.taps)  # plus each Tensor's table, shape and padding
+
+
+def _nudged(a_init):
+    """The same A but for one element one float32 step up: no longer what the seed draws."""
+    first = a_init[0].copy()
+    first[0, 0] = np.nextafter(first[0, 0], np.float32(1))
+    return (first, *a_init[1:])
+
+
+def test_a_custom_a_is_stored_and_round_trips_exactly():
+    custom = tiny_bundle(seed=7)  # its A comes from another generator
+    nudged = generated_a_bundle()
+    nudged = dataclasses.replace(nudged, head=dataclasses.replace(nudged.head, a_init=_nudged(nudged.head.a_init)))
+    for b in (custom, nudged):
+        assert a_init_rule(b.head, b.taps) == AInitRule.STORED
+        data, _ = serialize_bundle(b)
+        assert (raw_head(data).AInitRule(), raw_head(data).AInitLength()) == (AInitRule.STORED, len(b.taps))
+        for got, want in zip(parse_bundle(data).head.a_init, b.head.a_init, strict=True):
+            assert got.tobytes() == want.tobytes()
+
+
+def test_a_seed_outside_the_rule_keeps_a_stored():
+    b = generated_a_bundle(seed=3)
+    negative = dataclasses.replace(b, head=dataclasses.replace(b.head, seed=-1))
+    assert a_init_rule(negative.head, negative.taps) == AInitRule.STORED
+    r = parse_bundle(serialize_bundle(negative)[0])
+    assert r.head.seed == -1 and r.head.a_init[1].tobytes() == b.head.a_init[1].tobytes()
+
+
+def test_an_unknown_a_init_rule_is_refused_by_name(monkeypatch):
+    import s2rt.bundle.writer as writer
+
+    monkeypatch.setattr(writer, "a_init_rule", lambda head, taps: 9)
+    with pytest.raises(BundleError, match=r"head\.a_init_rule: unknown value 9 \(known: STORED=0, SPLITMIX64_UNIFORM=1\)"):
+        parse_bundle(writer.serialize_bundle(generated_a_bundle())[0])
+
+
+def test_a_generated_rule_beside_stored_arrays_is_refused(monkeypatch):
+    import s2rt.bundle.writer as writer
+    from s2rt.bundle.fb import Head as fb_head
+
+    monkeypatch.setattr(writer, "a_init_rule", lambda head, taps: AInitRule.STORED)
+    monkeypatch.setattr(fb_head, "AddAInitRule", lambda b, rule: fb_head.HeadAddAInitRule(b, int(AInitRule.SPLITMIX64_UNIFORM)))
+    with pytest.raises(BundleError, match=r"head\.a_init holds 2 matrices, expected none: head\.a_init_rule SPLITMIX64_UNIFORM"):
+        parse_bundle(writer.serialize_bundle(generated_a_bundle())[0])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seed": -5}, r"head\.seed is -5, expected 0\.\.2\^63-1"),
+        ({"rank": 5000}, r"needs rank 1\.\.4096"),
+        ({"tap_size": 1 << 23}, r"would generate 3 x 8388613 numbers, more than this runtime's limit of 16,777,216"),
+    ],
+)
+def test_a_generated_rule_is_bounded_before_anything_is_drawn(monkeypatch, change, message):
+    import s2rt.bundle.writer as writer
+
+    b = generated_a_bundle()
+    if "tap_size" in change:
+        b = dataclasses.replace(b, taps=(dataclasses.replace(b.taps[0], shape=(change["tap_size"],)), b.taps[1]))
+    else:
+        b = dataclasses.replace(b, head=dataclasses.replace(b.head, **change))
+    monkeypatch.setattr(writer, "a_init_rule", lambda head, taps: AInitRule.SPLITMIX64_UNIFORM)
+    with pytest.raises(BundleError, match=message):
+        parse_bundle(writer.serialize_bundle(b)[0])

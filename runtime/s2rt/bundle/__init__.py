@@ -3,6 +3,7 @@
 from s2rt.bundle.model import (
     FORMAT_MAJOR,
     FORMAT_MINOR,
+    AInitRule,
     Bundle,
     CacheField,
     CacheFieldKind,
@@ -27,6 +28,7 @@ from s2rt.bundle.writer import serialize_bundle, write_bundle
 __all__ = [
     "FORMAT_MAJOR",
     "FORMAT_MINOR",
+    "AInitRule",
     "Bundle",
     "CacheField",
     "CacheFieldKind",

@@ -30,6 +30,7 @@ from s2rt.errors import BundleError
 MAX_RANK = 4096
 MAX_OUTPUTS = 1 << 20
 MAX_HEAD_B = 1 << 24  # elements of all B matrices together: 64 MiB of float32
+MAX_HEAD_A = 1 << 24  # elements of all A matrices the reader generates from a seed (AInitRule)
 MAX_ALIGNMENT = 4096
 
 

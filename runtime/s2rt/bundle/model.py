@@ -14,7 +14,8 @@ from enum import IntEnum
 import numpy as np
 
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1  # 1.1: the envelope's optional signature and signer_key_id
+FORMAT_MINOR = 2  # 1.1: the envelope's optional signature and signer_key_id; 1.2: Head.a_init_rule (A regenerated
+# from the seed instead of stored; a 1.1 reader refuses such a bundle: it finds no a_init)
 FILE_IDENTIFIER = b"S2LB"
 ARRAY_ALIGNMENT = 16
 
@@ -101,6 +102,13 @@ class OutputActivation(IntEnum):
     LOG_SOFTMAX = 2
 
 
+class AInitRule(IntEnum):
+    """s2l.fbs `enum AInitRule`: where the head's initial A matrices come from."""
+
+    STORED = 0  # Head.a_init in the bundle
+    SPLITMIX64_UNIFORM = 1  # s2rt.lora_init.lora_a(rank, tap size, Head.seed, tap index)
+
+
 class CacheFieldKind(IntEnum):
     """s2l.fbs `enum CacheFieldKind`."""
 
@@ -170,7 +178,9 @@ class TrainDefaults:
 class Head:
     """Skip2-LoRA head: z = logits + (alpha / rank) * sum_l B_l A_l x_l, B_l = 0 at start.
 
-    `a_init[l]` is the (rank x taps[l].size) float32 initial A of tap l.
+    `a_init[l]` is the (rank x taps[l].size) float32 initial A of tap l, always
+    materialised: the writer leaves it out of the file when it is the seed's
+    `s2rt.lora_init.lora_a` (`AInitRule`), and the reader regenerates it.
     """
 
     rank: int

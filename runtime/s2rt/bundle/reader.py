@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from s2rt.bundle.consistency import check_consistency
+from s2rt.bundle.a_init import generated_a_init
+from s2rt.bundle.consistency import MAX_HEAD_A, MAX_RANK, check_consistency
 from s2rt.bundle.fb.BundleBody import BundleBody
 from s2rt.bundle.fb.BundleFile import BundleFile
 from s2rt.bundle.model import (
@@ -31,6 +32,7 @@ from s2rt.bundle.model import (
     FORMAT_MAJOR,
     KEY_ID_CHARS,
     SIGNATURE_BYTES,
+    AInitRule,
     Bundle,
     CacheField,
     CacheFieldKind,
@@ -259,7 +261,7 @@ class _Parser:
             n = self.count(body.TapsLength(), "taps")
             taps = tuple(self.tap(body.Taps(i), i) for i in range(n))
         with self.field("head"):
-            head = self.head(body.Head())
+            head = self.head(body.Head(), taps)
         with self.field("cache"):
             cache = self.cache(body.Cache())
         with self.field("output_activation"):
@@ -315,10 +317,17 @@ class _Parser:
             reduction=self.enum(TapReduction, t.Reduction(), f"{what}.reduction"),
         )
 
-    def head(self, h: Any) -> Head:
+    def head(self, h: Any, taps: tuple[Tap, ...]) -> Head:
         h = self.require(h, "head")
+        rank, seed = int(h.Rank()), int(h.Seed())
         n = self.count(h.AInitLength(), "head.a_init")
-        a_init = tuple(self.tensor(self.require(h.AInit(i), f"a_init[{i}]"), f"head.a_init[{i}]") for i in range(n))
+        rule = self.enum(AInitRule, h.AInitRule(), "head.a_init_rule")
+        if rule == AInitRule.STORED:
+            a_init = tuple(self.tensor(self.require(h.AInit(i), f"a_init[{i}]"), f"head.a_init[{i}]") for i in range(n))
+        elif n:
+            raise self.fail(f"head.a_init holds {n} matrices, expected none: head.a_init_rule {rule.name} regenerates them")
+        else:
+            a_init = self.generated_a_init(rank, taps, seed, rule)
         d = h.Defaults()
         defaults = TrainDefaults()
         if d is not None:
@@ -329,14 +338,28 @@ class _Parser:
                 batch_size=int(d.BatchSize()),
             )
         return Head(
-            rank=int(h.Rank()),
+            rank=rank,
             alpha=float(h.Alpha()),
             num_outputs=int(h.NumOutputs()),
             a_init=a_init,
             loss=self.enum(Loss, h.Loss(), "head.loss"),
-            seed=int(h.Seed()),
+            seed=seed,
             defaults=defaults,
         )
+
+    def generated_a_init(self, rank: int, taps: tuple[Tap, ...], seed: int, rule: AInitRule) -> tuple[np.ndarray, ...]:
+        """The A's that `rule` draws, after bounding what they allocate (nothing in the file does)."""
+        sizes = [t.size for t in taps]
+        if seed < 0:
+            raise self.fail(f"head.seed is {seed}, expected 0..2^63-1 for head.a_init_rule {rule.name}")
+        if not 1 <= rank <= MAX_RANK or not sizes or min(sizes) < 1:
+            raise self.fail(f"head.a_init_rule {rule.name} needs rank 1..{MAX_RANK} and taps of size >= 1, got rank {rank}, sizes {sizes}")
+        if rank * sum(sizes) > MAX_HEAD_A:
+            raise self.fail(
+                f"head.a_init_rule {rule.name} would generate {rank} x {sum(sizes)} numbers, more than this runtime's "
+                f"limit of {MAX_HEAD_A:,}"
+            )
+        return generated_a_init(rank, sizes, seed)
 
     def cache(self, c: Any) -> CacheLayout:
         c = self.require(c, "cache")

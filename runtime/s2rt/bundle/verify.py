@@ -109,6 +109,7 @@ SCHEMA: dict[str, tuple[Field, ...]] = {
         scalar("seed", 8),
         tables("a_init", "Tensor"),
         table("defaults", "TrainDefaults"),
+        scalar("a_init_rule", 1),
     ),
     "CacheField": (
         scalar("kind", 1),

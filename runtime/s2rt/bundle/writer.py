@@ -1,4 +1,8 @@
-"""Serialise a `Bundle` into the `.s2l` FlatBuffers format (see s2l.fbs)."""
+"""Serialise a `Bundle` into the `.s2l` FlatBuffers format (see s2l.fbs).
+
+The head's initial A is written as its rule alone (`AInitRule.SPLITMIX64_UNIFORM`, no
+arrays) when it is exactly the seed's `s2rt.lora_init.lora_a`, and stored otherwise.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import flatbuffers
 import numpy as np
 
 from s2rt.atomic import atomic_write_bytes
+from s2rt.bundle.a_init import a_init_rule
 from s2rt.bundle.fb import (
     BundleBody,
     BundleFile,
@@ -31,6 +36,7 @@ from s2rt.bundle.model import (
     FILE_IDENTIFIER,
     FORMAT_MAJOR,
     FORMAT_MINOR,
+    AInitRule,
     Bundle,
     DType,
     signing_message,
@@ -107,7 +113,7 @@ def _build_body(bundle: Bundle) -> bytes:
     labels = _vector_of_offsets(b, [b.CreateString(x) for x in bundle.labels])
     segments = _vector_of_offsets(b, [_segment(b, s) for s in bundle.segments])
     taps = _vector_of_offsets(b, [_tap(b, t) for t in bundle.taps])
-    head = _head(b, bundle.head)
+    head = _head(b, bundle.head, a_init_rule(bundle.head, bundle.taps))
     cache = _cache_layout(b, bundle.cache)
     BundleBody.Start(b)
     BundleBody.AddProvenance(b, provenance)
@@ -213,8 +219,10 @@ def _tap(b: flatbuffers.Builder, t: TapModel) -> int:
     return int(Tap.End(b))
 
 
-def _head(b: flatbuffers.Builder, h: HeadModel) -> int:
-    a_init = _vector_of_offsets(b, [_tensor(b, np.asarray(a, dtype=np.float32)) for a in h.a_init])
+def _head(b: flatbuffers.Builder, h: HeadModel, rule: AInitRule) -> int:
+    a_init = None
+    if rule == AInitRule.STORED:
+        a_init = _vector_of_offsets(b, [_tensor(b, np.asarray(a, dtype=np.float32)) for a in h.a_init])
     d = h.defaults
     TrainDefaults.Start(b)
     TrainDefaults.AddOptimizer(b, int(d.optimizer))
@@ -228,8 +236,9 @@ def _head(b: flatbuffers.Builder, h: HeadModel) -> int:
     Head.AddNumOutputs(b, h.num_outputs)
     Head.AddLoss(b, int(h.loss))
     Head.AddSeed(b, h.seed)
-    Head.AddAInit(b, a_init)
+    _add_if(b, Head.AddAInit, a_init)
     Head.AddDefaults(b, defaults)
+    Head.AddAInitRule(b, int(rule))  # STORED, the default, is not written: a 1.1 reader reads such a head as before
     return int(Head.End(b))
 
 

@@ -99,8 +99,15 @@ class Head(object):
             return obj
         return None
 
+    # Head
+    def AInitRule(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Int8Flags, o + self._tab.Pos)
+        return 0
+
 def HeadStart(builder):
-    builder.StartObject(7)
+    builder.StartObject(8)
 
 def Start(builder):
     HeadStart(builder)
@@ -152,6 +159,12 @@ def HeadAddDefaults(builder, defaults):
 
 def AddDefaults(builder, defaults):
     HeadAddDefaults(builder, defaults)
+
+def HeadAddAInitRule(builder, aInitRule):
+    builder.PrependInt8Slot(7, aInitRule, 0)
+
+def AddAInitRule(builder, aInitRule):
+    HeadAddAInitRule(builder, aInitRule)
 
 def HeadEnd(builder):
     return builder.EndObject()
