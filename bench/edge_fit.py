@@ -1,12 +1,14 @@
 """Edge fit: bundle size and fine-tuned accuracy of float vs int8 segments and per cache dtype.
 
     .venv/bin/python bench/edge_fit.py [--models har digits] [--seeds 0 1 2] [--epochs 20]
+    .venv/bin/python bench/edge_fit.py --sizes-only
 
-For each reference model: convert it (calibration data: its pretraining inputs) as a float
-and an int8 bundle, ONNX and TFLite; fine-tune on the shifted device split with the
-bundle's defaults (Adam, lr 0.01, batch 32) for every seed; report the shifted-test
-accuracy (mean over seeds) per segment and per Skip-Cache storage: float32, float16,
-int8 with calibrated scales and int8 with scales chosen on the device.
+First, the bundle bytes of every reference model as float and int8, ONNX and TFLite, and
+the int8/float ratio (calibration data: the model's pretraining inputs). Then, for each
+of `--models`: fine-tune on the shifted device split with the bundle's defaults (Adam,
+lr 0.01, batch 32) for every seed and report the shifted-test accuracy (mean over seeds)
+per segment and per Skip-Cache storage: float32, float16, int8 with calibrated scales and
+int8 with scales chosen on the device.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from s2rt.trainer import TrainConfig  # noqa: E402
 
 SEGMENTS = {"onnx float": {}, "onnx int8": {"quantize": "int8"}, "tflite float": {"backend": "tflite"},
             "tflite int8": {"backend": "tflite", "quantize": "int8"}}
+REFERENCE = {"har_mlp": "har", "digits_mlp": "digits", "fan_mlp": "fan", "digits_cnn": "digits", "mnist_cnn": "mnist"}
 CACHES = {"float32": {}, "float16": {"cache_dtype": "float16"}, "int8 calibrated": {"cache_dtype": "int8"},
           "int8 on device": {"cache_dtype": "int8", "device_scales": True}}
 
@@ -52,13 +55,34 @@ def accuracy(bundle: Bundle, name: str, seeds: list[int], epochs: int) -> float:
     return float(np.mean(scores))
 
 
+def size(bundle: Bundle) -> int:
+    return len(serialize_bundle(bundle)[0])
+
+
+def print_sizes(tmp: Path) -> None:
+    print("bundle bytes, float vs int8 segment (default options; calibration: pretraining inputs)")
+    print(f"  {'model':11s} {'ONNX float':>10s} {'ONNX int8':>10s} {'ratio':>6s} {'TFLite float':>12s} {'TFLite int8':>11s} {'ratio':>6s}")
+    for model, workload in REFERENCE.items():
+        calib = tmp / f"{model}_calib.npz"
+        np.savez(calib, x=getattr(data, workload).load().train.x[:1000])
+        cells = []
+        for backend in ("onnx", "tflite"):
+            sizes = [size(bundle_for(ROOT / "models" / f"{model}.onnx", calib, {"backend": backend, **q}, {})) for q in ({}, {"quantize": "int8"})]
+            cells.append(f"{sizes[0]:10,d} {sizes[1]:10,d} {sizes[1] / sizes[0]:5.3f}x")
+        print(f"  {model:11s} {cells[0]}   {cells[1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["har", "digits"], choices=["har", "digits"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--sizes-only", action="store_true", help="print the bundle sizes and stop")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="s2l-edge-fit-") as tmp:
+        print_sizes(Path(tmp))
+        if args.sizes_only:
+            return 0
         for name in args.models:
             calib = Path(tmp) / f"{name}_calib.npz"
             np.savez(calib, x=getattr(data, name).load().train.x)
@@ -66,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{name}: shifted-test accuracy after {args.epochs} epochs, mean of seeds {args.seeds}")
             print(f"  {'segment':14s} {'bundle bytes':>12s}  " + "  ".join(f"{c:>15s}" for c in CACHES))
             for label, segment in SEGMENTS.items():
-                size = len(serialize_bundle(bundle_for(source, calib, segment, {}))[0])
+                bytes_ = size(bundle_for(source, calib, segment, {}))
                 scores = [accuracy(bundle_for(source, calib, segment, cache), name, args.seeds, args.epochs) for cache in CACHES.values()]
-                print(f"  {label:14s} {size:12,d}  " + "  ".join(f"{s:15.4f}" for s in scores))
+                print(f"  {label:14s} {bytes_:12,d}  " + "  ".join(f"{s:15.4f}" for s in scores))
     return 0
 
 

@@ -14,7 +14,7 @@ as is, so the device needs nothing new.
 The segment's outputs stay float: a tap (and its pooling, for a feature map) reads the
 float tensor just before its QuantizeLinear (the value the next layer is fed, before
 rounding to int8), and the frozen logits are not quantized at all (they are added to
-the adapters' output).
+the adapters' output); the layer computing them is weight-only int8.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def quantize_segment(segment: onnx.ModelProto, calibration: np.ndarray) -> onnx.
             raise ConversionError(f"onnxruntime.quantization cannot quantize the frozen segment: {e}") from e
         quantized = onnx.load(path)
     _keep_outputs_float(quantized, _float_outputs(segment))
+    _logits_layer_reads_float(quantized.graph)
     _prune(quantized.graph)
     _strip_debug_info(quantized.graph)
     _store_float16(quantized.graph)
@@ -127,6 +128,22 @@ def _keep_outputs_float(model: onnx.ModelProto, outputs: set[str]) -> None:
             q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
             if q is not None and q.op_type == "QuantizeLinear":
                 node.input[i] = q.input[0]
+
+
+def _logits_layer_reads_float(graph: onnx.GraphProto) -> None:
+    """The layer that computes the frozen logits keeps its int8 weights but reads float
+    activations: its output stays float, so onnxruntime runs it as a float op anyway and a
+    QuantizeLinear ▸ DequantizeLinear round trip in front of it would only add rounding."""
+    producer = {out: node for node in graph.node for out in node.output}
+    exporter = producer.get(LOGITS_OUTPUT)
+    layer = producer.get(exporter.input[0]) if exporter is not None and exporter.input else None
+    if layer is None or layer.op_type not in QUANTIZED_OPS:
+        return
+    for i, name in enumerate(layer.input):
+        dq = producer.get(name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear":
+            layer.input[i] = q.input[0]
 
 
 def _prune(graph: onnx.GraphProto) -> None:

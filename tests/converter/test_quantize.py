@@ -90,7 +90,10 @@ def test_outputs_stay_float_taps_read_unrounded_tensors_and_logits_are_not_quant
     for output in quantized.graph.output:
         exporter = producer[output.name]
         assert producer.get(exporter.input[0]) is None or producer[exporter.input[0]].op_type != "DequantizeLinear"
-    assert producer[producer["s2l.logits"].input[0]].op_type == "Gemm"
+    logits_layer = producer[producer["s2l.logits"].input[0]]
+    assert logits_layer.op_type == "Gemm"
+    assert producer[logits_layer.input[0]].op_type != "DequantizeLinear", "the logits layer reads float activations"
+    assert producer[logits_layer.input[1]].op_type == "DequantizeLinear", "and int8 weights"
     assert len(segment.graph.node) == len(segment_of(source).graph.node), "the input segment is left untouched"
     float_out, int8_out = run(segment, x), run(quantized, x)
     np.testing.assert_array_equal(int8_out["s2l.tap.0"], float_out["s2l.tap.0"])  # the input: nothing upstream
