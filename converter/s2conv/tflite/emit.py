@@ -2,7 +2,7 @@
 
     shape-infer (pinning computed Reshape targets) ▸ fold constants ▸ find the nodes the outputs need (all supported?) ▸
     check shapes (batch first, everything else fixed) ▸ one handler per node ▸ name the
-    outputs ▸ serialise
+    outputs ▸ compact (shared constants, internal names dropped: `compact.py`) ▸ serialise
 
 The TFLite model has the ONNX model's input (same name, same NCHW/NC layout) and its
 outputs under the same names, in the same layout, so a runtime maps them by name.
@@ -20,6 +20,7 @@ from onnx import TensorProto, helper
 from s2rt.errors import ConversionError, UnsupportedGraphError, UnsupportedOpError
 
 from s2conv.graph import DEFAULT_DOMAINS, OnnxNode, node_view
+from s2conv.tflite.compact import compact
 from s2conv.tflite.constants import Shape, fold_constants
 from s2conv.tflite.context import EmitContext
 from s2conv.tflite.ir import Graph
@@ -34,8 +35,8 @@ log = logging.getLogger(__name__)
 
 def onnx_to_tflite(model: onnx.ModelProto) -> bytes:
     """The .tflite file computing `model`'s outputs from its one input (float32, batch first);
-    see `onnx_to_graph`."""
-    return serialize(onnx_to_graph(model))
+    see `onnx_to_graph`. Only the input and the outputs are named in the file."""
+    return serialize(compact(onnx_to_graph(model)))
 
 
 def onnx_to_graph(model: onnx.ModelProto) -> Graph:
@@ -65,7 +66,7 @@ def onnx_to_graph(model: onnx.ModelProto) -> Graph:
         HANDLERS[node.op].emit(ctx, node)
     ctx.node = None
     _name_outputs(ctx, outputs)
-    ctx.graph.description = f"{PRODUCER} {__version__} from ONNX graph {graph.name!r}"
+    ctx.graph.description = f"{PRODUCER} {__version__}"
     log.debug("tflite: %d nodes -> %d operators", len(needed), len(ctx.graph.operators))
     return ctx.graph
 

@@ -27,6 +27,7 @@ from s2rt.errors import ConversionError
 from tflite.BuiltinOperator import BuiltinOperator
 
 from s2conv.split import LOGITS_OUTPUT
+from s2conv.tflite.compact import compact, drop_unused_tensors
 from s2conv.tflite.emit import onnx_to_graph
 from s2conv.tflite.ir import Graph, Operator, Quantization, Tensor
 from s2conv.tflite.serialize import serialize
@@ -46,7 +47,7 @@ Range = tuple[float, float]
 
 def quantized_tflite(segment: onnx.ModelProto, calibration: np.ndarray) -> bytes:
     """The int8 .tflite file of the float ONNX frozen segment; the frozen logits stay float."""
-    return serialize(quantize_graph(onnx_to_graph(segment), calibration, {LOGITS_OUTPUT}))
+    return serialize(compact(quantize_graph(onnx_to_graph(segment), calibration, {LOGITS_OUTPUT})))
 
 
 def quantize_graph(graph: Graph, calibration: np.ndarray, float_outputs: Collection[str] = ()) -> Graph:
@@ -73,7 +74,7 @@ def quantize_graph(graph: Graph, calibration: np.ndarray, float_outputs: Collect
             _quantize_weights(graph, op)  # hybrid: input, bias and output stay float
         operators.append(op)
     graph.operators = _without_unread_dequantize(graph, operators)
-    return _compact(graph)
+    return drop_unused_tensors(graph)  # the float weights that int8 ones replaced
 
 
 def _quantizable(graph: Graph, op: Operator) -> bool:
@@ -207,17 +208,3 @@ def _without_unread_dequantize(graph: Graph, operators: list[Operator]) -> list[
     """Drop DEQUANTIZE ops whose float result nothing reads and no graph output is."""
     read = {i for op in operators for i in op.inputs} | set(graph.outputs)
     return [op for op in operators if not (op.opcode == BuiltinOperator.DEQUANTIZE and op.outputs[0] not in read)]
-
-
-def _compact(graph: Graph) -> Graph:
-    """Drop tensors nothing uses (the float weights replaced by int8 ones) and renumber."""
-    used = sorted({i for op in graph.operators for i in (*op.inputs, *op.outputs) if i >= 0} | set(graph.inputs) | set(graph.outputs))
-    new_index = {old: new for new, old in enumerate(used)}
-
-    def renumber(indices: list[int]) -> list[int]:
-        return [new_index[i] if i >= 0 else i for i in indices]
-
-    graph.tensors = [graph.tensors[i] for i in used]
-    graph.operators = [replace(op, inputs=renumber(op.inputs), outputs=renumber(op.outputs)) for op in graph.operators]
-    graph.inputs, graph.outputs = renumber(graph.inputs), renumber(graph.outputs)
-    return graph

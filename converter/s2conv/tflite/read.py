@@ -44,7 +44,7 @@ def read_graph(data: bytes) -> Graph:
 
 
 def _tensor(model: Model, t: object) -> Tensor:
-    name = t.Name().decode("utf-8")  # type: ignore[attr-defined]
+    name = (t.Name() or b"").decode("utf-8")  # type: ignore[attr-defined]  # internal tensors have none
     if t.Quantization() is not None and t.Quantization().ScaleLength():  # type: ignore[attr-defined]
         raise ConversionError(f"tensor {name!r} is quantized; only float TFLite segments can be read back")
     kind = t.Type()  # type: ignore[attr-defined]

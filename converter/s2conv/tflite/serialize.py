@@ -4,6 +4,12 @@ Builder functions are imported from the schema submodules (`tflite.Model.ModelSt
 the package's `__init__` star-imports every module and the short names collide.
 Buffer 0 is the empty sentinel the format reserves; every OperatorCode sets both
 `deprecated_builtin_code` (int8, op codes below 127) and `builtin_code`.
+
+Each distinct vector (shape, operator inputs, quantization scales and zero points) and
+string is written once and every table that holds it points at that copy: FlatBuffers
+offsets may share a target, and readers only follow them. The per-channel zero points,
+all 0 and int64, would otherwise be stored once per weight and once per bias.
+A tensor named "" gets no name field, the subgraph none either (nothing looks it up).
 """
 
 from __future__ import annotations
@@ -50,7 +56,6 @@ from tflite.QuantizationParameters import (
 )
 from tflite.SubGraph import (
     SubGraphAddInputs,
-    SubGraphAddName,
     SubGraphAddOperators,
     SubGraphAddOutputs,
     SubGraphAddTensors,
@@ -78,36 +83,57 @@ MAX_DEPRECATED_CODE = 127  # deprecated_builtin_code is an int8; larger codes st
 
 def serialize(graph: Graph) -> bytes:
     """The .tflite file of `graph` (one subgraph)."""
-    b = flatbuffers.Builder(1024 + sum(t.data.nbytes for t in graph.tensors if t.data is not None))
+    w = _Writer(1024 + sum(t.data.nbytes for t in graph.tensors if t.data is not None))
+    b = w.builder
     opcodes = sorted({op.opcode for op in graph.operators})
     opcode_index = {code: i for i, code in enumerate(opcodes)}
     buffers, buffer_index = _buffers(b, graph.tensors)
-    tensors = [_tensor(b, t, buffer_index.get(i, 0)) for i, t in enumerate(graph.tensors)]
-    operators = [_operator(b, op, opcode_index[op.opcode]) for op in graph.operators]
-    name = b.CreateString("main")
+    tensors = [_tensor(w, t, buffer_index.get(i, 0)) for i, t in enumerate(graph.tensors)]
+    operators = [_operator(w, op, opcode_index[op.opcode]) for op in graph.operators]
     tensor_vec = _offsets(b, tensors)
     operator_vec = _offsets(b, operators)
-    inputs, outputs = _ints(b, graph.inputs), _ints(b, graph.outputs)
+    inputs, outputs = w.ints(graph.inputs), w.ints(graph.outputs)
     SubGraphStart(b)
     SubGraphAddTensors(b, tensor_vec)
     SubGraphAddInputs(b, inputs)
     SubGraphAddOutputs(b, outputs)
     SubGraphAddOperators(b, operator_vec)
-    SubGraphAddName(b, name)
     subgraph = SubGraphEnd(b)
 
     codes = _offsets(b, [_operator_code(b, code) for code in opcodes])
     subgraphs = _offsets(b, [subgraph])
     buffer_vec = _offsets(b, buffers)
-    description = b.CreateString(graph.description)
+    description = w.string(graph.description) if graph.description else None
     ModelStart(b)
     ModelAddVersion(b, SCHEMA_VERSION)
     ModelAddOperatorCodes(b, codes)
     ModelAddSubgraphs(b, subgraphs)
-    ModelAddDescription(b, description)
+    if description is not None:
+        ModelAddDescription(b, description)
     ModelAddBuffers(b, buffer_vec)
     b.Finish(ModelEnd(b), file_identifier=FILE_IDENTIFIER)
     return bytes(b.Output())
+
+
+class _Writer:
+    """The builder, and the offset of every vector and string already written."""
+
+    def __init__(self, size: int) -> None:
+        self.builder = flatbuffers.Builder(size)
+        self._vectors: dict[tuple[str, bytes], int] = {}
+
+    def vector(self, values: object, dtype: str) -> int:
+        array = np.ascontiguousarray(np.asarray(values, dtype=dtype).reshape(-1))
+        key = (array.dtype.str, array.tobytes())
+        if key not in self._vectors:
+            self._vectors[key] = int(self.builder.CreateNumpyVector(array))
+        return self._vectors[key]
+
+    def ints(self, values: Sequence[int]) -> int:
+        return self.vector(values, "<i4")
+
+    def string(self, text: str) -> int:
+        return int(self.builder.CreateSharedString(text))
 
 
 def _buffers(b: flatbuffers.Builder, tensors: Sequence[Tensor]) -> tuple[list[int], dict[int, int]]:
@@ -126,26 +152,29 @@ def _buffers(b: flatbuffers.Builder, tensors: Sequence[Tensor]) -> tuple[list[in
     return buffers, index
 
 
-def _tensor(b: flatbuffers.Builder, tensor: Tensor, buffer: int) -> int:
-    name = b.CreateString(tensor.name)
-    shape = _ints(b, tensor.shape)
-    signature = _ints(b, tensor.signature) if tensor.signature is not None else None
-    quantization = _quantization(b, tensor.quantization) if tensor.quantization is not None else None
+def _tensor(w: _Writer, tensor: Tensor, buffer: int) -> int:
+    name = w.string(tensor.name) if tensor.name else None
+    shape = w.ints(tensor.shape)
+    signature = w.ints(tensor.signature) if tensor.signature is not None else None
+    quantization = _quantization(w, tensor.quantization) if tensor.quantization is not None else None
+    b = w.builder
     TensorStart(b)
     TensorAddShape(b, shape)
     if signature is not None:
         TensorAddShapeSignature(b, signature)
     TensorAddType(b, TENSOR_TYPES[tensor.dtype])
     TensorAddBuffer(b, buffer)
-    TensorAddName(b, name)
+    if name is not None:
+        TensorAddName(b, name)
     if quantization is not None:
         TensorAddQuantization(b, quantization)
     return int(TensorEnd(b))
 
 
-def _quantization(b: flatbuffers.Builder, q: Quantization) -> int:
-    scale = b.CreateNumpyVector(np.asarray(q.scale, dtype="<f4"))
-    zero_point = b.CreateNumpyVector(np.asarray(q.zero_point, dtype="<i8"))
+def _quantization(w: _Writer, q: Quantization) -> int:
+    scale = w.vector(q.scale, "<f4")
+    zero_point = w.vector(q.zero_point, "<i8")
+    b = w.builder
     QuantizationParametersStart(b)
     QuantizationParametersAddScale(b, scale)
     QuantizationParametersAddZeroPoint(b, zero_point)
@@ -153,9 +182,10 @@ def _quantization(b: flatbuffers.Builder, q: Quantization) -> int:
     return int(QuantizationParametersEnd(b))
 
 
-def _operator(b: flatbuffers.Builder, op: Operator, opcode_index: int) -> int:
+def _operator(w: _Writer, op: Operator, opcode_index: int) -> int:
+    b = w.builder
     options = _options(b, op.options) if op.options is not None else None
-    inputs, outputs = _ints(b, op.inputs), _ints(b, op.outputs)
+    inputs, outputs = w.ints(op.inputs), w.ints(op.outputs)
     OperatorStart(b)
     OperatorAddOpcodeIndex(b, opcode_index)
     OperatorAddInputs(b, inputs)
@@ -190,10 +220,6 @@ def _aligned_bytes(b: flatbuffers.Builder, data: bytes) -> int:
     b.head = b.head - n
     b.Bytes[b.head : b.head + n] = data
     return int(b.EndVector())
-
-
-def _ints(b: flatbuffers.Builder, values: Sequence[int]) -> int:
-    return int(b.CreateNumpyVector(np.asarray(values, dtype="<i4").reshape(-1)))
 
 
 def _offsets(b: flatbuffers.Builder, offsets: Sequence[int]) -> int:

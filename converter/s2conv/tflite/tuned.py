@@ -10,6 +10,7 @@ import numpy as np
 from s2rt.errors import ConversionError
 from tflite.BuiltinOperator import BuiltinOperator
 
+from s2conv.tflite.compact import compact
 from s2conv.tflite.ir import Graph, Options, Tensor
 from s2conv.tflite.layout import BATCH
 from s2conv.tflite.read import read_graph
@@ -54,7 +55,7 @@ def tuned_tflite(
             tensor.name = graph.unique_name(f"{output_name}/frozen")
     graph.tensors[total].name = output_name
     graph.outputs = [total]
-    return serialize(graph)
+    return serialize(compact(graph))
 
 
 def _batch_tensor(graph: Graph, name: str, width: int) -> int:
