@@ -66,8 +66,9 @@ def print_sizes(tmp: Path) -> None:
         calib = tmp / f"{model}_calib.npz"
         np.savez(calib, x=getattr(data, workload).load().train.x[:1000])
         cells = []
+        source = ROOT / "models" / f"{model}.onnx"
         for backend in ("onnx", "tflite"):
-            sizes = [size(bundle_for(ROOT / "models" / f"{model}.onnx", calib, {"backend": backend, **q}, {})) for q in ({}, {"quantize": "int8"})]
+            sizes = [size(bundle_for(source, calib, {"backend": backend, **q}, {})) for q in ({}, {"quantize": "int8"})]
             cells.append(f"{sizes[0]:10,d} {sizes[1]:10,d} {sizes[1] / sizes[0]:5.3f}x")
         print(f"  {model:11s} {cells[0]}   {cells[1]}")
 
