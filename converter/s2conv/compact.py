@@ -9,7 +9,9 @@ them and leaves the computation untouched (same ops, same constants, same output
   takes the output's name;
 - every internal tensor gets a short name (the graph's input and output names stay: the
   bundle refers to them), and node names, doc strings, `value_info` and model metadata go;
-- attributes equal to their schema default go.
+- attributes equal to their schema default go;
+- equal constants (same type, shape and bytes, e.g. the zero points of two layers with as
+  many channels) are stored once.
 
 What stays although ONNX would allow dropping it: the all-zero zero points of symmetric
 int8 weights. onnxruntime fuses DequantizeLinear ▸ Gemm ▸ QuantizeLinear into one QGemm
@@ -25,7 +27,7 @@ import itertools
 from collections.abc import Iterator
 
 import onnx
-from onnx import defs, helper
+from onnx import defs, helper, numpy_helper
 
 from s2conv.version import PRODUCER, __version__
 
@@ -39,6 +41,7 @@ def compact_segment(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = compact.graph
     _fold_output_identities(graph)
     _drop_unread_initialisers(graph)
+    _share_equal_constants(graph)
     _drop_default_attributes(graph, _opset(compact))
     if not _has_subgraphs(graph):
         _shorten_names(graph)
@@ -64,6 +67,23 @@ def _drop_unread_initialisers(graph: onnx.GraphProto) -> None:
     read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     for init in [t for t in graph.initializer if t.name not in read]:
         graph.initializer.remove(init)
+
+
+def _share_equal_constants(graph: onnx.GraphProto) -> None:
+    first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
+    renames: dict[str, str] = {}
+    outputs = {o.name for o in graph.output}
+    for init in graph.initializer:
+        if init.name in outputs:
+            continue
+        key = (init.data_type, tuple(init.dims), numpy_helper.to_array(init).tobytes())
+        if key in first:
+            renames[init.name] = first[key]
+        else:
+            first[key] = init.name
+    for init in [t for t in graph.initializer if t.name in renames]:
+        graph.initializer.remove(init)
+    _rename(graph, renames)
 
 
 def _drop_default_attributes(graph: onnx.GraphProto, opset: int) -> None:

@@ -90,6 +90,9 @@ def test_names_are_short_and_annotations_gone_but_the_interface_stays():
     assert not graph.value_info and not compact.metadata_props
     assert not any(n.HasField("name") or n.HasField("doc_string") or n.metadata_props for n in graph.node)
     assert not any(n.op_type == "Identity" for n in graph.node)  # the MLP's taps are all internal tensors
+    constants = [(t.data_type, tuple(t.dims), onnx.numpy_helper.to_array(t).tobytes()) for t in graph.initializer]
+    assert len(set(constants)) == len(constants), "equal constants are stored once"
+    assert len(graph.initializer) < len(segment.graph.initializer)  # fc1's and fc2's zero points were equal
     onnx.checker.check_model(compact, full_check=True)
     assert segment.graph.value_info, "the input model was changed"
 

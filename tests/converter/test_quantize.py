@@ -64,8 +64,9 @@ def test_int8_bundle_stores_only_int8_weights_and_shrinks(workload):
     assert matrices and all(t.data_type == onnx.TensorProto.INT8 for t in matrices)
     assert not any(node.metadata_props for node in segment.graph.node)
     float_size, int8_size = (len(serialize_bundle(b)[0]) for b in (float_bundle, int8_bundle))
-    # Measured 0.37 for both: the weights shrink 4x; the head's float A, scales and names stay.
-    assert int8_size <= 0.4 * float_size, f"{name}: {int8_size} vs {float_size} bytes"
+    # Measured 0.301 (HAR) and 0.294 (digits): the weights shrink 4x; per-channel scales and
+    # zero points, float16 biases, the QDQ nodes and the bundle's own tables stay.
+    assert int8_size <= 0.31 * float_size, f"{name}: {int8_size} vs {float_size} bytes"
 
 
 def test_a_wider_model_is_under_a_third_of_its_float_bundle(tmp_path):
