@@ -23,6 +23,7 @@ from helpers.tiny import tiny_bundle
 from s2rt.bundle import Bundle, DType, InputSignature, Segment, SegmentBackend, parse_bundle, serialize_bundle
 from s2rt.data import load_samples
 from s2rt.errors import BundleError, RuntimeInputError, S2LError, StateError
+from s2rt.lora_init import lora_a
 from s2rt.state import load_adapters, save_adapters
 from s2rt.trust import open_trusted
 
@@ -44,6 +45,14 @@ def structure_heavy_bundle() -> Bundle:
     signature = InputSignature("x", (6,), DType.FLOAT32, np.arange(6, dtype=np.float32), np.full(6, 2, np.float32))
     segment = Segment(SegmentBackend.ONNX, b"\x08\x07" * 8, "x", "s2l.logits")
     return dataclasses.replace(b, input=signature, segments=(segment,), labels=("a", "β", "ç"))
+
+
+def generated_a_bundle() -> Bundle:
+    """The tiny bundle with the seed's own A, which the writer leaves out (format 1.2's rule)."""
+    b = tiny_bundle()
+    h = b.head
+    a_init = tuple(lora_a(h.rank, tap.size, h.seed, index) for index, tap in enumerate(b.taps))
+    return dataclasses.replace(b, head=dataclasses.replace(h, a_init=a_init))
 
 
 @cache
@@ -81,14 +90,15 @@ def _samples(path: Path) -> object:
 @cache
 def targets() -> dict[str, Target]:
     heavy, tiny = serialize_bundle(structure_heavy_bundle())[0], serialize_bundle(tiny_bundle())[0]
+    generated = serialize_bundle(generated_a_bundle())[0]
     signed = serialize_bundle(structure_heavy_bundle(), KEY)[0]
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(12, 6)).astype(np.float32), rng.integers(0, 3, 12)
     csv_labelled = "a,b,c,d,e,f,label\n" + "".join(",".join(f"{v:.4g}" for v in r) + f",{c}\n" for r, c in zip(x, y))
     csv_plain = "".join(",".join(f"{v:.3f}" for v in r) + "\n" for r in x)
     found = [
-        Target("bundle", (heavy, tiny, signed), parse_bundle, BundleError),
-        Target("bundle-body", (body_of(heavy), body_of(tiny)), lambda d: parse_bundle(reseal(d)), BundleError),
+        Target("bundle", (heavy, tiny, signed, generated), parse_bundle, BundleError),
+        Target("bundle-body", (body_of(heavy), body_of(tiny), body_of(generated)), lambda d: parse_bundle(reseal(d)), BundleError),
         Target("bundle-signed-body", (body_of(signed),), lambda d: open_trusted(reseal(d, KEY), [KEY.public_key]), BundleError),
         Target("bundle-trusted", (signed, heavy), lambda d: open_trusted(d, [KEY.public_key]), BundleError),
         Target(
