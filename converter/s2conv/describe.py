@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from s2rt.bundle.model import Bundle
+from s2rt.bundle.a_init import a_init_rule
+from s2rt.bundle.model import AInitRule, Bundle
 
 
 def describe_bundle(bundle: Bundle) -> dict[str, Any]:
@@ -52,6 +53,7 @@ def describe_bundle(bundle: Bundle) -> dict[str, Any]:
             "num_outputs": head.num_outputs,
             "loss": head.loss.name.lower(),
             "seed": head.seed,
+            "a_init": a_init_rule(head, bundle.taps).name.lower(),
             "trainable_parameters": head.num_parameters,
             "defaults": {
                 "optimizer": head.defaults.optimizer.name.lower(),
@@ -115,7 +117,7 @@ def render_text(d: dict[str, Any]) -> str:
             [[t["name"], t["source"], t["layer"] or "-", _shape(t["shape"]), t["reduction"].replace("_", " ")] for t in d["taps"]],
         ),
         f"head        rank {h['rank']}, alpha {h['alpha']:g} (scaling {h['scaling']:g}), {h['num_outputs']} outputs, "
-        f"{h['trainable_parameters']:,} trainable parameters, loss {h['loss']}, seed {h['seed']}",
+        f"{h['trainable_parameters']:,} trainable parameters, loss {h['loss']}, seed {h['seed']}, initial A {_a_init(h['a_init'])}",
         f"defaults    {defaults['optimizer']}, learning rate {defaults['learning_rate']:g}, "
         f"{defaults['epochs']} epochs, batch size {defaults['batch_size']}",
         f"cache       record {d['cache']['record_size']:,} bytes, alignment {d['cache']['alignment']}",
@@ -131,6 +133,10 @@ def _signature(s: dict[str, Any]) -> str:
     if not s["signed"]:
         return "none (unsigned)"
     return f"ed25519, signer key id {s['signer_key_id']} (`s2rt verify --trusted-key KEY.pub` checks it)"
+
+
+def _a_init(rule: str) -> str:
+    return "stored" if rule == AInitRule.STORED.name.lower() else f"regenerated from the seed ({rule})"
 
 
 def _activation(name: str) -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from conv_graphs import gemm_chain, residual, with_op_between
+from helpers.tiny import tiny_bundle
+from s2conv.describe import describe_bundle
 from s2rt.bundle import FORMAT_MAJOR, FORMAT_MINOR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +64,11 @@ def test_inspect_json_shows_what_the_bundle_holds(converted):
     assert info["segments"][0]["backend"] == "onnx" and info["segments"][0]["size_bytes"] > 0
     assert info["cache"]["fields"][-1] == {"kind": "tap", "name": "s2l.tap.2", "offset": 58, "shape": [4], "dtype": "float16", "nbytes": 8}
     assert info["provenance"]["options"]["cache_dtype"] == "float16"
+    assert info["head"]["a_init"] == "splitmix64_uniform"  # the converter's A is the seed's: not stored
+
+
+def test_inspect_says_when_the_initial_a_is_stored():
+    assert describe_bundle(tiny_bundle())["head"]["a_init"] == "stored"  # hand-made A, not the seed's
 
 
 def test_inspect_text(converted):
@@ -70,6 +77,7 @@ def test_inspect_text(converted):
     assert result.returncode == 0, result.stderr
     assert "labels      cat, dog, bird" in result.stdout
     assert "s2l.tap.1  r0      fc1    [5]    none" in result.stdout
+    assert "initial A regenerated from the seed (splitmix64_uniform)" in result.stdout
 
 
 def test_errors_are_one_line_with_status_1(tmp_path):
