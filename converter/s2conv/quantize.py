@@ -39,6 +39,7 @@ QUANTIZE_CHOICES = ("none", "int8")
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 FLOAT16_MIN_SIZE = 16
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def quantize_segment(segment: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
@@ -179,10 +180,12 @@ def _store_float16(graph: onnx.GraphProto) -> None:
         if init.data_type != onnx.TensorProto.FLOAT or init.name not in readers:
             continue
         values = numpy_helper.to_array(init)
-        halves = values.astype(np.float16)
-        largest = float(np.max(np.abs(values))) if values.size else 0.0
-        if values.size < FLOAT16_MIN_SIZE or not np.all(np.isfinite(halves)):
+        if values.size < FLOAT16_MIN_SIZE or not np.all(np.isfinite(values)):
             continue
+        largest = float(np.max(np.abs(values)))
+        if largest > FLOAT16_MAX:
+            continue
+        halves = values.astype(np.float16)
         if float(np.max(np.abs(halves.astype(np.float32) - values))) > largest * 2.0**-10:
             continue
         name = init.name

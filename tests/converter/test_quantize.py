@@ -12,9 +12,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conv_graphs import IR_VERSION, OPSET, gemm_chain
+from onnx import TensorProto, helper, numpy_helper
 from s2conv import ConvertOptions, convert
 from s2conv.convert import InvalidOptionError
-from s2conv.quantize import quantize_segment
+from s2conv.quantize import _store_float16, quantize_segment
 from s2models.data import digits, har
 from s2rt.bundle import SegmentBackend, serialize_bundle
 from s2rt.bundle.reader import parse_bundle
@@ -137,3 +138,30 @@ def test_opset_and_ir_of_the_source_are_kept(tmp_path):
     segment = segment_of(convert(source, ConvertOptions(quantize="int8", calib=str(tmp_path / "calib.npz"))))
     assert segment.ir_version == IR_VERSION
     assert {o.domain: o.version for o in segment.opset_import}.get("", 0) >= OPSET
+
+
+
+def test_float16_storage_keeps_what_float16_cannot_hold():
+    rng = np.random.default_rng(0)
+    constants = {
+        "small": rng.normal(size=32).astype(np.float32),
+        "huge": np.full(32, 1e6, np.float32),  # beyond float16's 65504
+        "spread": np.geomspace(1e-9, 1.0, 32).astype(np.float32),  # tiny values round to 0: within 2^-10 of the largest
+        "few": rng.normal(size=8).astype(np.float32),  # a Cast would cost more than it saves
+    }
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [32])
+    nodes = [helper.make_node("Add", ["x", name], [f"{name}.sum"]) for name in constants]
+    inits = [numpy_helper.from_array(a, name) for name, a in constants.items()]
+    graph = helper.make_graph(nodes, "g", [x], [y], inits)
+    _store_float16(graph)
+    assert {t.name: t.data_type for t in graph.initializer} == {
+        "small.float16": TensorProto.FLOAT16,
+        "huge": TensorProto.FLOAT,
+        "spread.float16": TensorProto.FLOAT16,
+        "few": TensorProto.FLOAT,
+    }
+    assert [(n.op_type, n.input[0], n.output[0]) for n in graph.node[:2]] == [
+        ("Cast", "small.float16", "small"),
+        ("Cast", "spread.float16", "spread"),
+    ], "each float16 constant is cast back under its own name, before its readers"
