@@ -140,7 +140,6 @@ def test_opset_and_ir_of_the_source_are_kept(tmp_path):
     assert {o.domain: o.version for o in segment.opset_import}.get("", 0) >= OPSET
 
 
-
 def test_float16_storage_keeps_what_float16_cannot_hold():
     rng = np.random.default_rng(0)
     constants = {
