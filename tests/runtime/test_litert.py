@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,6 +26,8 @@ from s2rt.errors import BackendError
 from s2rt.frozen import FrozenModel
 from s2rt.session import Model
 from s2rt.trainer import TrainConfig
+
+RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
 
 def with_tflite(bundle, keep_onnx: bool = True, reorder_outputs: bool = False):
@@ -178,6 +183,22 @@ def test_device_with_litert_only(bundle, tmp_path):
     run = run_on_device(*args, blocked=(*HOST_ONLY, "onnxruntime"))
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["epochs"] == 2
+    assert "XNNPACK" not in run.stderr, run.stderr  # LiteRT's delegate notice stays off the terminal
+
+
+def test_only_the_delegate_notice_is_kept_from_stderr_and_only_the_first_time():
+    script = (
+        "import os\n"
+        "from s2rt.backend.litert import DELEGATE_NOTICE, _without_delegate_notice\n"
+        "with _without_delegate_notice():\n"
+        "    os.write(2, b'before\\n' + DELEGATE_NOTICE + b'\\nafter\\n')\n"
+        "with _without_delegate_notice():\n"
+        "    os.write(2, DELEGATE_NOTICE + b'\\n')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(RUNTIME)}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, check=False, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == b"before\nafter\nINFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
 
 
 def test_s2rt_predict_with_either_backend(bundle, tmp_path, capsys):

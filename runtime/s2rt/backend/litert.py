@@ -4,11 +4,21 @@
 the fallback where that is what a device has. The segment records batch 1 with -1 in
 its shape signatures; the input is resized (and the tensors re-planned) only when the
 batch size changes. Outputs are looked up by tensor name, never by position.
+
+LiteRT's C++ logger announces its XNNPACK delegate on stderr the first time a process
+plans tensors ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU."), and Python
+has no switch for it: that first planning runs with stderr captured, and everything
+but that line is written back.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -18,6 +28,8 @@ from s2rt.errors import BackendError
 
 # Tried in this order; the first that imports is used.
 INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+DELEGATE_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+_first_planning = True
 
 
 def interpreter_class() -> tuple[type, str]:
@@ -57,7 +69,8 @@ class LiteRTBackend:
     def _resize(self, batch: int) -> None:
         try:
             self.interpreter.resize_tensor_input(self.input_index, [batch, *self.sample_shape], strict=True)
-            self.interpreter.allocate_tensors()
+            with _without_delegate_notice():
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             self.batch = None
             raise BackendError(f"{self.implementation} cannot run the frozen segment on a batch of {batch}: {e}") from None
@@ -75,3 +88,38 @@ class LiteRTBackend:
             return {name: self.interpreter.get_tensor(index) for name, index in self.outputs.items()}
         except (ValueError, RuntimeError) as e:
             raise BackendError(f"{self.implementation} failed to run the frozen segment: {e}") from None
+
+
+@contextmanager
+def _without_delegate_notice() -> Iterator[None]:
+    """The first time in this process: run the block with file descriptor 2 sent to a
+    temporary file, then write back all it caught but LiteRT's delegate notice (other
+    threads' stderr in that moment comes out late, not lost). Later: nothing."""
+    global _first_planning
+    if not _first_planning:
+        yield
+        return
+    _first_planning = False
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except OSError:  # no fd 2: nothing to keep clean
+        yield
+        return
+    try:
+        caught = tempfile.TemporaryFile()  # noqa: SIM115 - the `with caught` below closes it
+    except OSError:  # no writable temp dir: let the notice through
+        os.close(saved)
+        yield
+        return
+    with caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().splitlines(keepends=True) if line.strip() != DELEGATE_NOTICE]
+            if kept:
+                os.write(2, b"".join(kept))
