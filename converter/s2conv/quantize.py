@@ -124,11 +124,7 @@ def _keep_outputs_float(model: onnx.ModelProto, outputs: set[str]) -> None:
                     exporters[id(source)] = source
                     grown = True
     for node in exporters.values():
-        for i, name in enumerate(node.input):
-            dq = producer.get(name)
-            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is not None and q.op_type == "QuantizeLinear":
-                node.input[i] = q.input[0]
+        _read_before_round_trips(node, producer)
 
 
 def _logits_layer_reads_float(graph: onnx.GraphProto) -> None:
@@ -138,13 +134,18 @@ def _logits_layer_reads_float(graph: onnx.GraphProto) -> None:
     producer = {out: node for node in graph.node for out in node.output}
     exporter = producer.get(LOGITS_OUTPUT)
     layer = producer.get(exporter.input[0]) if exporter is not None and exporter.input else None
-    if layer is None or layer.op_type not in QUANTIZED_OPS:
-        return
-    for i, name in enumerate(layer.input):
+    if layer is not None and layer.op_type in QUANTIZED_OPS:
+        _read_before_round_trips(layer, producer)
+
+
+def _read_before_round_trips(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto]) -> None:
+    """Rewire each input of `node` that is a QuantizeLinear ▸ DequantizeLinear round trip's
+    result to the float tensor the round trip started from (int8 constants stay as they are)."""
+    for i, name in enumerate(node.input):
         dq = producer.get(name)
         q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
         if q is not None and q.op_type == "QuantizeLinear":
-            layer.input[i] = q.input[0]
+            node.input[i] = q.input[0]
 
 
 def _prune(graph: onnx.GraphProto) -> None:
