@@ -13,17 +13,19 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from s2rt.backend import open_backend
+from s2rt.backend.predict_graph import CLASSES, LOGITS, PROBABILITIES, PredictGraph
 from s2rt.bundle import Bundle, Loss
 from s2rt.bundle.signing import PublicKey
 from s2rt.cache import SkipCache
 from s2rt.errors import BackendError, BundleError, S2LError, StateError
+from s2rt.folded import fold
 from s2rt.frozen import FrozenModel
 from s2rt.head import AdapterHead
 from s2rt.serve.db import Database
@@ -59,6 +61,8 @@ class Deployment:
         self.frozen = frozen
         self.signature = signature(bundle)
         self.classify = bundle.head.loss == Loss.SOFTMAX_CROSS_ENTROPY
+        # predictions in one onnxruntime call, the active adapters bound as inputs (see Serving.folded)
+        self.graph = PredictGraph(bundle, frozen.segment, frozen.backend.threads) if frozen.backend.name == "onnx" else None
         self.adapters = AdapterStore(state_dir / "adapters", bundle)
         self.cache = SkipCache(bundle.cache, cache_capacity, state_dir / "cache" / f"{bundle.digest[:16]}.s2c", bundle.digest)
 
@@ -83,6 +87,10 @@ class Serving:
     deployment: Deployment
     head: AdapterHead
     version: int
+    folded: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False)  # the head as (W, b) for the predict graph
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folded", fold(self.head))
 
 
 class Service:
@@ -120,18 +128,25 @@ class Service:
     # -- predictions and samples -------------------------------------------------------
     def predict(self, x: np.ndarray) -> dict[str, Any]:
         s = self.serving
-        taps, frozen_logits = s.deployment.frozen.run(x)
-        z = predict_logits(s.head, taps, frozen_logits)
+        deployment = s.deployment
+        x = deployment.frozen.check_input(x)
+        if deployment.graph is None:
+            taps, frozen_logits = deployment.frozen.run_checked(x)
+            z = predict_logits(s.head, taps, frozen_logits)
+            classes, probabilities = z.argmax(axis=1), softmax(z)
+        elif deployment.classify:
+            classes, probabilities = deployment.graph.run(x, *s.folded, (CLASSES, PROBABILITIES))
+        else:
+            (z,) = deployment.graph.run(x, *s.folded, (LOGITS,))
         self.metrics.predictions.inc(len(x))
-        labels = s.deployment.bundle.labels
-        if not s.deployment.classify:
+        if not deployment.classify:
             return {"adapter_version": s.version, "classes": [], "labels": [], "outputs": z.tolist()}
-        classes = z.argmax(axis=1)
+        labels = deployment.bundle.labels
         return {
             "adapter_version": s.version,
             "classes": classes.tolist(),
             "labels": [labels[c] for c in classes],
-            "probabilities": softmax(z).tolist(),
+            "probabilities": probabilities.tolist(),
         }
 
     def ingest(self, x: np.ndarray, y: np.ndarray) -> list[int]:
