@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from s2rt.backend import open_backend
+from s2rt.backend import predict_graph
 from s2rt.backend.predict_graph import CLASSES, LOGITS, PROBABILITIES, PredictGraph
 from s2rt.bundle import Bundle, Loss
 from s2rt.cache import CHECK_BYTES, SkipCache, records_offset, records_within
@@ -151,7 +152,7 @@ class Model:
         return np.zeros(len(z), dtype=np.int64), z
 
     def _predict_graph(self) -> PredictGraph | None:
-        if self.frozen.backend.name != "onnx" or self.method.name not in AFFINE_METHODS:
+        if self.frozen.backend.name != "onnx" or self.method.name not in AFFINE_METHODS or not predict_graph.enabled():
             return None
         if self._graph is None:
             self._graph = PredictGraph(self.bundle, self.frozen.segment, self.frozen.backend.threads)

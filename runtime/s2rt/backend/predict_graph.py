@@ -15,6 +15,7 @@ is extended at the protobuf level (`onnx_proto`), so the device needs no onnx pa
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 
@@ -33,6 +34,13 @@ PROBABILITIES = "s2l.predict.probabilities"
 CLASSES = "s2l.predict.classes"
 RAW_INPUT = "s2l.predict.input"  # the graph input when the bundle normalises inputs
 _MEAN, _STD = "s2l.predict.mean", "s2l.predict.std"
+# Set to 1 to predict with the frozen segment and the head in NumPy (the path before the
+# predict graph): for comparing the two in the benchmark, or to rule the graph out.
+DISABLE_ENV = "S2RT_NO_PREDICT_GRAPH"
+
+
+def enabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "") in ("", "0")
 
 
 def predict_model(bundle: Bundle, segment: Segment) -> bytes:

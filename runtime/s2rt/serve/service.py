@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from s2rt.backend import open_backend
+from s2rt.backend import predict_graph
 from s2rt.backend.predict_graph import CLASSES, LOGITS, PROBABILITIES, PredictGraph
 from s2rt.bundle import Bundle, Loss
 from s2rt.bundle.signing import PublicKey
@@ -62,7 +63,8 @@ class Deployment:
         self.signature = signature(bundle)
         self.classify = bundle.head.loss == Loss.SOFTMAX_CROSS_ENTROPY
         # predictions in one onnxruntime call, the active adapters bound as inputs (see Serving.folded)
-        self.graph = PredictGraph(bundle, frozen.segment, frozen.backend.threads) if frozen.backend.name == "onnx" else None
+        on_onnx = frozen.backend.name == "onnx" and predict_graph.enabled()
+        self.graph = PredictGraph(bundle, frozen.segment, frozen.backend.threads) if on_onnx else None
         self.adapters = AdapterStore(state_dir / "adapters", bundle)
         self.cache = SkipCache(bundle.cache, cache_capacity, state_dir / "cache" / f"{bundle.digest[:16]}.s2c", bundle.digest)
 
