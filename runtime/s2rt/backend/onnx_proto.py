@@ -68,7 +68,9 @@ def fields(buf: bytes) -> list[Field]:
         elif wire == LEN:
             size, pos = _varint(buf, pos)
             if size > len(buf) - pos:
-                raise BackendError(f"the frozen segment is not a valid ONNX model: field {number} claims {size} bytes, {len(buf) - pos} remain")
+                raise BackendError(
+                    f"the frozen segment is not a valid ONNX model: field {number} claims {size} bytes, {len(buf) - pos} remain"
+                )
             value, pos = buf[pos : pos + size], pos + size
         elif wire in (I64, I32):
             width = 8 if wire == I64 else 4

@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from s2rt.backend import open_backend
-from s2rt.backend import predict_graph
+from s2rt.backend import open_backend, predict_graph
 from s2rt.backend.predict_graph import CLASSES, LOGITS, PROBABILITIES, PredictGraph
 from s2rt.bundle import Bundle, Loss
 from s2rt.bundle.signing import PublicKey
