@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from copy import copy as shallow_copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,7 @@ class Deployment:
 
     def refiled(self, copy: Copy) -> Deployment:
         """This deployment served from another file of the same body (a signature added or changed)."""
-        other = object.__new__(Deployment)
-        other.__dict__.update(self.__dict__)
+        other = shallow_copy(self)  # shares the frozen model, adapter store and cache
         other.data, other.bundle = copy
         return other
 
