@@ -79,3 +79,22 @@ def test_an_unsigned_upload_cannot_outlive_a_trusted_key_restart_on_a_signed_fil
     d = serve(str(signed), "--uds", str(sock), "--trusted-key", str(pub))
     assert served(d) == signed.read_bytes()
     assert any(e.get("level") == "error" and "bundle is not signed" in e["msg"] for e in d.events())
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_a_state_dir_from_before_file_identities_takes_the_signed_copy(files, tmp_path, trusted):
+    """deploy.json written by an older daemon names the command-line file by its body digest only."""
+    from s2rt.bundle.signing import PublicKey
+    from s2rt.serve.deploy import BundleShelf
+
+    unsigned, signed, pub = files
+    digest = parse_bundle(unsigned.read_bytes()).digest
+    state = tmp_path / ("t" if trusted else "u")
+    (state / "bundles").mkdir(parents=True)
+    (state / "bundles" / f"{digest}.s2l").write_bytes(unsigned.read_bytes())
+    (state / "deploy.json").write_text(json.dumps({"current": digest, "given": digest, "previous": None}))
+    shelf = BundleShelf(state, (PublicKey.load(pub),) if trusted else ())
+    data, bundle = shelf.startup(signed)
+    assert data == signed.read_bytes() and bundle.signer_key_id == KEY.key_id
+    assert (state / "bundles" / f"{digest}.s2l").read_bytes() == signed.read_bytes()
+    assert shelf.startup(None)[0] == signed.read_bytes()
