@@ -23,6 +23,7 @@ from s2rt.errors import ConversionError
 
 from s2conv.analyse import TapPlan
 from s2conv.batch import check_batches_agree, fixed_batch, free_batch
+from s2conv.deterministic import check_deterministic
 from s2conv.reduce import Pooling, pooling_nodes
 from s2conv.version import PRODUCER, __version__
 
@@ -63,13 +64,15 @@ def extract_segment(model: onnx.ModelProto, signature: InputSignature, outputs: 
     """The frozen segment: `signature.name` in, every `outputs[i].name` out (float32).
 
     Raises `ConversionError` naming the tensor if a boundary name is unknown, an output
-    name is already taken, or the outputs need another graph input; if the result fails
+    name is already taken, or the outputs need another graph input; naming the node if
+    it is random or mixes a batch's samples (`deterministic.py`); if the result fails
     the ONNX checker; and if an output's batch size is fixed by the model (say, by a
     Reshape to a constant shape), because s2l runs batches of any size.
     """
     graph = model.graph
     _validate_boundary(graph, signature.name, outputs)
     nodes = _reachable_nodes(graph, signature.name, [o.source for o in outputs])
+    check_deterministic(graph, nodes)
     batch = fixed_batch(graph, signature.name)
     freed_shapes: list[onnx.TensorProto] = []
     if batch is not None:

@@ -562,3 +562,36 @@ def test_attribute_without_a_handler_parameter_is_named():
     g.n("Relu", ["x"], "y", unknown_attr=1)
     with pytest.raises(UnsupportedGraphError, match="node 'relu_y' \\(Relu\\): attribute unknown_attr is not supported"):
         onnx_to_tflite(g.model((4,), ["y"], check=False))
+
+
+def _dropout(g: G, ratio: float | None, training_mode: bool | str) -> str:
+    """Dropout (opset 13 inputs) on Relu(x); training_mode a constant, or the name of a tensor."""
+    training = training_mode if isinstance(training_mode, str) else g.const("training", np.array(training_mode))
+    ratio_name = g.const("ratio", np.array(ratio, np.float32)) if ratio is not None else ""
+    g.nodes.append(helper.make_node("Dropout", [g.n("Relu", ["x"], "r"), ratio_name, training], ["y"], name="drop"))
+    return "y"
+
+
+@pytest.mark.parametrize(("ratio", "shown"), [(0.25, "0.25"), (None, "0.5")])
+def test_a_training_mode_dropout_is_refused_not_passed_through(ratio, shown):
+    g = G()
+    _dropout(g, ratio, True)
+    with pytest.raises(UnsupportedGraphError, match=rf"node 'drop' \(Dropout\): training_mode is true, so it zeroes a random {shown} "):
+        onnx_to_tflite(g.model((4,), ["y"]))
+
+
+def test_a_dropout_whose_training_mode_depends_on_the_input_is_refused():
+    g = G()
+    flag = g.n("Cast", [g.n("ReduceMean", ["x"], "m", keepdims=0)], "flag", to=TensorProto.BOOL)
+    _dropout(g, 0.25, flag)
+    with pytest.raises(UnsupportedGraphError, match=r"node 'drop' \(Dropout\): its training_mode 'flag' must be a constant"):
+        onnx_to_tflite(g.model((4,), ["y"], check=False))
+
+
+@pytest.mark.parametrize(("ratio", "training_mode"), [(0.0, True), (0.25, False)])
+def test_a_dropout_that_drops_nothing_is_the_identity(ratio, training_mode):
+    g = G()
+    _dropout(g, ratio, training_mode)
+    model = g.model((4,), ["y"])
+    x = np.random.default_rng(2).normal(size=(BATCH, 4)).astype(np.float32)
+    assert_close(run_tflite(onnx_to_tflite(model), x), {"y": np.maximum(x, 0)})
