@@ -595,3 +595,16 @@ def test_a_dropout_that_drops_nothing_is_the_identity(ratio, training_mode):
     model = g.model((4,), ["y"])
     x = np.random.default_rng(2).normal(size=(BATCH, 4)).astype(np.float32)
     assert_close(run_tflite(onnx_to_tflite(model), x), {"y": np.maximum(x, 0)})
+
+
+def test_a_sequence_input_is_refused_clearly():
+    sequence = helper.make_tensor_sequence_value_info("xs", TensorProto.FLOAT, [4])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["xs"], ["y"])],
+        "t",
+        [sequence],
+        [helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, [4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedGraphError, match="input 'xs' is sequence, not a tensor; the TFLite segment takes one float32 tensor"):
+        onnx_to_tflite(model)

@@ -45,7 +45,11 @@ def _pool(
     source = ctx.data(x, channels_last(4))
     if explicit is not None or (padding == Padding.SAME and pad_value == 0.0):
         if pad_value is None:
-            raise ctx.fail(f"padding {pads} that is not TensorFlow's SAME padding needs count_include_pad=1")
+            shown = f"auto_pad={auto_pad}" if auto_pad != "NOTSET" else f"pads {tuple(pads or ())}"
+            raise ctx.fail(
+                f"count_include_pad=0 with {shown}: TFLite's average pool leaves padding out of the average only "
+                "for TensorFlow's SAME padding (the extra pixel after), so this padding needs count_include_pad=1"
+            )
         if explicit is None:  # SAME padding, but ONNX counts the padded zeros and TFLite's SAME would not
             explicit = [same_pair(size, k, s, 1) for size, k, s in zip(spatial_sizes(ctx, x), kernel, stride)]
         source = pad_spatial(ctx, x, source, explicit, pad_value)
