@@ -235,6 +235,16 @@ def averagepool_variants() -> Case:
 
 
 @case
+def averagepool_uncounted_padding_that_is_not_same() -> Case:
+    """count_include_pad=0 with padding TFLite's SAME does not give: pad, pool, rescale."""
+    g = G()
+    a = g.n("AveragePool", ["x"], "a", kernel_shape=[3, 3], pads=[2, 0, 1, 2])
+    b = g.n("AveragePool", ["x"], "b", kernel_shape=[2, 3], strides=[2, 1], auto_pad="SAME_LOWER")
+    r = g.n("Relu", [g.n("AveragePool", ["x"], "c", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])], "r")
+    return g.model((2, 7, 6), [a, b, r]), (2, 7, 6)
+
+
+@case
 def global_pools_flatten_gemm() -> Case:
     g = G()
     c = g.conv("x", 3, 4, "c", pads=[1, 1, 1, 1])
@@ -544,7 +554,8 @@ def test_unused_unsupported_op_is_fine():
     [
         (lambda g: g.conv("x", 4, 4, "y", group=2), "grouped convolution with group=2"),
         (lambda g: g.n("MatMul", ["x", "x"], "y"), "must be a constant"),
-        (lambda g: g.n("AveragePool", ["x"], "y", kernel_shape=[3, 3], pads=[0, 0, 2, 2]), "count_include_pad=1"),
+        (lambda g: g.n("AveragePool", ["x"], "y", kernel_shape=[3, 3], pads=[0, 0, 3, 3]), "a window lies wholly in the padding"),
+        (lambda g: g.n("AveragePool", ["x"], "y", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), "ceil_mode=1 is supported only"),
         (lambda g: g.n("Concat", ["x", "x"], "y", axis=0), "batch axis"),
         (lambda g: g.n("Reshape", ["x", g.const("s", np.array([-1, 48, 6], np.int64))], "y"), "moves samples across the batch"),
         (lambda g: g.n("LpNormalization", ["x"], "y"), "no handler"),
