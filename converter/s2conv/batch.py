@@ -6,8 +6,8 @@ what can still pin the batch is a constant target shape: a Reshape to [1, 64] (t
 `x.view(1, -1)`, and `flatten` under the dynamo exporter with static shapes). Its
 leading size becomes 0, ONNX's "copy this dimension from the input", when the Reshape's
 data input has the fixed batch as its leading dimension (or -1 when the node sets
-`allowzero`). After the cut, the segment is run once on a batch of several random
-samples and on each sample alone, and the results must agree.
+`allowzero`). After the cut, the segment is run on a batch and on each sample alone, and
+the results must agree (`per_sample.py`).
 
 The other choice, running a pinned segment one sample at a time on the device, would
 make every backend slower and keep a quirk of the export in the bundle.
@@ -20,12 +20,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-from s2rt.errors import ConversionError
+from onnx import TensorProto, numpy_helper
 
 log = logging.getLogger(__name__)
 
-CHECK_BATCH = 3
 SUFFIX = "/s2l_free_batch"
 
 
@@ -95,45 +93,3 @@ def _leading_dims(graph: onnx.GraphProto) -> dict[str, int]:
         if shape and shape[0].HasField("dim_value"):
             dims[info.name] = int(shape[0].dim_value)
     return dims
-
-
-def check_batches_agree(segment: onnx.ModelProto, input_name: str, sample_shape: Sequence[int], elem_type: int) -> None:
-    """Run the segment on a batch of `CHECK_BATCH` random samples and on each alone; raise
-    `ConversionError` if any output differs (the batch is still pinned or samples mix)."""
-    import onnxruntime as ort  # the converter's own dependency via s2rt; imported late, it is slow
-
-    state = ort.capi.onnxruntime_pybind11_state
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(segment.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except (state.Fail, state.InvalidGraph, state.NotImplemented) as e:  # e.g. a custom op the host lacks
-        log.warning("could not check the frozen segment's free batch in onnxruntime: %s", " ".join(str(e).split()))
-        return
-    x = _random_batch(sample_shape, elem_type)
-    names = [o.name for o in session.get_outputs()]
-    try:
-        alone = [session.run(names, {input_name: x[i : i + 1]}) for i in range(len(x))]
-        together = session.run(names, {input_name: x})
-    except (state.Fail, state.RuntimeException, state.InvalidArgument) as e:
-        message = " ".join(str(e).split())
-        raise ConversionError(f"{_PINNED}: onnxruntime fails on a batch of {CHECK_BATCH}: {message[:300]}") from None
-    for k, name in enumerate(names):
-        each = np.concatenate([outputs[k] for outputs in alone])
-        if together[k].shape != each.shape or not np.allclose(together[k], each, rtol=1e-4, atol=1e-5):
-            raise ConversionError(f"{_PINNED}: output {name!r} differs between a batch of {CHECK_BATCH} and one sample at a time")
-
-
-_PINNED = (
-    "the model was exported with a fixed batch size and s2conv could not free it in the frozen segment "
-    "(s2l runs batches of any size); re-export it with a dynamic batch dimension "
-    "(torch.onnx.export(..., dynamic_shapes=...) or dynamic_axes=...)"
-)
-
-
-def _random_batch(sample_shape: Sequence[int], elem_type: int) -> np.ndarray:
-    dtype = helper.tensor_dtype_to_np_dtype(elem_type)
-    rng = np.random.default_rng(0)
-    if np.issubdtype(dtype, np.floating):
-        return rng.normal(size=(CHECK_BATCH, *sample_shape)).astype(dtype)
-    return rng.integers(0, 2, size=(CHECK_BATCH, *sample_shape)).astype(dtype)

@@ -22,7 +22,9 @@ from s2rt.bundle.model import InputSignature
 from s2rt.errors import ConversionError
 
 from s2conv.analyse import TapPlan
-from s2conv.batch import check_batches_agree, fixed_batch, free_batch
+from s2conv.batch import fixed_batch, free_batch
+from s2conv.deterministic import check_deterministic
+from s2conv.per_sample import check_batches_agree
 from s2conv.reduce import Pooling, pooling_nodes
 from s2conv.version import PRODUCER, __version__
 
@@ -63,13 +65,16 @@ def extract_segment(model: onnx.ModelProto, signature: InputSignature, outputs: 
     """The frozen segment: `signature.name` in, every `outputs[i].name` out (float32).
 
     Raises `ConversionError` naming the tensor if a boundary name is unknown, an output
-    name is already taken, or the outputs need another graph input; if the result fails
+    name is already taken, or the outputs need another graph input; naming the node if
+    it is random or mixes a batch's samples (`deterministic.py`); if the result fails
     the ONNX checker; and if an output's batch size is fixed by the model (say, by a
-    Reshape to a constant shape), because s2l runs batches of any size.
+    Reshape to a constant shape) or a batch gives other outputs than its samples one at
+    a time (`per_sample.py`), because s2l runs batches of any size.
     """
     graph = model.graph
     _validate_boundary(graph, signature.name, outputs)
     nodes = _reachable_nodes(graph, signature.name, [o.source for o in outputs])
+    check_deterministic(graph, nodes)
     batch = fixed_batch(graph, signature.name)
     freed_shapes: list[onnx.TensorProto] = []
     if batch is not None:
@@ -85,9 +90,9 @@ def extract_segment(model: onnx.ModelProto, signature: InputSignature, outputs: 
     segment = _make_model(model, segment_graph)
     _check(segment)
     _check_batch_is_free(segment, outputs)
-    if batch is not None:
-        source_input = next(i for i in graph.input if i.name == signature.name)
-        check_batches_agree(segment, signature.name, signature.shape, source_input.type.tensor_type.elem_type)
+    source_input = next(i for i in graph.input if i.name == signature.name)
+    sources = {o.name: o.source for o in outputs}
+    check_batches_agree(segment, signature.name, signature.shape, source_input.type.tensor_type.elem_type, batch, sources)
     _warn_about_custom_ops(nodes)
     log.debug("segment: %d of %d nodes, %d outputs", len(nodes), len(graph.node), len(outputs))
     return segment

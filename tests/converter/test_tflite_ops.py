@@ -235,6 +235,16 @@ def averagepool_variants() -> Case:
 
 
 @case
+def averagepool_uncounted_padding_that_is_not_same() -> Case:
+    """count_include_pad=0 with padding TFLite's SAME does not give: pad, pool, rescale."""
+    g = G()
+    a = g.n("AveragePool", ["x"], "a", kernel_shape=[3, 3], pads=[2, 0, 1, 2])
+    b = g.n("AveragePool", ["x"], "b", kernel_shape=[2, 3], strides=[2, 1], auto_pad="SAME_LOWER")
+    r = g.n("Relu", [g.n("AveragePool", ["x"], "c", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])], "r")
+    return g.model((2, 7, 6), [a, b, r]), (2, 7, 6)
+
+
+@case
 def global_pools_flatten_gemm() -> Case:
     g = G()
     c = g.conv("x", 3, 4, "c", pads=[1, 1, 1, 1])
@@ -544,7 +554,8 @@ def test_unused_unsupported_op_is_fine():
     [
         (lambda g: g.conv("x", 4, 4, "y", group=2), "grouped convolution with group=2"),
         (lambda g: g.n("MatMul", ["x", "x"], "y"), "must be a constant"),
-        (lambda g: g.n("AveragePool", ["x"], "y", kernel_shape=[3, 3], pads=[0, 0, 2, 2]), "count_include_pad=1"),
+        (lambda g: g.n("AveragePool", ["x"], "y", kernel_shape=[3, 3], pads=[0, 0, 3, 3]), "a window lies wholly in the padding"),
+        (lambda g: g.n("AveragePool", ["x"], "y", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), "ceil_mode=1 is supported only"),
         (lambda g: g.n("Concat", ["x", "x"], "y", axis=0), "batch axis"),
         (lambda g: g.n("Reshape", ["x", g.const("s", np.array([-1, 48, 6], np.int64))], "y"), "moves samples across the batch"),
         (lambda g: g.n("LpNormalization", ["x"], "y"), "no handler"),
@@ -562,3 +573,49 @@ def test_attribute_without_a_handler_parameter_is_named():
     g.n("Relu", ["x"], "y", unknown_attr=1)
     with pytest.raises(UnsupportedGraphError, match="node 'relu_y' \\(Relu\\): attribute unknown_attr is not supported"):
         onnx_to_tflite(g.model((4,), ["y"], check=False))
+
+
+def _dropout(g: G, ratio: float | None, training_mode: bool | str) -> str:
+    """Dropout (opset 13 inputs) on Relu(x); training_mode a constant, or the name of a tensor."""
+    training = training_mode if isinstance(training_mode, str) else g.const("training", np.array(training_mode))
+    ratio_name = g.const("ratio", np.array(ratio, np.float32)) if ratio is not None else ""
+    g.nodes.append(helper.make_node("Dropout", [g.n("Relu", ["x"], "r"), ratio_name, training], ["y"], name="drop"))
+    return "y"
+
+
+@pytest.mark.parametrize(("ratio", "shown"), [(0.25, "0.25"), (None, "0.5")])
+def test_a_training_mode_dropout_is_refused_not_passed_through(ratio, shown):
+    g = G()
+    _dropout(g, ratio, True)
+    with pytest.raises(UnsupportedGraphError, match=rf"node 'drop' \(Dropout\): training_mode is true, so it zeroes a random {shown} "):
+        onnx_to_tflite(g.model((4,), ["y"]))
+
+
+def test_a_dropout_whose_training_mode_depends_on_the_input_is_refused():
+    g = G()
+    flag = g.n("Cast", [g.n("ReduceMean", ["x"], "m", keepdims=0)], "flag", to=TensorProto.BOOL)
+    _dropout(g, 0.25, flag)
+    with pytest.raises(UnsupportedGraphError, match=r"node 'drop' \(Dropout\): its training_mode 'flag' must be a constant"):
+        onnx_to_tflite(g.model((4,), ["y"], check=False))
+
+
+@pytest.mark.parametrize(("ratio", "training_mode"), [(0.0, True), (0.25, False)])
+def test_a_dropout_that_drops_nothing_is_the_identity(ratio, training_mode):
+    g = G()
+    _dropout(g, ratio, training_mode)
+    model = g.model((4,), ["y"])
+    x = np.random.default_rng(2).normal(size=(BATCH, 4)).astype(np.float32)
+    assert_close(run_tflite(onnx_to_tflite(model), x), {"y": np.maximum(x, 0)})
+
+
+def test_a_sequence_input_is_refused_clearly():
+    sequence = helper.make_tensor_sequence_value_info("xs", TensorProto.FLOAT, [4])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["xs"], ["y"])],
+        "t",
+        [sequence],
+        [helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, [4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedGraphError, match="input 'xs' is sequence, not a tensor; the TFLite segment takes one float32 tensor"):
+        onnx_to_tflite(model)

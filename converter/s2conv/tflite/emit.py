@@ -93,6 +93,10 @@ def _single_input(graph: onnx.GraphProto) -> str:
     inputs = [i for i in graph.input if i.name not in initialisers]
     if len(inputs) != 1:
         raise UnsupportedGraphError(f"the TFLite emitter needs exactly one graph input, found {[i.name for i in inputs]}")
+    kind = inputs[0].type.WhichOneof("value")
+    if kind != "tensor_type":
+        found = kind.removesuffix("_type") if kind else "of no type"
+        raise UnsupportedGraphError(f"input {inputs[0].name!r} is {found}, not a tensor; the TFLite segment takes one float32 tensor")
     elem_type = inputs[0].type.tensor_type.elem_type
     if elem_type != TensorProto.FLOAT:
         raise UnsupportedGraphError(
@@ -139,6 +143,7 @@ def _data_shapes(
     read = {n for node in nodes for i, n in enumerate(node.inputs) if n and HANDLERS[node.op].carries_data(i)}
     written = {n for node in nodes for n in node.outputs if n}
     names = ({input_name} | read | written) - constants.keys()
+    producers = {out: node for node in nodes for out in node.outputs if out}
     shapes = {}
     for name in names:
         info = infos.get(name)
@@ -148,9 +153,10 @@ def _data_shapes(
         fixed = [d.dim_value if d.HasField("dim_value") else None for d in dims]
         if not dims or dims[0].HasField("dim_value") or any(d is None or d < 1 for d in fixed[1:]):
             shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+            made_by = f"output of {producers[name].label}" if name in producers else "the graph input"
             raise UnsupportedGraphError(
-                f"tensor {name!r} has shape {shown}: the TFLite emitter needs a free batch size first and fixed "
-                "sizes for every other dimension"
+                f"tensor {name!r} ({made_by}) has shape {shown}: the TFLite emitter needs a free batch size first and "
+                "fixed sizes for every other dimension"
             )
         shapes[name] = (BATCH, *(int(d) for d in fixed[1:] if d is not None))
     return shapes

@@ -13,7 +13,7 @@ from tflite.Padding import Padding
 from s2conv.graph import OnnxNode
 from s2conv.tflite.context import EmitContext
 from s2conv.tflite.ir import Options
-from s2conv.tflite.layout import Layout, axis_in, channels_last
+from s2conv.tflite.layout import BATCH, Layout, axis_in, channels_last
 from s2conv.tflite.ops.common import ints, pad_spatial, same_pair, spatial_padding, spatial_sizes
 from s2conv.tflite.ops.registry import onnx_op
 
@@ -31,8 +31,9 @@ def _pool(
     ceil_mode: int,
     pad_value: float | None,
 ) -> None:
-    """`pad_value`: what explicit padding is filled with, or None if the pool cannot take
-    explicit padding (an average that must not count the padded zeros)."""
+    """`pad_value`: what explicit padding is filled with, or None for an average that must
+    not count the padded cells: padded with zeros, averaged over the whole window, then
+    scaled per output position by window size / cells inside the input."""
     x, y = node.inputs[0], node.outputs[0]
     if ctx.rank(x) != 4 or not kernel_shape or len(kernel_shape) != 2:
         raise ctx.fail("only 2-D pooling (4-D NCHW input, 2 kernel sizes) is supported")
@@ -43,23 +44,42 @@ def _pool(
     if ceil_mode:
         _check_ceil_mode_is_floor(ctx, x, kernel, stride, pads)
     source = ctx.data(x, channels_last(4))
+    rescale = None
     if explicit is not None or (padding == Padding.SAME and pad_value == 0.0):
-        if pad_value is None:
-            raise ctx.fail(f"padding {pads} that is not TensorFlow's SAME padding needs count_include_pad=1")
         if explicit is None:  # SAME padding, but ONNX counts the padded zeros and TFLite's SAME would not
             explicit = [same_pair(size, k, s, 1) for size, k, s in zip(spatial_sizes(ctx, x), kernel, stride)]
-        source = pad_spatial(ctx, x, source, explicit, pad_value)
+        if pad_value is None:
+            rescale = _uncounted_padding_scale(ctx, spatial_sizes(ctx, x), kernel, stride, explicit)
+        source = pad_spatial(ctx, x, source, explicit, pad_value or 0.0)
         padding = Padding.VALID
     options = Options(
         "Pool2DOptions",
         {"Padding": padding, "StrideH": stride[0], "StrideW": stride[1], "FilterHeight": kernel[0], "FilterWidth": kernel[1]},
     )
-    ctx.op(opcode, [source], [ctx.output(y, channels_last(4))], options)
+    if rescale is None:
+        ctx.op(opcode, [source], [ctx.output(y, channels_last(4))], options)
+        return
+    pooled = ctx.temp(f"{y}/pooled", (BATCH, *rescale.shape[1:3], ctx.shape(y)[1]))
+    ctx.op(opcode, [source], [pooled], options)
+    scale = ctx.constant(f"{y}/count_scale", rescale)
+    ctx.op(BuiltinOperator.MUL, [pooled, scale], [ctx.output(y, channels_last(4))], Options("MulOptions"))
 
 
-def _check_ceil_mode_is_floor(
-    ctx: EmitContext, x: str, kernel: Sequence[int], stride: Sequence[int], pads: Sequence[int] | None
-) -> None:
+def _uncounted_padding_scale(
+    ctx: EmitContext, sizes: Sequence[int], kernel: Sequence[int], stride: Sequence[int], pairs: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """[1, OH, OW, 1]: window size / the number of its cells inside the input, per output position."""
+    counts = []
+    for size, k, s, (before, after) in zip(sizes, kernel, stride, pairs):
+        starts = np.arange((size + before + after - k) // s + 1) * s - before
+        counts.append(np.minimum(starts + k, size) - np.maximum(starts, 0))
+    inside = np.outer(counts[0], counts[1])
+    if (inside <= 0).any():
+        raise ctx.fail(f"a window lies wholly in the padding {list(pairs)}, and count_include_pad=0 leaves it nothing to average")
+    return (math.prod(kernel) / inside).astype(np.float32).reshape(1, *inside.shape, 1)
+
+
+def _check_ceil_mode_is_floor(ctx: EmitContext, x: str, kernel: Sequence[int], stride: Sequence[int], pads: Sequence[int] | None) -> None:
     p = ints(pads, 0, 4)
     for i, size in enumerate(spatial_sizes(ctx, x)):
         span = size + p[i] + p[i + 2] - kernel[i]

@@ -10,6 +10,7 @@ from onnx import TensorProto
 from tflite.BuiltinOperator import BuiltinOperator
 from tflite.MirrorPadMode import MirrorPadMode
 
+from s2conv.deterministic import DEFAULT_DROPOUT_RATIO, dropout_problem
 from s2conv.graph import OnnxNode
 from s2conv.tflite.context import EmitContext
 from s2conv.tflite.ir import Options
@@ -24,9 +25,18 @@ def Identity(ctx: EmitContext, node: OnnxNode) -> None:  # noqa: N802
 
 @onnx_op()
 def Dropout(ctx: EmitContext, node: OnnxNode, *, ratio: float = 0.5, seed: int = 0) -> None:  # noqa: N802
-    del ratio, seed  # inference: Dropout passes its input through
+    """The identity at inference. Since opset 12 the ratio and training_mode are inputs; in
+    training mode with a ratio above 0 it drops values at random, which is refused."""
+    del ratio, seed  # the attribute ratio (before opset 12) only applies in training, which those opsets never are
     if any(ctx.is_used(name) for name in node.outputs[1:]):
         raise ctx.fail("the mask output is not supported")
+    training = ctx.optional_const(node, 2, "training_mode")
+    if training is not None:
+        given = ctx.optional_const(node, 1, "ratio")
+        drop = float(given.reshape(-1)[0]) if given is not None else DEFAULT_DROPOUT_RATIO
+        problem = dropout_problem(drop, bool(training.reshape(-1)[0]))
+        if problem is not None:
+            raise ctx.fail(problem)
     ctx.alias(node.outputs[0], node.inputs[0])
 
 
