@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +277,21 @@ def test_float16_storage_keeps_what_float16_cannot_hold():
         ("Cast", "small.float16", "small"),
         ("Cast", "spread.float16", "spread"),
     ], "each float16 constant is cast back under its own name, before its readers"
+
+
+def test_s2conv_inspect_says_which_int8_scheme_a_bundle_uses(tmp_path):
+    """The command a user runs: `s2conv MODEL --quantize int8 --calib …`, then `s2conv inspect`."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "runtime"), str(root / "converter")])}
+
+    def s2conv(*args: object) -> str:
+        result = subprocess.run([sys.executable, "-m", "s2conv.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32))
+    bundle = tmp_path / "int8.s2l"
+    s2conv(gemm_chain().save(tmp_path), "-o", bundle, "--quantize", "int8", "--calib", tmp_path / "calib.npz")
+    text = s2conv("inspect", bundle)
+    assert "\nint8        onnx: a8w7 (int8 activations per tensor, int8 weights per channel in -64..64" in text
+    assert "on any CPU (x86 with or without VNNI, ARM64)" in text
