@@ -5,7 +5,7 @@ int8 activations whose scales come from the calibration inputs (min/max), float 
 
 The weights use 7 bits of the int8 (`reduce_range`: symmetric, -64..64), scheme `ONNX_SCHEME`.
 On x86, onnxruntime turns int8 activations into uint8 (+128) and multiplies them with the
-int8 weights; without VNNI (SSE4.1, AVX2, AVX-512 without VNNI) that kernel adds each
+int8 weights; without VNNI (AVX2, AVX-512 without VNNI) that kernel adds each
 pair of u8 x s8 products in a saturating int16 (VPMADDUBSW). With 8-bit weights a pair
 reaches 2 x 255 x 127 = 64,770 and saturates: the same bundle that is right on a VNNI CPU
 is wrong on an AVX2-only one. With |w| <= 64 a pair is at most 2 x 255 x 64 = 32,640 <=
