@@ -11,6 +11,7 @@ reaches 2 x 255 x 127 = 64,770 and saturates: the same bundle that is right on a
 is wrong on an AVX2-only one. With |w| <= 64 a pair is at most 2 x 255 x 64 = 32,640 <=
 32,767, so every CPU computes the same exact int32 sums (`worst_u8s8_pair` checks it on a
 segment; converter/README.md has the kernel-by-kernel reasoning, ARM64 included).
+
 Only weight-carrying ops are quantized (`QUANTIZED_OPS`); everything else stays float.
 Only the int8 weights are stored (QDQ dequantizes them at load time), which is what
 shrinks the bundle, and the exporter's per-node debug metadata is dropped. The float
