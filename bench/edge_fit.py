@@ -25,6 +25,7 @@ for folder in ("runtime", "converter", "models"):
     sys.path.insert(0, str(ROOT / folder))
 
 from s2conv import ConvertOptions, convert  # noqa: E402
+from s2conv.quantize import SEGMENT_SCHEMES  # noqa: E402
 from s2models import data  # noqa: E402
 from s2rt.bundle import Bundle, parse_bundle, serialize_bundle  # noqa: E402
 from s2rt.data import load_samples  # noqa: E402
@@ -61,6 +62,7 @@ def size(bundle: Bundle) -> int:
 
 def print_sizes(tmp: Path) -> None:
     print("bundle bytes, float vs int8 segment (default options; calibration: pretraining inputs)")
+    print(f"  int8 schemes: ONNX {SEGMENT_SCHEMES['onnx']}, TFLite {SEGMENT_SCHEMES['tflite']} (s2conv inspect explains them)")
     print(f"  {'model':11s} {'ONNX float':>10s} {'ONNX int8':>10s} {'ratio':>6s} {'TFLite float':>12s} {'TFLite int8':>11s} {'ratio':>6s}")
     for model, workload in REFERENCE.items():
         calib = tmp / f"{model}_calib.npz"

@@ -39,7 +39,7 @@ from s2conv.compact import compact_segment
 from s2conv.graph import view_graph
 from s2conv.head import init_head
 from s2conv.load import LoadedModel, load_model
-from s2conv.quantize import QUANTIZE_CHOICES, quantize_segment
+from s2conv.quantize import QUANTIZE_CHOICES, int8_schemes, quantize_segment
 from s2conv.split import LOGITS_OUTPUT, extract_segment, segment_outputs, tap_output_name
 from s2conv.version import PRODUCER, __version__
 
@@ -155,10 +155,12 @@ class ConvertOptions:
 
     def to_json(self) -> str:
         """The options as compact JSON; the calibration file by its name only (host paths do
-        not go to devices)."""
-        options = dataclasses.asdict(self)
+        not go to devices); an int8 bundle's segment schemes under "int8_scheme"."""
+        options: dict[str, Any] = dataclasses.asdict(self)
         if self.calib is not None:
             options["calib"] = Path(self.calib).name
+        if self.quantize == "int8":  # which int8 scheme each segment uses: `s2conv inspect` shows it
+            options["int8_scheme"] = int8_schemes(tuple(kind.name.lower() for kind in SEGMENT_BACKENDS[self.backend]))
         return json.dumps(options, sort_keys=True, separators=(",", ":"))
 
     @property

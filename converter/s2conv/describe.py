@@ -8,15 +8,26 @@ from typing import Any
 from s2rt.bundle.a_init import a_init_rule
 from s2rt.bundle.model import AInitRule, Bundle
 
+from s2conv.quantize import INT8_SCHEMES
+
+# int8 bundles written before the scheme was recorded: 8-bit weights on both backends.
+UNRECORDED_SCHEME = "a8w8"
+UNRECORDED_NOTE = {
+    "onnx": "not recorded (made before 7-bit weights): on x86 without VNNI its int16 pair sums can saturate; "
+    "convert again to get a8w7",
+    "tflite": "not recorded (made before the scheme was recorded)",
+}
+
 
 def describe_bundle(bundle: Bundle) -> dict[str, Any]:
     """Everything `inspect` shows, as plain JSON-serialisable data."""
     head = bundle.head
+    provenance = _provenance(bundle)
     return {
         "format_version": "{}.{}".format(*bundle.format_version),
         "digest": bundle.digest,
         "signature": {"signed": bool(bundle.signature), "signer_key_id": bundle.signer_key_id or None},
-        "provenance": _provenance(bundle),
+        "provenance": provenance,
         "input": {
             "name": bundle.input.name,
             "shape": list(bundle.input.shape),
@@ -31,6 +42,7 @@ def describe_bundle(bundle: Bundle) -> dict[str, Any]:
                 "size_bytes": len(s.model),
                 "input": s.input_name,
                 "logits_output": s.logits_output,
+                "int8": _int8(provenance["options"], s.backend.name.lower()),
             }
             for s in bundle.segments
         ],
@@ -96,6 +108,17 @@ def _provenance(bundle: Bundle) -> dict[str, Any]:
     }
 
 
+def _int8(options: Any, backend: str) -> dict[str, str] | None:
+    """The segment's int8 scheme from the bundle's creation options, or None for a float segment."""
+    if not isinstance(options, dict) or options.get("quantize") != "int8":
+        return None
+    recorded = options.get("int8_scheme")
+    name = recorded.get(backend) if isinstance(recorded, dict) else None
+    if not isinstance(name, str):
+        return {"scheme": UNRECORDED_SCHEME, "meaning": INT8_SCHEMES[UNRECORDED_SCHEME], "note": UNRECORDED_NOTE[backend]}
+    return {"scheme": name, "meaning": INT8_SCHEMES.get(name, "unknown to this s2conv")}
+
+
 def render_text(d: dict[str, Any]) -> str:
     """The human-readable view of `describe_bundle`'s result."""
     p, i, h = d["provenance"], d["input"], d["head"]
@@ -111,6 +134,7 @@ def render_text(d: dict[str, Any]) -> str:
         f"labels      {', '.join(d['labels'])}",
         f"output      {_activation(d['output_activation'])}",
         "segments    " + "; ".join(f"{s['backend']} {s['size_bytes']:,} bytes" for s in d["segments"]),
+        *[f"int8        {s['backend']}: {_scheme(s['int8'])}" for s in d["segments"] if s.get("int8")],
         f"taps        {len(d['taps'])}, fused width {d['tap_width']}",
         *_table(
             ["name", "source", "layer", "shape", "reduction"],
@@ -127,6 +151,11 @@ def render_text(d: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def _scheme(int8: dict[str, str]) -> str:
+    text = f"{int8['scheme']} ({int8['meaning']})"
+    return f"{text}; {int8['note']}" if "note" in int8 else text
 
 
 def _signature(s: dict[str, Any]) -> str:

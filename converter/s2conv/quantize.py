@@ -2,6 +2,16 @@
 
 onnxruntime.quantization in QDQ form: int8 weights with one scale per output channel,
 int8 activations whose scales come from the calibration inputs (min/max), float biases.
+
+The weights use 7 bits of the int8 (`reduce_range`: symmetric, -64..64), scheme `ONNX_SCHEME`.
+On x86, onnxruntime turns int8 activations into uint8 (+128) and multiplies them with the
+int8 weights; without VNNI (AVX2, AVX-512 without VNNI) that kernel adds each
+pair of u8 x s8 products in a saturating int16 (VPMADDUBSW). With 8-bit weights a pair
+reaches 2 x 255 x 127 = 64,770 and saturates: the same bundle that is right on a VNNI CPU
+is wrong on an AVX2-only one. With |w| <= 64 a pair is at most 2 x 255 x 64 = 32,640 <=
+32,767, so every CPU computes the same exact int32 sums (`worst_u8s8_pair` checks it on a
+segment; converter/README.md has the kernel-by-kernel reasoning, ARM64 included).
+
 Only weight-carrying ops are quantized (`QUANTIZED_OPS`); everything else stays float.
 Only the int8 weights are stored (QDQ dequantizes them at load time), which is what
 shrinks the bundle, and the exporter's per-node debug metadata is dropped. The float
@@ -36,10 +46,27 @@ from s2conv.split import LOGITS_OUTPUT, TAP_OUTPUT_PREFIX
 log = logging.getLogger(__name__)
 
 QUANTIZE_CHOICES = ("none", "int8")
+# The int8 schemes: what each name means. A bundle records its segments' schemes in its
+# provenance options ("int8_scheme": {"onnx": ..., "tflite": ...}); `s2conv inspect` shows them.
+INT8_SCHEMES = {
+    "a8w7": "int8 activations per tensor, int8 weights per channel in -64..64 (7 bits): "
+    "no pair of u8 x s8 products overflows int16 on any CPU (x86 with or without VNNI, ARM64)",
+    "a8w8": "int8 activations per tensor, int8 weights per channel in -127..127 (TFLite's int8 spec)",
+}
+ONNX_SCHEME = "a8w7"
+TFLITE_SCHEME = "a8w8"  # XNNPACK and LiteRT widen int8 to int16 before they add products (converter/README.md)
+SEGMENT_SCHEMES = {"onnx": ONNX_SCHEME, "tflite": TFLITE_SCHEME}
+INT16_MAX = 32767
+U8_MAX = 255
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 FLOAT16_MIN_SIZE = 16
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def int8_schemes(backends: tuple[str, ...]) -> dict[str, str]:
+    """The int8 scheme of each segment backend (lower-case names) of an int8 bundle."""
+    return {backend: SEGMENT_SCHEMES[backend] for backend in backends}
 
 
 def quantize_segment(segment: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
@@ -65,6 +92,7 @@ def quantize_segment(segment: onnx.ModelProto, calibration: np.ndarray) -> onnx.
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 per_channel=True,
+                reduce_range=True,  # 7-bit weights: no u8 x s8 pair saturates int16 (module docstring)
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
@@ -80,6 +108,33 @@ def quantize_segment(segment: onnx.ModelProto, calibration: np.ndarray) -> onnx.
     _store_float16(quantized.graph)
     _check(quantized, segment)
     return quantized
+
+
+def quantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The int8 weight of every quantized op (read through a DequantizeLinear), by op name."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    constants = {t.name: t for t in graph.initializer}
+    weights = {}
+    for node in graph.node:
+        dq = producer.get(node.input[1]) if node.op_type in QUANTIZED_OPS and len(node.input) > 1 else None
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in constants:
+            w = numpy_helper.to_array(constants[dq.input[0]])
+            if w.dtype == np.int8:
+                weights[node.name or node.output[0]] = w
+    return weights
+
+
+def worst_u8s8_pair(model: onnx.ModelProto) -> int:
+    """The largest |a0*w0 + a1*w1| that a u8 x s8 kernel can meet in `model`'s int8 ops, for
+    any uint8 activations a and any two weights w of one op: 255 x (the two largest |w|).
+    Above 32,767 the kernels of x86 CPUs without VNNI saturate their int16 pair sums; a
+    segment of scheme `ONNX_SCHEME` is at most 2 x 255 x 64 = 32,640."""
+    worst = 0
+    for w in quantized_weights(model).values():
+        largest = np.sort(np.abs(w.astype(np.int32)).ravel())[-2:]
+        worst = max(worst, int(largest.sum()) * U8_MAX)
+    return worst
 
 
 def _export_outputs_through_identities(graph: onnx.GraphProto) -> None:

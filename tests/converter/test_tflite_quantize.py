@@ -8,10 +8,12 @@ import importlib
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from cnn_graphs import CNN_CASES
 from conv_graphs import random_input
 from s2conv import ConvertOptions, convert
+from s2conv.quantize import INT16_MAX, worst_u8s8_pair
 from s2conv.tflite.quantize import activation_quantization, weight_quantization
 from s2models.data import digits, har
 from s2rt.backend.litert import LiteRTBackend
@@ -93,12 +95,26 @@ def test_cnn_segments_stay_close_to_float_on_both_backends(name, tmp_path):
     float_bundle = convert(source, ConvertOptions(backend="both"))
     int8_bundle = convert(source, ConvertOptions(backend="both", quantize="int8", calib=str(tmp_path / "calib.npz")))
     x = random_input(case.input_shape, 32, seed=2)
+    # Measured at most 0.041 (depthwise_separable) on both backends, here (AVX-512 VNNI) and
+    # under qemu -cpu Haswell (AVX2) alike; the ONNX segment with 8-bit weights reached 0.137 there.
     for kind, backend in ((SegmentBackend.ONNX, OnnxBackend), (SegmentBackend.TFLITE, LiteRTBackend)):
         want, got = backend(float_bundle.segment(kind)).run(x), backend(int8_bundle.segment(kind)).run(x)
         for output, value in want.items():
             error = np.abs(got[output] - value).max() / np.abs(value).max()
             assert error <= 0.06, f"{kind.name} {output}: {error:.3f}"
         np.testing.assert_array_equal(got["s2l.tap.0"], want["s2l.tap.0"])  # pooled from the float input
+    # What keeps these figures on every CPU, checked without depending on this one:
+    assert worst_u8s8_pair(onnx.load_from_string(bytes(int8_bundle.segment(SegmentBackend.ONNX).model))) <= INT16_MAX
+    assert tflite_int8_weights(int8_bundle) and all(w.min() >= -127 for w in tflite_int8_weights(int8_bundle))
+
+
+def tflite_int8_weights(bundle) -> list[np.ndarray]:
+    """The int8 constant tensors of the bundle's TFLite segment (the int8 ops' weights)."""
+    model = TFLiteModel.GetRootAs(bytes(bundle.segment(SegmentBackend.TFLITE).model), 0)
+    graph = model.Subgraphs(0)
+    tensors = [graph.Tensors(i) for i in range(graph.TensorsLength())]
+    buffers = [model.Buffers(t.Buffer()) for t in tensors if t.Type() == TensorType.INT8 and t.Buffer()]
+    return [b.DataAsNumpy().view(np.int8) for b in buffers if b.DataLength()]
 
 
 def test_activation_quantization_keeps_zero_exact():

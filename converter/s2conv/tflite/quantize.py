@@ -13,6 +13,15 @@ and so does every graph output: a tap is the DEQUANTIZEd (or never quantized) te
 The op that computes the frozen logits keeps float input and output and only its weights
 become int8 ("hybrid": LiteRT quantizes the input on the fly), so the frozen logits,
 which the adapters add to, are not rounded to 256 levels.
+
+**Every CPU** (scheme `a8w8`, `s2conv.quantize.TFLITE_SCHEME`): the weights stay in -127..127,
+as TFLite's int8 spec asks, and need not lose a bit as the ONNX segment's do. LiteRT's
+XNNPACK kernels never add u8 x s8 products in a saturating int16: on x86 they widen int8
+to int16 and multiply-add into int32 (SSE/AVX2/AVX-512), or with VNNI add 128 to the
+activations and take it back out through the bias; on ARM64 the NEON "mlal" kernels add two
+int8 x int8 products in int16, which -127..127 weights keep at most 2 x 128 x 127 =
+32,512, and the SDOT/I8MM ones accumulate in int32. Measured: the CNN test segments give
+the same outputs here (AVX-512 VNNI) and under `qemu-x86_64 -cpu Haswell` (AVX2).
 """
 
 from __future__ import annotations
