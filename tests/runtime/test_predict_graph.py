@@ -197,3 +197,27 @@ def test_threads_predicting_at_once_each_get_their_own_answers():
         got = list(pool.map(lambda x: model.predict(x)[0], batches))
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize(
+    ("options", "exact"),
+    [
+        ('{"quantize": "int8"}', True),  # converted before 7-bit weights: 8-bit weights can saturate without VNNI
+        ('{"quantize": "int8", "int8_scheme": {"onnx": "a8w7"}}', False),
+        ('{"quantize": "none"}', False),
+        ("not json", False),
+    ],
+)
+def test_old_int8_bundles_ask_onnxruntime_for_exact_u8s8_sums(options, exact):
+    from s2rt.backend.onnx import EXACT_U8S8
+
+    bundle = tiny_bundle()
+    bundle = dataclasses.replace(bundle, provenance=dataclasses.replace(bundle.provenance, options_json=options))
+    model = Model(bundle)
+    graph = model._predict_graph()
+    for session in (model.frozen.backend.session, graph.session):  # type: ignore[attr-defined,union-attr]
+        try:
+            entry = session.get_session_options().get_session_config_entry(EXACT_U8S8)
+        except RuntimeError:  # onnxruntime's answer for a key never set
+            entry = None
+        assert entry == ("1" if exact else None)

@@ -25,20 +25,20 @@ class Backend(Protocol):
         ...
 
 
-def _open_onnx(segment: Segment, threads: int) -> Backend:
-    from s2rt.backend.onnx import OnnxBackend
+def _open_onnx(bundle: Bundle, segment: Segment, threads: int) -> Backend:
+    from s2rt.backend.onnx import OnnxBackend, needs_exact_u8s8
 
-    return OnnxBackend(segment, threads)
+    return OnnxBackend(segment, threads, exact_u8s8=needs_exact_u8s8(bundle))
 
 
-def _open_litert(segment: Segment, threads: int) -> Backend:
+def _open_litert(bundle: Bundle, segment: Segment, threads: int) -> Backend:
     from s2rt.backend.litert import LiteRTBackend
 
     return LiteRTBackend(segment, threads)
 
 
 # backend name -> (segment kind it runs, factory); "auto" tries them in this order
-BACKENDS: dict[str, tuple[SegmentBackend, Callable[[Segment, int], Backend]]] = {
+BACKENDS: dict[str, tuple[SegmentBackend, Callable[[Bundle, Segment, int], Backend]]] = {
     "onnx": (SegmentBackend.ONNX, _open_onnx),
     "tflite": (SegmentBackend.TFLITE, _open_litert),
 }
@@ -59,7 +59,7 @@ def open_backend(bundle: Bundle, name: str = "auto", threads: int = 1) -> Backen
             problems.append(f"{candidate}: the bundle has no {kind.name} segment")
             continue
         try:
-            return factory(bundle.segment(kind), threads)
+            return factory(bundle, bundle.segment(kind), threads)
         except ImportError as e:
             problems.append(f"{candidate}: not installed ({e.name})")
     raise BackendError("no usable backend: " + "; ".join(problems))

@@ -131,11 +131,9 @@ class PredictGraph:
     def __init__(self, bundle: Bundle, segment: Segment, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
+        from s2rt.backend.onnx import needs_exact_u8s8, session_options
+
+        options = session_options(threads, needs_exact_u8s8(bundle))
         try:
             self.session = ort.InferenceSession(predict_model(bundle, segment), sess_options=options, providers=["CPUExecutionProvider"])
         except BackendError:
