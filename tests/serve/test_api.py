@@ -152,8 +152,10 @@ def test_messages_point_at_the_value_at_fault(daemon):
         return r.json()["message"]
 
     assert message("/v1/predict", json={"x": [*SAMPLE[:-1], None]}) == "x[47]: expected a number, found null"
-    assert message("/v1/predict", json={"x": [SAMPLE, [*SAMPLE[:-1], 2**2000]]}).startswith("x[1][47]: an integer of 603 digits is out of range")
-    assert message("/v1/predict", json={"x": [SAMPLE, [2**200, *SAMPLE[1:]]]}).startswith("x[1][0]: 1.60694e+60 is out of range for float32")
+    huge = message("/v1/predict", json={"x": [SAMPLE, [*SAMPLE[:-1], 2**2000]]})
+    assert huge.startswith("x[1][47]: an integer of 603 digits is out of range")
+    beyond_float32 = message("/v1/predict", json={"x": [SAMPLE, [2**200, *SAMPLE[1:]]]})
+    assert beyond_float32.startswith("x[1][0]: 1.60694e+60 is out of range for float32")
     assert "negative dimension" in message("/v1/predict/npy", content=NEGATIVE_NPY)
     assert "learning_rate" in message("/v1/jobs", json={"learning_rate": 5e-324, "optimizer": "adam"})
 
@@ -280,4 +282,3 @@ def test_ingest_train_activate_rollback_download(serve, har_bundle, har_data, tm
     events = d.events()
     assert all(isinstance(e.get("ts"), str) and e.get("level") for e in events), "every log line is a JSON object"
     assert any(e.get("event") == "job_finished" and e.get("state") == "rejected" for e in events)
-
