@@ -1,7 +1,7 @@
 """Rerun two figures of the daemon audit on a real `s2rt serve` (loopback only, bounded).
 
-    .venv/bin/python bench/serve_audit.py idle   [--connections 256] [-- SERVE-ARGS…]
-    .venv/bin/python bench/serve_audit.py upload [--mib 200] [-- SERVE-ARGS…]
+    .venv/bin/python bench/serve_audit.py idle   [--connections 256] [--serve-args '--max-connections 64']
+    .venv/bin/python bench/serve_audit.py upload [--mib 200] [--chunked] [--serve-args '--max-bundle-bytes 268435456']
 
 idle:   opens N TCP connections that never send a byte (then N/4 that send half a request
         head), and reports for how long /v1/health/live answers anything but 200 (polled
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -134,11 +135,11 @@ def main() -> None:
     p.add_argument("--give-up", type=float, default=90.0)
     p.add_argument("--mib", type=int, default=200)
     p.add_argument("--chunked", action="store_true")
-    p.add_argument("serve_args", nargs="*", help="extra `s2rt serve` arguments (after --)")
+    p.add_argument("--serve-args", default="", help="extra `s2rt serve` arguments, in one string")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        proc, port = start(convert_har(root), root / "state", root / "daemon.log", args.serve_args)
+        proc, port = start(convert_har(root), root / "state", root / "daemon.log", shlex.split(args.serve_args))
         try:
             audit = idle(port, args.connections, args.give_up) if args.what == "idle" else None
             result = audit or upload(proc.pid, port, args.mib, args.chunked)

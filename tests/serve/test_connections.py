@@ -22,18 +22,20 @@ def port_of(daemon) -> int:
 
 
 def open_connections(port: int, idle: int, slow_head: int, slow_body: int) -> tuple[list[socket.socket], list[socket.socket]]:
-    """(all sockets, the ones to trickle bytes into)."""
-    quiet = [socket.create_connection(("127.0.0.1", port)) for _ in range(idle)]
-    trickling = []
-    for _ in range(slow_head):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(SLOW_HEAD)
-        trickling.append(s)
+    """(all sockets, the ones to trickle bytes into): slow bodies first (a request head that
+    arrives at the limit gets a 503 and its connection closes), then idle, then slow heads."""
+    bodies = []
     for _ in range(slow_body):
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(SLOW_BODY + b"x")
-        trickling.append(s)
-    return quiet + trickling, trickling
+        bodies.append(s)
+    quiet = [socket.create_connection(("127.0.0.1", port)) for _ in range(idle)]
+    heads = []
+    for _ in range(slow_head):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(SLOW_HEAD)
+        heads.append(s)
+    return bodies + quiet + heads, bodies + heads
 
 
 def closed_by_peer(s: socket.socket) -> bool:

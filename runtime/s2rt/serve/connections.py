@@ -131,12 +131,12 @@ class GuardedH11Protocol(H11Protocol):
         """Close the connections waiting longest for bytes until this one fits under the limit.
 
         uvicorn answers 503 when a request finds `len(connections) >= limit_concurrency`,
-        counting its own connection, so this one fits if at most limit - 1 others remain.
+        counting its own connection, so this one is served if at most limit - 2 others remain.
         """
         limit = self.limit_concurrency
         if limit is None:
             return
-        excess = len(self.connections) - (limit - 1)
+        excess = len(self.connections) - (limit - 2)
         if excess <= 0:
             return
         idle = sorted((c for c in self.connections if isinstance(c, GuardedH11Protocol) and c.evictable), key=lambda c: c.phase_since)
