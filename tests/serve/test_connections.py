@@ -8,8 +8,11 @@ from __future__ import annotations
 import select
 import socket
 import time
+from pathlib import Path
 
 import httpx
+from helpers.tiny import tiny_bundle, tiny_weights
+from s2rt.bundle import write_bundle
 
 BOUND = 30.0  # seconds any closing may take here; the deadlines under test are 1 s and 2 s
 
@@ -99,3 +102,28 @@ def test_a_keep_alive_client_carries_on_across_the_idle_deadline(serve, tiny_fil
             assert c.get("/v1/health/ready").status_code == 200
             time.sleep(1.5)
         assert c.post("/v1/predict", json={"x": [[0.0] * 6] * 64}).status_code == 200
+
+
+def test_a_client_that_does_not_read_its_answer_does_not_keep_its_socket(serve, tmp_path):
+    # An 8 MB bundle: more than the kernel's socket buffers take, so most of the answer waits in
+    # the daemon's transport, which would flush it before closing, forever for a client that does not read.
+    big = tmp_path / "big.s2l"
+    write_bundle(tiny_bundle(tiny_weights(d_in=2000, d_hidden=1000)), big)
+    d = serve(str(big), "--idle-timeout", "1", "--cache-capacity", "16")
+    fds = Path(f"/proc/{d.proc.pid}/fd")
+    baseline = len(list(fds.iterdir()))
+    stalled = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port_of(d)))
+        s.sendall(b"GET /v1/bundle HTTP/1.1\r\nHost: daemon\r\n\r\n")
+        stalled.append(s)
+    try:
+        deadline = time.monotonic() + BOUND
+        while time.monotonic() < deadline and len(list(fds.iterdir())) > baseline:
+            time.sleep(0.2)
+        assert len(list(fds.iterdir())) <= baseline, "the daemon still holds the sockets of clients that stopped reading"
+    finally:
+        for s in stalled:
+            s.close()

@@ -13,6 +13,8 @@ arriving do not extend:
 - receiving a request body: closed after `body` seconds from the end of its head (the app
   sees a disconnect; nothing was acknowledged);
 - busy: the request is complete and the app works on it or sends the answer; no deadline.
+  Every answer of this API is one body, so the connection is waiting again as soon as it
+  is handed to the transport, even if the client does not read it.
 
 And when a new connection arrives with the daemon at `--max-connections`, the connections
 that have waited longest for bytes (first two phases) are closed to make room: only
@@ -145,7 +147,11 @@ class GuardedH11Protocol(H11Protocol):
         _evictions.note(min(excess, len(idle)), limit)
 
     def _close(self) -> None:
+        """Close now; unsent answer bytes are dropped, since a transport flushes them before it closes,
+        and a client that does not read would keep the socket forever."""
         self._disarm()
         self.connections.discard(self)
-        if not self.transport.is_closing():
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        elif not self.transport.is_closing():
             self.transport.close()
