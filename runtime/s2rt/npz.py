@@ -91,6 +91,8 @@ def _read_array(member: IO[bytes], info: zipfile.ZipInfo) -> np.ndarray:
         raise _Bad(f"{info.filename[:80]!r}: unreadable .npy header ({type(e).__name__})") from None
     if dtype.hasobject:
         raise _Bad(f"{info.filename[:80]!r} holds Python objects (pickle), which s2l never reads")
+    if any(d < 0 for d in shape):
+        raise _Bad(f"{info.filename[:80]!r}: its header declares the shape {shape}, with a negative dimension")
     nbytes = math.prod(shape) * dtype.itemsize
     if member.tell() + nbytes != info.file_size:
         raise _Bad(

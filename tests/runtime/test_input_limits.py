@@ -53,6 +53,11 @@ def test_a_header_that_promises_more_than_the_member_holds_is_refused_unallocate
     refused(tmp_path, "lie.npz", zipped(**{"x.npy": lie}), message)
 
 
+def test_a_negative_shape_is_named_even_when_its_product_matches_the_data(tmp_path):
+    member = npy(np.ones((2, 4), np.float32), shape=(-2, -4))
+    refused(tmp_path, "negative.npz", zipped(**{"x.npy": member}), r"shape \(-2, -4\), with a negative dimension")
+
+
 def test_an_unparsable_npy_header_is_named(tmp_path):
     """Found by fuzzing: numpy re-parses a bad header with tokenize, which raised TokenError."""
     member = npy(np.ones((2, 4), np.float32)).replace(b"(2, 4)", b"(2, 4\x00")

@@ -62,6 +62,15 @@ def test_predict_json_and_npy_match_the_library(daemon, har_bundle, har_data):
 SAMPLE = [0.5] * 48
 OBJECT_NPY = b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (1, 48), }" + b" " * 50 + b"\n"
 
+
+def raw_npy(header: bytes, data: bytes) -> bytes:
+    padded = header + b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded + data
+
+
+# A negative shape whose product still matches the data: it used to reach reshape and answer 500.
+NEGATIVE_NPY = raw_npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (-1, -48), }", b"\0" * 192)
+
 BAD = [
     # (method, path, request kwargs, status, field)
     ("post", "/v1/predict", {"json": {"x": [1.0, 2.0]}}, 422, "x"),
@@ -82,6 +91,10 @@ BAD = [
     ("post", "/v1/predict", {"content": b"0" * (9 << 20)}, 413, None),
     ("post", "/v1/predict/npy", {"content": b"not a numpy file"}, 422, "body"),
     ("post", "/v1/predict/npy", {"content": OBJECT_NPY}, 422, "body"),
+    ("post", "/v1/predict/npy", {"content": NEGATIVE_NPY}, 422, "body"),
+    ("post", "/v1/predict", {"json": {"x": [2**200] * 48}}, 422, "x"),
+    ("post", "/v1/predict", {"json": {"x": [2**2000] * 48}}, 422, "x"),
+    ("post", "/v1/predict", {"json": {"x": [[]]}}, 422, "x"),
     ("post", "/v1/predict/npy", {"content": npy(np.zeros((2, 48), np.complex64))}, 422, "body"),
     ("post", "/v1/predict/npy", {"content": npy(np.zeros((2, 48), bool))}, 422, "body"),
     ("post", "/v1/predict/npy", {"content": npy(np.zeros((2, 47), np.float32))}, 422, "body"),
@@ -102,6 +115,7 @@ BAD = [
     ("post", "/v1/jobs", {"json": {"epochs": "ten"}}, 422, "epochs"),
     ("post", "/v1/jobs", {"json": {"optimizer": "lbfgs"}}, 422, "optimizer"),
     ("post", "/v1/jobs", {"json": {"learning_rate": -1}}, 422, "learning_rate"),
+    ("post", "/v1/jobs", {"json": {"learning_rate": 5e-324, "optimizer": "adam"}}, 422, "learning_rate"),
     ("post", "/v1/jobs", {"json": {"val_fraction": 1.0}}, 422, "val_fraction"),
     ("post", "/v1/jobs", {"json": {"val_fraction": 0.0}}, 422, "val_fraction"),
     ("post", "/v1/jobs", {"json": {"unknown_option": 1}}, 422, "unknown_option"),
@@ -130,6 +144,37 @@ def test_bad_input_is_a_4xx_naming_the_field(daemon, method, path, kwargs, statu
     body = r.json()
     assert set(body) == {"error", "field", "message"} and body["message"]
     assert body["field"] == field, body
+
+
+def test_messages_point_at_the_value_at_fault(daemon):
+    def message(path: str, **kwargs) -> str:
+        r = daemon.client.post(path, **kwargs)
+        assert r.status_code == 422, r.text
+        return r.json()["message"]
+
+    assert message("/v1/predict", json={"x": [*SAMPLE[:-1], None]}) == "x[47]: expected a number, found null"
+    huge = message("/v1/predict", json={"x": [SAMPLE, [*SAMPLE[:-1], 2**2000]]})
+    assert huge.startswith("x[1][47]: an integer of 603 digits is out of range")
+    beyond_float32 = message("/v1/predict", json={"x": [SAMPLE, [2**200, *SAMPLE[1:]]]})
+    assert beyond_float32.startswith("x[1][0]: 1.60694e+60 is out of range for float32")
+    assert "negative dimension" in message("/v1/predict/npy", content=NEGATIVE_NPY)
+    assert "learning_rate" in message("/v1/jobs", json={"learning_rate": 5e-324, "optimizer": "adam"})
+
+
+def test_an_integer_beyond_int64_is_a_number_like_any_other(daemon):
+    as_int = daemon.client.post("/v1/predict", json={"x": [2**70, *SAMPLE[1:]]})
+    as_float = daemon.client.post("/v1/predict", json={"x": [float(2**70), *SAMPLE[1:]]})
+    assert as_int.status_code == as_float.status_code == 200, as_int.text
+    assert as_int.json() == as_float.json()
+
+
+def test_options_lists_the_methods_of_a_route(daemon):
+    for path, allowed in [("/v1/bundle", "GET, OPTIONS, PUT"), ("/v1/predict", "OPTIONS, POST"), ("/v1/jobs/7", "GET, OPTIONS")]:
+        r = daemon.client.options(path)
+        assert r.status_code == 204 and r.headers["allow"] == allowed and r.content == b"", (path, r.status_code)
+    assert daemon.client.options("/v1/no/such/route").status_code == 404
+    refused = daemon.client.delete("/v1/model")
+    assert refused.status_code == 405 and "GET" in refused.headers["allow"]
 
 
 def test_a_truncated_bundle_upload_is_refused_and_the_old_one_stays(daemon, har_bundle):

@@ -1,14 +1,19 @@
 """The HTTP/JSON API under /v1, on FastAPI: routes are thin, the work is in `Service`.
 
 Every refusal is a JSON body `{"error": code, "field": name-or-null, "message": text}`
-with a 4xx status; an unexpected failure is logged and answered 500 while the daemon
-keeps serving. No route reads or writes a path a client gives.
+with a 4xx status; a full disk is 507 (insufficient_storage); an unexpected failure is
+logged and answered 500 while the daemon keeps serving. No route reads or writes a path
+a client gives. The OpenAPI schema's request examples are made from the served bundle,
+so each one is a request the daemon accepts.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import sqlite3
 from dataclasses import dataclass
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import numpy as np
@@ -22,15 +27,17 @@ from s2rt import __version__
 from s2rt.errors import RuntimeInputError
 from s2rt.serve import schemas as s
 from s2rt.serve.access import Access, ControlGuard
-from s2rt.serve.errors import ApiError, not_found
+from s2rt.serve.errors import ApiError, disk_full, not_found
 from s2rt.serve.jobs import JobOptions
-from s2rt.serve.middleware import BearerAuth, BodyLimit, RequestMetrics
+from s2rt.serve.middleware import BearerAuth, BodyLimit, Options, RequestMetrics
 from s2rt.serve.service import Service, store_call
 
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/v1/health/live", "/v1/health/ready"})
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": s.ErrorResponse} for code in (401, 403, 404, 409, 413, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": s.ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422)}
+WRITES: dict[int | str, dict[str, Any]] = {507: {"model": s.ErrorResponse, "description": "the disk holding the state is full"}}
+UPLOADS = "/v1/bundle"
 RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 Id = Annotated[int, Path(ge=0, le=s.MAX_ID)]
 
@@ -38,7 +45,7 @@ Id = Annotated[int, Path(ge=0, le=s.MAX_ID)]
 @dataclass(frozen=True)
 class Limits:
     body_bytes: int = 8 << 20
-    bundle_bytes: int = 256 << 20
+    bundle_bytes: int = 16 << 20
 
 
 def create_app(
@@ -60,8 +67,13 @@ def create_app(
     _jobs(app, service)
     _adapters(app, service)
     _bundle(app, service)
-    app.add_middleware(BodyLimit, limit=limits.body_bytes, overrides={"/v1/bundle": limits.bundle_bytes})
-    app.add_middleware(ControlGuard, access=access or Access())
+    _openapi_examples(app, service)
+    uploads = _spool_dir(service.state_dir)
+    app.add_middleware(
+        BodyLimit, limit=limits.body_bytes, overrides={UPLOADS: limits.bundle_bytes}, spool=frozenset({UPLOADS}), spool_dir=uploads
+    )
+    app.add_middleware(ControlGuard, access=access or Access())  # before the body is read
+    app.add_middleware(Options, routes=app.routes)
     app.add_middleware(BearerAuth, tokens=tokens, public=PUBLIC_PATHS)
     app.add_middleware(RequestMetrics, metrics=service.metrics, log_requests=log_requests)
     return app
@@ -73,7 +85,19 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError) -> JSONResponse:
+        full = disk_full(e) if e.status >= 409 else None  # e.g. a state file that could not be written
+        if full is not None:
+            return reply(507, "insufficient_storage", full)
         return reply(e.status, e.code, e.message, e.field)
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.Error)
+    async def storage_error(request: Request, e: Exception) -> JSONResponse:
+        full = disk_full(e)
+        if full is None:
+            return await internal_error(request, e)
+        log.error("%s %s: %s", request.method, request.url.path, full)
+        return reply(507, "insufficient_storage", full)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -172,7 +196,7 @@ def _predict(app: FastAPI, service: Service) -> None:
 
 
 def _samples(app: FastAPI, service: Service) -> None:
-    @app.post("/v1/samples", response_model=s.SamplesCreated, status_code=201, tags=["samples"])
+    @app.post("/v1/samples", response_model=s.SamplesCreated, status_code=201, tags=["samples"], responses=WRITES)
     def add(body: s.SamplesRequest) -> dict[str, Any]:
         """Store labelled samples. They are on disk (SQLite, WAL, synchronous=FULL) before this answers."""
         ids = service.ingest_json(body.x, body.y)
@@ -211,7 +235,9 @@ def _samples(app: FastAPI, service: Service) -> None:
 
 
 def _jobs(app: FastAPI, service: Service) -> None:
-    @app.post("/v1/jobs", response_model=s.JobInfo, status_code=202, tags=["training"], responses={503: {"model": s.ErrorResponse}})
+    busy: dict[int | str, dict[str, Any]] = {**WRITES, 503: {"model": s.ErrorResponse}}
+
+    @app.post("/v1/jobs", response_model=s.JobInfo, status_code=202, tags=["training"], responses=busy)
     def start(body: s.TrainRequest) -> dict[str, Any]:
         """Start a fine-tune job on the stored samples (409 while another runs)."""
         return service.jobs.start(JobOptions(**body.model_dump()))
@@ -259,12 +285,12 @@ def _adapters(app: FastAPI, service: Service) -> None:
         headers = {"content-disposition": f'attachment; filename="adapters-v{version}.npz"'}
         return Response(data, media_type="application/octet-stream", headers=headers)
 
-    @app.post("/v1/adapters/{version}/activate", response_model=s.Activated, tags=["adapters"])
+    @app.post("/v1/adapters/{version}/activate", response_model=s.Activated, tags=["adapters"], responses=WRITES)
     def activate(version: Id) -> dict[str, int]:
         """Serve this version from now on (it is loaded and checked first)."""
         return {"active": service.activate(version)}
 
-    @app.post("/v1/adapters/rollback", response_model=s.Activated, tags=["adapters"])
+    @app.post("/v1/adapters/rollback", response_model=s.Activated, tags=["adapters"], responses=WRITES)
     def rollback() -> dict[str, int]:
         """Re-activate the version that was active before the current one."""
         return {"active": service.rollback()}
@@ -278,11 +304,45 @@ def _bundle(app: FastAPI, service: Service) -> None:
         headers = {"content-disposition": f'attachment; filename="{digest[:12]}.s2l"'}
         return Response(data, media_type="application/octet-stream", headers=headers)
 
-    @app.put("/v1/bundle", response_model=s.Deployed, tags=["model"], openapi_extra=RAW_BODY)
+    @app.put(UPLOADS, response_model=s.Deployed, tags=["model"], openapi_extra=RAW_BODY, responses=WRITES)
     async def deploy(request: Request) -> dict[str, Any]:
-        """Deploy a new bundle (raw body). It is verified and loaded before it replaces the served one;
-        samples of the same input signature carry over, the Skip-Cache starts afresh. 409 while a job runs;
-        403 unless the daemon has a trusted key (uploads must be signed by it) or --allow-unsigned-deploy."""
+        """Deploy a new bundle (raw body, at most --max-bundle-bytes, else 413). It is verified and loaded
+        before it replaces the served one; samples of the same input signature carry over, the Skip-Cache
+        starts afresh. 409 while a job runs; 403 unless the daemon has a trusted key (uploads must be
+        signed by it) or --allow-unsigned-deploy."""
         service.check_deploy_allowed()
-        body = await request.body()
-        return await run_in_threadpool(service.deploy, body)
+        upload: FilePath = request.state.body_file  # BodyLimit streamed the body there
+
+        def read_and_deploy() -> dict[str, Any]:
+            return service.deploy(upload.read_bytes())
+
+        return await run_in_threadpool(read_and_deploy)
+
+
+def _spool_dir(state_dir: FilePath) -> FilePath:
+    """DIR/uploads for bundle uploads in progress, emptied of any a crash left behind."""
+    uploads = state_dir / "uploads"
+    uploads.mkdir(mode=0o700, exist_ok=True)
+    for stale in uploads.glob("upload-*.part"):
+        stale.unlink(missing_ok=True)
+    return uploads
+
+
+def _openapi_examples(app: FastAPI, service: Service) -> None:
+    """Request examples made from the bundle served when the schema is asked for."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = copy.deepcopy(generate())
+        bundle = service.serving.deployment.bundle
+        sample = np.zeros(bundle.input.shape).tolist()
+        examples = {
+            ("/v1/predict", "post"): {"x": sample},
+            ("/v1/samples", "post"): {"x": sample, "y": bundle.labels[0] if bundle.labels else 0},
+            ("/v1/jobs", "post"): {"epochs": 5, "learning_rate": 0.01, "val_fraction": 0.2},
+        }
+        for (path, method), example in examples.items():
+            schema["paths"][path][method]["requestBody"]["content"]["application/json"]["example"] = example
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -29,8 +29,29 @@ def add_serve(sub: Subparsers) -> None:
     p.add_argument("--threads", type=int, default=1, help="backend threads per request (default: 1)")
     p.add_argument("--cache-capacity", type=_positive, default=20_000, help="samples the Skip-Cache file holds (default 20000)")
     p.add_argument("--max-body-bytes", type=_positive, default=8 << 20, help="largest request body (default 8 MiB)")
-    p.add_argument("--max-bundle-bytes", type=_positive, default=256 << 20, help="largest bundle upload (default 256 MiB)")
-    p.add_argument("--max-connections", type=_positive, default=256, help="concurrent connections before 503 (default 256)")
+    p.add_argument(
+        "--max-bundle-bytes",
+        type=_positive,
+        default=16 << 20,
+        help="largest bundle upload, streamed to a file in --state-dir (default 16 MiB; bundles are usually 20-100 KB)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=256,
+        help="open connections; at the limit the ones waiting longest for bytes are closed, and only when all are busy "
+        "do requests get 503 (default 256)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=10.0,
+        help="close a connection that has not sent a whole request head within this many seconds of connecting "
+        "or of its last answer (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout", type=_seconds, default=60.0, help="close a connection whose request body takes longer than this (default 60)"
+    )
     p.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds to wait for requests and the job on stop (default 10)")
     p.add_argument(
         "--trusted-key",
@@ -71,6 +92,16 @@ def add_client(sub: Subparsers) -> None:
     from s2rt.serve.client import add_client_commands
 
     add_client_commands(sub)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 86400], got {value}")
+    return value
 
 
 def _positive(text: str) -> int:

@@ -68,7 +68,8 @@ class Database:
             try:
                 yield self.conn
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL
+                    self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
 

@@ -25,10 +25,36 @@ def samples_from_json(value: Any, sig: InputSignature, field: str = "x") -> tupl
         arr = np.asarray(value)
     except (ValueError, TypeError):
         raise invalid(field, "nested lists of different lengths; expected a rectangular array of numbers") from None
+    if arr.dtype.kind == "O":
+        arr = _numbers_in(arr, field)
     if arr.dtype.kind not in "fiu":
-        found = "strings" if arr.dtype.kind == "U" else "true/false" if arr.dtype.kind == "b" else "null or mixed values"
+        found = "strings" if arr.dtype.kind == "U" else "true/false" if arr.dtype.kind == "b" else f"{arr.dtype} values"
         raise invalid(field, f"expected numbers, found {found}")
     return checked_batch(arr, sig, field)
+
+
+def _numbers_in(arr: np.ndarray, field: str) -> np.ndarray:
+    """NumPy makes an object array of JSON numbers when one is an integer beyond int64 (2**70), or of
+    a mix with null, true/false, objects: float64 values, or an error naming the first bad element."""
+    for index, v in np.ndenumerate(arr):
+        where = field + "".join(f"[{i}]" for i in index)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _invalid_at(field, where, f"expected a number, found {_json_kind(v)}")
+        try:
+            float(v)
+        except OverflowError:
+            limit = np.finfo(np.float64).max
+            raise _invalid_at(field, where, f"an integer of {len(str(abs(v)))} digits is out of range (beyond ±{limit:.3g})") from None
+    return arr.astype(np.float64)
+
+
+def _invalid_at(field: str, where: str, message: str) -> ApiError:
+    """A refusal of `field` whose message points inside it (x[2][5])."""
+    return ApiError(422, "invalid_input", f"{where}: {message}", field)
+
+
+def _json_kind(v: Any) -> str:
+    return {type(None): "null", bool: "true/false", str: "a string", dict: "an object", list: "a list"}.get(type(v), type(v).__name__)
 
 
 def samples_from_npy(body: bytes, sig: InputSignature, field: str = "body") -> tuple[np.ndarray, bool]:
@@ -49,6 +75,8 @@ def npy_array(body: bytes, field: str) -> np.ndarray:
         raise invalid(field, f"not a .npy array ({e})") from None
     if dtype.hasobject or dtype.kind not in "fiu":
         raise invalid(field, f"array dtype is {dtype}, expected numbers (float32 preferred)")
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise invalid(field, f"the .npy header's shape {shape} has a negative dimension")
     count = math.prod(shape)
     if len(body) - f.tell() != count * dtype.itemsize:
         raise invalid(field, f"header says {dtype} {shape} ({count * dtype.itemsize} bytes) but {len(body) - f.tell()} data bytes follow")
@@ -69,10 +97,15 @@ def checked_batch(arr: np.ndarray, sig: InputSignature, field: str) -> tuple[np.
         raise invalid(field, "the batch holds no samples")
     with np.errstate(over="ignore", invalid="ignore"):
         out = np.ascontiguousarray(arr, dtype=sig.dtype.numpy)
-    bad = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+    bad = ~np.isfinite(out.reshape(len(out), -1))
     if bad.any():
-        where = "" if single else f" (sample {int(np.flatnonzero(bad)[0])})"
-        raise invalid(field, f"contains NaN, Inf or a value outside {sig.dtype.name.lower()}{where}")
+        n, k = (int(i) for i in np.argwhere(bad)[0])
+        where = f"{field}[{k}]" if single else f"{field}[{n}][{k}]" if len(shape) == 1 else f"{field} (sample {n}, value {k})"
+        value = arr.reshape(len(arr), -1)[n, k]
+        if np.isfinite(value):
+            limit = np.finfo(sig.dtype.numpy).max
+            raise _invalid_at(field, where, f"{value:g} is out of range for {sig.dtype.name.lower()} (beyond ±{limit:.3g})")
+        raise _invalid_at(field, where, "NaN or Infinity is not a sample value")
     return out, single
 
 

@@ -28,7 +28,7 @@ from s2rt.bundle import Optimizer
 from s2rt.errors import S2LError
 from s2rt.features import CachedFeatures
 from s2rt.head import AdapterHead
-from s2rt.serve.errors import ApiError, conflict, not_found
+from s2rt.serve.errors import ApiError, conflict, disk_full, not_found
 from s2rt.serve.gate import AccuracyGate, held_out
 from s2rt.state import Adapters
 from s2rt.trainer import TrainConfig, evaluate, train
@@ -215,10 +215,12 @@ class JobRunner:
         except JobCancelled:
             state, message, result = "cancelled", f"cancelled ({job.cancel_reason}); the active version stays", None
         except S2LError as e:
-            state, message, result = "failed", str(e), None
+            state, message, result = "failed", disk_full(e) or str(e), None
         except Exception as e:  # a bug must not kill the worker silently; the job record says what happened
-            log.exception("job %d failed", job.id)
-            state, message, result = "failed", f"internal error: {type(e).__name__}: {e}", None
+            full = disk_full(e)
+            if full is None:
+                log.exception("job %d failed", job.id)
+            state, message, result = "failed", full or f"internal error: {type(e).__name__}: {e}", None
         seconds = time.perf_counter() - started
         hits = sum(s.hits for s in (train_src, val_src) if s is not None)
         misses = sum(s.misses for s in (train_src, val_src) if s is not None)

@@ -1,9 +1,9 @@
 """Prometheus text exposition (format 0.0.4), written by hand: counters, gauges, histograms.
 
-    metrics = Metrics()
-    metrics.requests.inc(route="/v1/predict", method="POST", status="200")
-    metrics.latency.observe(0.004, route="/v1/predict")
-    text = metrics.render()
+metrics = Metrics()
+metrics.requests.inc(route="/v1/predict", method="POST", status="200")
+metrics.latency.observe(0.004, route="/v1/predict")
+text = metrics.render()
 """
 
 from __future__ import annotations

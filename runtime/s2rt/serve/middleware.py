@@ -1,8 +1,9 @@
-"""ASGI middleware around the API: request metrics and logs, bearer tokens, body size limits.
+"""ASGI middleware around the API: request metrics and logs, bearer tokens, OPTIONS, body size limits.
 
 Order, outermost first: `RequestMetrics` (sees every response, even refusals),
-`BearerAuth` (refuses before any body is read), `BodyLimit` (reads the body up to its
-limit, then hands it on; 413 beyond it).
+`BearerAuth` (refuses before any body is read), `Options` (answers OPTIONS from the
+routes), `BodyLimit` (reads the body up to its limit, then hands it on; 413 beyond it;
+uploads are streamed to a file instead of memory).
 """
 
 from __future__ import annotations
@@ -10,10 +11,15 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from pathlib import Path
+from typing import IO, Any
 
+from starlette.routing import Match, Route
+
+from s2rt.serve.errors import disk_full
 from s2rt.serve.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
@@ -92,11 +98,37 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-class BodyLimit:
-    """Reads a request body up to `limit` bytes (`overrides` per path) and replays it to the app; 413 beyond."""
+class Options:
+    """OPTIONS on a route answers 204 with `Allow` listing its methods (404 for no route)."""
 
-    def __init__(self, app: ASGIApp, limit: int, overrides: dict[str, int]) -> None:
-        self.app, self.limit, self.overrides = app, limit, overrides
+    def __init__(self, app: ASGIApp, routes: Iterable[Any]) -> None:
+        self.app, self.routes = app, [r for r in routes if isinstance(r, Route)]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        methods = {m for r in self.routes if r.matches(scope)[0] != Match.NONE for m in r.methods or ()}
+        if not methods:
+            await send_error(send, 404, "not_found", f"no route {scope['path']}")
+            return
+        allow = ", ".join(sorted(methods | {"OPTIONS"})).encode()
+        await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow)]})
+        await send({"type": "http.response.body", "body": b""})
+
+
+class BodyLimit:
+    """Reads a request body up to `limit` bytes (`overrides` per path) and replays it to the app; 413 beyond.
+
+    The bodies of the paths in `spool` (bundle uploads) go to a file in `spool_dir` as they
+    arrive, not to memory; the app finds it at `request.state.body_file`, deleted after the
+    request. `spool_dir` should be on the state directory's disk: /tmp is often RAM on a device.
+    """
+
+    def __init__(
+        self, app: ASGIApp, limit: int, overrides: dict[str, int], spool: frozenset[str] = frozenset(), spool_dir: Path | None = None
+    ) -> None:
+        self.app, self.limit, self.overrides, self.spool, self.spool_dir = app, limit, overrides, spool, spool_dir
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
@@ -106,6 +138,9 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await send_error(send, 413, "too_large", f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+            return
+        if scope["path"] in self.spool and self.spool_dir is not None:
+            await self._spooled(scope, receive, send, limit)
             return
         chunks, size = [], 0
         while True:
@@ -130,3 +165,39 @@ class BodyLimit:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+    async def _spooled(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        assert self.spool_dir is not None
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.spool_dir, prefix="upload-", suffix=".part") as f:
+                if not await _copy_body(receive, f, limit):
+                    await send_error(send, 413, "too_large", f"request body exceeds the limit of {limit} bytes")
+                    return
+                scope.setdefault("state", {})["body_file"] = Path(f.name)
+
+                async def drained() -> Message:
+                    return await receive()
+
+                await self.app(scope, drained, send)
+        except OSError as e:
+            message = disk_full(e)
+            if message is None:
+                raise
+            await send_error(send, 507, "insufficient_storage", message)
+
+
+async def _copy_body(receive: Receive, f: IO[bytes], limit: int) -> bool:
+    """Write the body to `f` as it arrives; False once it exceeds `limit` (or the client left)."""
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return False
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return False
+        f.write(chunk)
+        if not message.get("more_body", False):
+            f.flush()
+            return True

@@ -9,7 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, WithJs
 MAX_ID = 2**62
 _LABEL = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}
 # Checked by the service (unknown names, out-of-range indices, count against x) for messages naming y[i].
-LabelOrLabels = Annotated[Any, WithJsonSchema({"anyOf": [_LABEL, {"type": "array", "items": _LABEL}]})]
+LabelOrLabels = Annotated[Any, WithJsonSchema({"anyOf": [_LABEL, {"type": "array", "items": _LABEL, "minItems": 1}]})]
+# Numbers or nested lists of them; the shape and values are checked against the bundle by `inputs`, so that
+# a batch of thousands of numbers is not validated number by number here.
+_NESTED = {"anyOf": [{"type": "number"}, {"type": "array", "minItems": 1}]}
+Samples = Annotated[list[Any], WithJsonSchema({"type": "array", "minItems": 1, "items": _NESTED})]
+MIN_LEARNING_RATE = 1e-10  # smaller steps change nothing in float32, and underflow Adam's bias-corrected step
 
 
 class Strict(BaseModel):
@@ -49,9 +54,8 @@ class ModelInfo(BaseModel):
 
 
 class PredictRequest(Strict):
-    x: list[Any] = Field(
-        description="one sample (nested lists of numbers in the input's shape) or a list of samples",
-        examples=[[0.1, 0.2, 0.3]],
+    x: Samples = Field(
+        min_length=1, description="one sample (nested lists of numbers in the input's shape, see /v1/model) or a list of samples"
     )
 
 
@@ -64,7 +68,7 @@ class PredictResponse(BaseModel):
 
 
 class SamplesRequest(Strict):
-    x: list[Any] = Field(description="one sample or a list of samples, as for predict")
+    x: Samples = Field(min_length=1, description="one sample or a list of samples, as for predict")
     y: LabelOrLabels = Field(description="class index or label name; a list of them for a list of samples")
 
 
@@ -92,15 +96,27 @@ class Sample(BaseModel):
 
 
 class TrainRequest(Strict):
+    # The held-out split is what check_accuracy checks against: it needs val_fraction > 0.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"check_accuracy": {"const": False}}, "required": ["check_accuracy"]},
+                {"properties": {"val_fraction": {"exclusiveMinimum": 0}}},
+            ]
+        }
+    )
+
     epochs: StrictInt | None = Field(None, ge=1, le=10_000, description="default: the bundle's")
     batch_size: StrictInt | None = Field(None, ge=1, le=65_536, description="default: the bundle's")
-    learning_rate: float | None = Field(None, gt=0, le=100, allow_inf_nan=False, description="default: the bundle's")
+    learning_rate: float | None = Field(
+        None, ge=MIN_LEARNING_RATE, le=100, allow_inf_nan=False, description=f"default: the bundle's; {MIN_LEARNING_RATE:g} to 100"
+    )
     optimizer: Literal["sgd", "adam"] | None = Field(None, description="default: the bundle's")
     seed: StrictInt = Field(0, ge=0, le=2**32 - 1, description="seeds the shuffling")
-    val_fraction: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False, description="share of samples held out (fixed by content)")
-    check_accuracy: StrictBool = Field(
-        True, description="activate only if held-out accuracy is not worse than the active version's"
+    val_fraction: float = Field(
+        0.2, ge=0, lt=1, allow_inf_nan=False, description="share of samples held out (fixed by content); > 0 unless check_accuracy is false"
     )
+    check_accuracy: StrictBool = Field(True, description="activate only if held-out accuracy is not worse than the active version's")
     start_from: Literal["active", "initial"] = Field("active", description="continue the active adapters or start afresh")
 
 

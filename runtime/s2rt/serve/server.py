@@ -29,6 +29,7 @@ import uvicorn
 from s2rt.errors import RuntimeInputError
 from s2rt.serve.access import Access
 from s2rt.serve.app import Limits, create_app
+from s2rt.serve.connections import Deadlines, guarded_protocol
 from s2rt.serve.logs import setup_logging
 from s2rt.serve.service import Service, ServiceConfig
 from s2rt.trust import trusted_keys_from
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         server = Daemon(
             uvicorn.Config(
                 app,
+                http=guarded_protocol(Deadlines(idle=args.idle_timeout, body=args.body_timeout)),
                 lifespan="off",
                 log_config=None,
                 access_log=False,
