@@ -55,6 +55,13 @@ def load_samples(
     return _checked(p, x, y, signature, num_classes, require_labels)
 
 
+def check_samples(
+    x: object, y: object, signature: InputSignature, num_classes: int | None = None, require_labels: bool = False
+) -> Samples:
+    """Arrays (or nested lists) checked and cast as `load_samples` checks a file's."""
+    return _checked(Path("<arrays>"), np.asarray(x), None if y is None else np.asarray(y), signature, num_classes, require_labels)
+
+
 def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray | None]:
     arrays = read_npz(p, RuntimeInputError, ".npz file")
     if "x" not in arrays:

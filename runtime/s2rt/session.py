@@ -1,9 +1,11 @@
-"""The runtime's library API: one bundle, one backend, one adapter head.
+"""The runtime's library API (`from s2rt import Model`): one bundle, one backend, one adapter head.
 
     model = Model.open("bundle.s2l")
-    model.fine_tune(load_samples("ft.npz", model.bundle.input, ...), TrainConfig(...), method="skip2lora")
+    model.fine_tune(model.samples(x, y))            # the bundle's defaults, as `s2rt train` uses them
+    model.fine_tune(model.samples(x, y), epochs=5)  # ... with some of them overridden
+    model.predict(x)          # the label of each sample (sklearn's habit)
+    model.predict_proba(x)    # class probabilities, one column per label
     model.save_adapters("adapters.npz")
-    labels, probs = model.predict(x)
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 from s2rt.backend import open_backend
 from s2rt.bundle import Bundle, Loss
 from s2rt.cache import CHECK_BYTES, SkipCache, records_offset, records_within
-from s2rt.data import Samples
+from s2rt.bundle.foreign import refuse_foreign
+from s2rt.data import Samples, check_samples
 from s2rt.errors import RuntimeInputError, StateError
 from s2rt.features import CachedFeatures
 from s2rt.frozen import FrozenModel
@@ -74,6 +77,7 @@ class Model:
         `method` None: skip2lora, or the method of `adapters` when given; otherwise
         `adapters` must be of `method`'s family.
         """
+        refuse_foreign(path)
         model = cls(open_trusted(path, trusted_keys), backend, threads, method or DEFAULT_METHOD)
         if adapters is not None:
             model.load_adapters(adapters, method)
@@ -128,24 +132,72 @@ class Model:
             made = self._merged = (self.head, theta.tobytes(), merge())
         return made[2]
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(class index, class probabilities) per sample."""
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The class labels, in the order of `predict_proba`'s columns."""
+        return self.bundle.labels
+
+    @property
+    def classifies(self) -> bool:
+        return self.bundle.head.loss == Loss.SOFTMAX_CROSS_ENTROPY
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The label of each sample (from `labels`); a regression head's outputs, N x C."""
         z = self.logits(x)
-        if self.bundle.head.loss != Loss.SOFTMAX_CROSS_ENTROPY:
+        return np.asarray(self.labels)[z.argmax(axis=1)] if self.classifies else z
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities, N x C, columns in the order of `labels`."""
+        if not self.classifies:
+            raise RuntimeInputError("predict_proba: this bundle's head is a regression (loss mse); use predict")
+        return softmax(self.logits(x))
+
+    def classify(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class index, class probabilities) per sample; a regression head: (zeros, outputs)."""
+        z = self.logits(x)
+        if not self.classifies:
             return np.zeros(len(z), dtype=np.int64), z
         return z.argmax(axis=1), softmax(z)
 
     def evaluate(self, samples: Samples) -> dict[str, float | int]:
         if samples.y is None:
             raise ValueError("evaluation needs labelled samples")
-        predicted, _ = self.predict(samples.x)
+        predicted, _ = self.classify(samples.x)
         return {"accuracy": float(np.mean(predicted == samples.y)), "n": len(samples.y)}
+
+    def samples(self, x: Any, y: Any = None) -> Samples:
+        """`x` (N x input shape, or N flat rows) and labels `y` checked against the bundle as
+        `s2rt` checks a data file; `y` holds class indices or the bundle's labels."""
+        if y is not None and np.asarray(y).dtype.kind in "US":
+            y = self._indices(np.asarray(y))
+        return check_samples(x, y, self.bundle.input, self.bundle.head.num_outputs)
+
+    def _indices(self, y: np.ndarray) -> np.ndarray:
+        index = {label: i for i, label in enumerate(self.labels)}
+        unknown = sorted({str(v) for v in y.reshape(-1) if str(v) not in index})
+        if unknown:
+            raise RuntimeInputError(f"labels {unknown[:5]} are not among the bundle's labels {list(self.labels)}")
+        return np.array([index[str(v)] for v in y.reshape(-1)], dtype=np.int64)
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        """The bundle's default optimizer, learning rate, epochs and batch size, and its loss,
+        with `overrides` (`TrainConfig` fields; None keeps the default) on top."""
+        d = self.bundle.head.defaults
+        fields: dict[str, Any] = {
+            "epochs": d.epochs,
+            "batch_size": d.batch_size,
+            "learning_rate": d.learning_rate,
+            "optimizer": d.optimizer,
+            "loss": self.bundle.head.loss,
+        }
+        fields.update({name: value for name, value in overrides.items() if value is not None})
+        return TrainConfig(**fields)
 
     # -- training --------------------------------------------------------------------
     def fine_tune(
         self,
         samples: Samples,
-        config: TrainConfig,
+        config: TrainConfig | None = None,
         *,
         use_cache: bool = True,
         cache_path: str | os.PathLike[str] | None = None,
@@ -153,8 +205,12 @@ class Model:
         max_cache_mb: float | None = None,
         progress: ProgressCallback | None = None,
         method: str | None = None,
+        **overrides: Any,
     ) -> FineTuneResult:
         """Train the adapters on labelled samples; the frozen forward runs once per sample with the cache on.
+
+        `config` None: `train_config(**overrides)`, the bundle's defaults with `overrides`
+        (epochs=5, learning_rate=0.05, …) on top.
 
         The cache holds every sample, or at most `cache_capacity` records, or at most what
         fits in `max_cache_mb` MiB (header and checksums included), whichever is least;
@@ -165,6 +221,10 @@ class Model:
         """
         if samples.y is None:
             raise ValueError("fine-tuning needs labelled samples")
+        if config is None:
+            config = self.train_config(**overrides)
+        elif overrides:
+            raise TypeError(f"fine_tune: give a config or overrides ({', '.join(overrides)}), not both")
         if method is not None:
             chosen = get_method(method)
             if chosen.family != self.method.family:

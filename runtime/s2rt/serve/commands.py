@@ -4,6 +4,9 @@ library: FastAPI and uvicorn are imported when `s2rt serve` actually runs."""
 from __future__ import annotations
 
 import argparse
+import os
+import stat
+from pathlib import Path
 from typing import TypeAlias
 
 from s2rt.backend import BACKENDS
@@ -46,6 +49,7 @@ def add_serve(sub: Subparsers) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    private_state(Path(args.state_dir))
     try:
         from s2rt.serve.server import run
     except ImportError as e:
@@ -53,6 +57,18 @@ def _run_serve(args: argparse.Namespace) -> int:
 
         raise S2LError(f"s2rt serve needs FastAPI and uvicorn: pip install 's2l-runtime[serve]' ({e})") from None
     return run(args)
+
+
+def private_state(state_dir: Path) -> None:
+    """The daemon's files (sample database, adapter versions, stored bundles, cache) are
+    0600 whatever the umask and whatever the modes of a --state-dir made beforehand: the
+    process umask becomes 077 for the daemon's life, and files already there are narrowed."""
+    os.umask(0o077)
+    for folder, _, names in os.walk(state_dir):
+        for name in names:
+            path = os.path.join(folder, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.chmod(path, 0o600)
 
 
 def add_client(sub: Subparsers) -> None:
