@@ -26,7 +26,7 @@ _EXPORTS = {
     "S2LError": "s2rt.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["FineTuneResult", "Model", "S2LError", "Samples", "TrainConfig", "__version__", "load_samples"]
 
 if TYPE_CHECKING:
     from s2rt.data import Samples, load_samples

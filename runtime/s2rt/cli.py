@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="s2rt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"s2rt {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # the subcommands' parsers are OneLineParsers too (argparse makes them of the parent's class)
+    sub = cast(Subparsers, parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     for add in COMMANDS:
         add(sub)
     return parser
@@ -75,7 +76,9 @@ def _add_train(sub: Subparsers) -> None:
     train.add_argument("--no-cache", action="store_true", help="run the frozen forward every epoch (no Skip-Cache), for comparison")
     train.add_argument("--cache-file", help="keep the Skip-Cache in this memory-mapped file (default: in memory)")
     train.add_argument(
-        "--cache-capacity", type=int_at_least(1), help="most samples the cache holds; the rest run the frozen forward every epoch (default: all)"
+        "--cache-capacity",
+        type=int_at_least(1),
+        help="most samples the cache holds; the rest run the frozen forward every epoch (default: all)",
     )
     train.add_argument(
         "--max-cache-mb",

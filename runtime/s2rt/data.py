@@ -55,9 +55,7 @@ def load_samples(
     return _checked(p, x, y, signature, num_classes, require_labels)
 
 
-def check_samples(
-    x: object, y: object, signature: InputSignature, num_classes: int | None = None, require_labels: bool = False
-) -> Samples:
+def check_samples(x: object, y: object, signature: InputSignature, num_classes: int | None = None, require_labels: bool = False) -> Samples:
     """Arrays (or nested lists) checked and cast as `load_samples` checks a file's."""
     return _checked(Path("<arrays>"), np.asarray(x), None if y is None else np.asarray(y), signature, num_classes, require_labels)
 

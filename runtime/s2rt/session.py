@@ -1,11 +1,11 @@
 """The runtime's library API (`from s2rt import Model`): one bundle, one backend, one adapter head.
 
-    model = Model.open("bundle.s2l")
-    model.fine_tune(model.samples(x, y))            # the bundle's defaults, as `s2rt train` uses them
-    model.fine_tune(model.samples(x, y), epochs=5)  # ... with some of them overridden
-    model.predict(x)          # the label of each sample (sklearn's habit)
-    model.predict_proba(x)    # class probabilities, one column per label
-    model.save_adapters("adapters.npz")
+model = Model.open("bundle.s2l")
+model.fine_tune(model.samples(x, y))            # the bundle's defaults, as `s2rt train` uses them
+model.fine_tune(model.samples(x, y), epochs=5)  # ... with some of them overridden
+model.predict(x)          # the label of each sample (sklearn's habit)
+model.predict_proba(x)    # class probabilities, one column per label
+model.save_adapters("adapters.npz")
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import numpy as np
 
 from s2rt.backend import open_backend
 from s2rt.bundle import Bundle, Loss
-from s2rt.cache import CHECK_BYTES, SkipCache, records_offset, records_within
 from s2rt.bundle.foreign import refuse_foreign
+from s2rt.cache import CHECK_BYTES, SkipCache, records_offset, records_within
 from s2rt.data import Samples, check_samples
 from s2rt.errors import RuntimeInputError, StateError
 from s2rt.features import CachedFeatures

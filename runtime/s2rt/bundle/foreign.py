@@ -19,7 +19,7 @@ _ONNX_NEXT_TAGS = frozenset({0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x42, 0x4A, 0x5
 
 
 def kind_of(head: bytes, suffix: str = "") -> str | None:
-    """"ONNX", "TFLite", or None (a bundle, or a file we cannot name) from the first bytes."""
+    """ "ONNX", "TFLite", or None (a bundle, or a file we cannot name) from the first bytes."""
     if head[4:8] == FILE_IDENTIFIER:
         return None
     if head[4:8] == TFLITE_IDENTIFIER or suffix == ".tflite":
@@ -41,9 +41,7 @@ def refuse_foreign(path: str | os.PathLike[str]) -> None:
         return  # the reader names the problem
     kind = kind_of(head, p.suffix.lower())
     if kind == "ONNX":
-        raise BundleError(
-            f"{p} is an ONNX model, not an s2l bundle: convert it first with `s2conv {p} -o {p.with_suffix('.s2l')}`"
-        )
+        raise BundleError(f"{p} is an ONNX model, not an s2l bundle: convert it first with `s2conv {p} -o {p.with_suffix('.s2l')}`")
     if kind == "TFLite":
         raise BundleError(
             f"{p} is a TFLite model, not an s2l bundle: s2conv converts ONNX models; export the model to ONNX "
