@@ -96,7 +96,7 @@ def test_errors_are_one_line_with_status_1(tmp_path):
 def test_usage_errors_are_one_line_with_status_2(tmp_path):
     model = gemm_chain().save(tmp_path)
     assert_one_line_error(s2conv(model), 2, "-o/--output")
-    assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--rank", 0), 2, "option rank")
+    assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--rank", 0), 2, "--rank: expected an integer in [1, 4096], got 0")
     assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--cache-dtype", "int4"), 2, "--cache-dtype")
 
 
