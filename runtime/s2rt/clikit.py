@@ -122,7 +122,20 @@ def check_writable(flag: str, path: str | os.PathLike[str]) -> None:
         raise UsageError(f"{flag} {p}: is a directory; expected a file name")
     if p.exists() and not os.access(p, os.W_OK):
         raise UsageError(f"{flag} {p}: the file is not writable")
-    folder = p.parent
+    _check_creatable(flag, p, p.parent)
+
+
+def check_folder(flag: str, path: str | os.PathLike[str]) -> None:
+    """UsageError naming `flag` unless `path` is a folder, or one can be made there."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {p}: is a file; expected a folder")
+    if not p.exists():
+        _check_creatable(flag, p, p.parent)
+
+
+def _check_creatable(flag: str, p: Path, folder: Path) -> None:
+    """The nearest existing ancestor of `folder` is a folder we may write to."""
     while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():

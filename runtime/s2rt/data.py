@@ -43,6 +43,8 @@ def load_samples(
 ) -> Samples:
     """Read a sample file and check it against the bundle's input signature."""
     p = Path(path)
+    if p.is_dir():
+        raise RuntimeInputError(f"{p}: is a folder, expected a data file (.npz or .csv)")
     if not p.is_file():
         raise RuntimeInputError(f"{p}: no such data file")
     suffix = p.suffix.lower()

@@ -141,3 +141,32 @@ def test_help_lists_every_command():
     assert out.returncode == 0
     for command in ("train", "eval", "predict", "verify", "serve", "client"):
         assert f"    {command}" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "99999"], "--port: expected a TCP port in [0, 65535], got 99999"),
+        (["--threads", "0"], "--threads: expected an integer >= 1, got 0"),
+        (["--max-connections", "0"], "--max-connections: expected an integer >= 1, got 0"),
+        (["--state-dir", "{d}/a_file"], "--state-dir {d}/a_file: is a file; expected a folder"),
+        (["--state-dir", "{d}/a_file/state"], "--state-dir {d}/a_file/state: cannot write there: {d}/a_file is not a folder"),
+    ],
+)
+def test_serve_refuses_bad_flags_before_starting(files, args, message):
+    full = ["serve", files / "tiny.s2l", "--state-dir", files / "state", *[a.format(d=files) for a in args]]
+    assert_one_line_error(s2rt(*full), 2, message.format(d=files))
+
+
+def test_serve_names_an_onnx_model_given_as_the_bundle(files, tmp_path):
+    (tmp_path / "model.onnx").write_bytes(bytes(tiny_bundle().segments[0].model))
+    assert_one_line_error(s2rt("serve", tmp_path / "model.onnx", "--state-dir", tmp_path / "s"), 1, "is an ONNX model, not an s2l bundle")
+    assert not (tmp_path / "s").exists()
+
+
+def test_client_refuses_a_negative_timeout_in_one_line():
+    assert_one_line_error(s2rt("client", "--timeout", "-1", "ready"), 2, "--timeout: expected a finite number > 0, got -1")
+
+
+def test_a_folder_given_as_data_is_named_a_folder(files):
+    assert_one_line_error(s2rt("eval", files / "tiny.s2l", "--data", files), 1, "is a folder, expected a data file")

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TypeAlias
 
 from s2rt.backend import BACKENDS
+from s2rt.bundle.foreign import refuse_foreign
+from s2rt.clikit import check_folder, int_at_least
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -25,11 +27,11 @@ def add_serve(sub: Subparsers) -> None:
     p.add_argument("bundle", nargs="?", help="the .s2l bundle to serve (default: the one deployed in --state-dir)")
     p.add_argument("--state-dir", required=True, help="where samples, adapter versions, the cache and the deployed bundle live")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others need --token-file)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--uds", metavar="PATH", help="listen on this Unix socket (mode 0600) instead of TCP")
     p.add_argument("--token-file", help="bearer tokens, one per line; required for a non-loopback --host")
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="inference backend (default: auto)")
-    p.add_argument("--threads", type=int, default=1, help="backend threads per request (default: 1)")
+    p.add_argument("--threads", type=_positive, default=1, help="backend threads per request (default: 1)")
     p.add_argument("--cache-capacity", type=_positive, default=20_000, help="samples the Skip-Cache file holds (default 20000)")
     p.add_argument("--max-body-bytes", type=_positive, default=8 << 20, help="largest request body (default 8 MiB)")
     p.add_argument("--max-bundle-bytes", type=_positive, default=256 << 20, help="largest bundle upload (default 256 MiB)")
@@ -49,6 +51,9 @@ def add_serve(sub: Subparsers) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    if args.bundle:
+        refuse_foreign(args.bundle)
+    check_folder("--state-dir", args.state_dir)
     private_state(Path(args.state_dir))
     try:
         from s2rt.serve.server import run
@@ -77,8 +82,11 @@ def add_client(sub: Subparsers) -> None:
     add_client_commands(sub)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_positive = int_at_least(1)
+
+
+def _port(text: str) -> int:
+    port = int_at_least(0)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port in [0, 65535], got {port}")
+    return port
