@@ -86,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _refuse_misspelled_command(word: str) -> None:
     """`s2conv inspekt x`: a first word that is no file but close to a command name is a typo, not a model."""
-    if not word or word.startswith("-") or Path(word).exists():
-        return
+    if not word or word.startswith("-") or Path(word).exists() or "." in word or "/" in word:
+        return  # an option, or a path (perhaps missing: the converter names it)
     close = difflib.get_close_matches(word, SUBCOMMANDS, n=1, cutoff=0.6)
     if close:
         sys.stderr.write(f"{PRODUCER}: error: unknown command {word!r}; did you mean {close[0]!r}? (see `{PRODUCER} --help`)\n")

@@ -147,6 +147,12 @@ def test_a_misspelled_command_is_not_taken_for_a_model(tmp_path, typed, meant):
     assert_one_line_error(result, 2, f"unknown command {typed!r}; did you mean {meant!r}?")
 
 
+def test_a_missing_model_named_like_a_command_is_reported_missing(tmp_path):
+    command = [sys.executable, "-m", "s2conv.cli", "export.onnx", "-o", "b.s2l"]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=60, cwd=tmp_path)
+    assert_one_line_error(result, 1, "export.onnx: no such file")
+
+
 def test_a_file_named_like_a_command_is_still_a_model(tmp_path):
     model = gemm_chain().save(tmp_path, "sing")
     result = subprocess.run(
