@@ -203,8 +203,15 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Before the work: the files the conversion will write can be written, and --save-segment names a format."""
     check_writable("-o/--output", args.output)
     if args.save_segment is not None:
-        if args.save_segment.suffix.lower() not in (".onnx", ".tflite"):
+        suffix = args.save_segment.suffix.lower()
+        if suffix not in (".onnx", ".tflite"):
             raise UsageError(f"--save-segment {args.save_segment}: name the file .onnx or .tflite (the suffix picks the format)")
+        have = [kind.name for kind in SEGMENT_BACKENDS[args.backend]]
+        if suffix[1:].upper() not in have:
+            raise UsageError(
+                f"--save-segment {args.save_segment}: the bundle has no {suffix[1:].upper()} segment to save (it has "
+                f"{' and '.join(have)}); name the file after one it has, or convert with --backend both"
+            )
         check_writable("--save-segment", args.save_segment)
 
 
