@@ -16,7 +16,6 @@ the model cannot be converted or the bundle cannot be read, as `s2rt` (`s2rt.cli
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import logging
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from s2rt.bundle import read_bundle
 from s2rt.bundle.model import FILE_IDENTIFIER, Bundle, OutputActivation
 from s2rt.bundle.signing import SigningKey, sign_bundle_file
-from s2rt.clikit import OneLineParser, check_writable, run_main
+from s2rt.clikit import OneLineParser, check_writable, refuse_misspelled_command, run_main
 from s2rt.errors import ConversionError, UsageError
 
 from s2conv.candidates import describe_model, render_model_text
@@ -88,10 +87,7 @@ def _refuse_misspelled_command(word: str) -> None:
     """`s2conv inspekt x`: a first word that is no file but close to a command name is a typo, not a model."""
     if not word or word.startswith("-") or Path(word).exists() or "." in word or "/" in word:
         return  # an option, or a path (perhaps missing: the converter names it)
-    close = difflib.get_close_matches(word, SUBCOMMANDS, n=1, cutoff=0.6)
-    if close:
-        sys.stderr.write(f"{PRODUCER}: error: unknown command {word!r}; did you mean {close[0]!r}? (see `{PRODUCER} --help`)\n")
-        sys.exit(2)
+    refuse_misspelled_command(PRODUCER, word, SUBCOMMANDS)
 
 
 # --- convert ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from s2rt import __version__
 from s2rt.backend import BACKENDS
 from s2rt.bundle import Optimizer
 from s2rt.bundle.foreign import refuse_foreign
-from s2rt.clikit import OneLineParser, check_writable, fraction, int_at_least, positive_float, run_main
+from s2rt.clikit import OneLineParser, check_writable, fraction, int_at_least, positive_float, refuse_misspelled_command, run_main
 from s2rt.data import load_samples
 from s2rt.errors import UsageError
 from s2rt.methods import DEFAULT_METHOD, METHODS
@@ -32,7 +32,10 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    if words and not words[0].startswith("-"):
+        refuse_misspelled_command("s2rt", words[0], COMMAND_NAMES)
+    args = _parser().parse_args(words)
     return run_main("s2rt", lambda: int(args.run(args)), lambda: bool(getattr(args, "debug", False)))
 
 
@@ -262,6 +265,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 # Each adds one subcommand (its parser, with `run` set to the function that executes it).
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_train, _add_eval, _add_predict, _add_verify, add_serve, add_client)
+COMMAND_NAMES = ("train", "eval", "predict", "verify", "serve", "client")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ cannot be read, a backend that fails), 130 interrupted, 141 stdout closed early
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn
 
@@ -35,6 +36,18 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         message = message.removeprefix("argument ")
         self.exit(EXIT_USAGE, f"{self.prog.split()[0]}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def refuse_misspelled_command(prog: str, word: str, commands: Iterable[str]) -> None:
+    """Exit 2 with `unknown command 'inspekt'; did you mean 'inspect'?` when `word` is close
+    to a command name without being one; otherwise return (argparse or the caller decide)."""
+    names = list(commands)
+    if word in names:
+        return
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    if close:
+        sys.stderr.write(f"{prog}: error: unknown command {word!r}; did you mean {close[0]!r}? (see `{prog} --help`)\n")
+        sys.exit(EXIT_USAGE)
 
 
 def run_main(prog: str, run: Callable[[], int], debug: Callable[[], bool]) -> int:

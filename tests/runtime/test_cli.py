@@ -170,3 +170,15 @@ def test_client_refuses_a_negative_timeout_in_one_line():
 
 def test_a_folder_given_as_data_is_named_a_folder(files):
     assert_one_line_error(s2rt("eval", files / "tiny.s2l", "--data", files), 1, "is a folder, expected a data file")
+
+
+def test_a_misspelled_command_gets_a_suggestion_as_in_s2conv():
+    assert_one_line_error(s2rt("trian", "b.s2l"), 2, "unknown command 'trian'; did you mean 'train'?")
+    assert_one_line_error(s2rt("verfy", "b.s2l"), 2, "unknown command 'verfy'; did you mean 'verify'?")
+
+
+def test_the_command_list_matches_the_parser():
+    from s2rt.cli import COMMAND_NAMES, _parser
+
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    assert tuple(sub.choices) == COMMAND_NAMES
