@@ -1,11 +1,13 @@
 """The runtime's library API (`from s2rt import Model`): one bundle, one backend, one adapter head.
 
-model = Model.open("bundle.s2l")
-model.fine_tune(model.samples(x, y))            # the bundle's defaults, as `s2rt train` uses them
-model.fine_tune(model.samples(x, y), epochs=5)  # ... with some of them overridden
-model.predict(x)          # the label of each sample (sklearn's habit)
-model.predict_proba(x)    # class probabilities, one column per label
-model.save_adapters("adapters.npz")
+    model = Model.open("bundle.s2l")
+    model.fine_tune(model.samples(x, y))            # the bundle's defaults, as `s2rt train` uses them
+    model.fine_tune(model.samples(x, y), epochs=5)  # ... with some of them overridden
+    model.predict(x)          # the label of each sample (sklearn's habit)
+    model.predict_proba(x)    # class probabilities, one column per label
+    model.save_adapters("adapters.npz")
+
+`classify(x)` gives class indices and probabilities together (the CLI's `predict`).
 """
 
 from __future__ import annotations
