@@ -10,7 +10,10 @@ Measures, on one daemon (one backend thread, OMP_NUM_THREADS=1):
   and batches of 64 samples from one client;
 - ingest samples/s: one sample per request (one durable commit each) and 100 per request;
 - RSS of the daemon idle (after warm-up) and while a fine-tune job runs (peak), and
-  predict latency from one client while that job runs.
+  predict latency from one client while that job runs;
+- the predict graph (one onnxruntime call, adapters bound as inputs) against the NumPy
+  path before it (`S2RT_NO_PREDICT_GRAPH=1`): two daemons side by side, measured in
+  alternation at 1 and 8 clients, .npy bodies.
 
 Clients share the machine with the daemon, so on a 2-core box the 8-client figures
 include the clients' own CPU use; ratios between rows are more telling than absolutes.
@@ -51,12 +54,13 @@ def convert_har(out: Path) -> Path:
 
 
 class Daemon:
-    def __init__(self, bundle: Path, state: Path, log: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime"), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    def __init__(self, bundle: Path, state: Path, log: Path, **extra_env: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime"), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **extra_env}
         self.log = log
         self.log_file = open(log, "wb")  # noqa: SIM115
         self.started = time.perf_counter()
         command = [sys.executable, "-m", "s2rt", "serve", str(bundle), "--state-dir", str(state), "--port", "0"]
+        command.append("--allow-unauthenticated-control")  # the load runs jobs over loopback TCP without a token
         self.proc = subprocess.Popen(command, env=env, stderr=self.log_file)
         self.port = self._port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -213,11 +217,37 @@ def main() -> None:
             "predict_1_client_while_training": during,
         }
         out["exit_code"] = d.stop()
+        out["predict_paths"] = compare_predict_paths(bundle, root, [npy_bytes(r) for r in rows])
 
     report(out)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+def compare_predict_paths(bundle: Path, root: Path, bodies: list[bytes], rounds: int = 3) -> list[dict[str, Any]]:
+    """Requests/s of the predict graph and of the NumPy path, two daemons measured in alternation."""
+    daemons = {
+        "graph": Daemon(bundle, root / "state-graph", root / "graph.log"),
+        "numpy": Daemon(bundle, root / "state-numpy", root / "numpy.log", S2RT_NO_PREDICT_GRAPH="1"),
+    }
+    try:
+        for d in daemons.values():
+            load(d.url, "npy", 1, [bodies[:200]])  # warm-up
+        rates: dict[tuple[str, int], list[float]] = {}
+        for _ in range(rounds):
+            for clients in (1, 8):
+                share = [bodies[k::clients] for k in range(clients)]
+                for name, d in daemons.items():
+                    rates.setdefault((name, clients), []).append(load(d.url, "npy", clients, share)["requests_per_s"])
+    finally:
+        for d in daemons.values():
+            d.stop()
+    rows = []
+    for clients in (1, 8):
+        graph, numpy_path = statistics.median(rates["graph", clients]), statistics.median(rates["numpy", clients])
+        rows.append({"clients": clients, "graph_requests_per_s": graph, "numpy_requests_per_s": numpy_path, "ratio": graph / numpy_path})
+    return rows
 
 
 def report(out: dict[str, Any]) -> None:
@@ -231,6 +261,11 @@ def report(out: dict[str, Any]) -> None:
     for i in out["ingest"]:
         name = f"ingest {i['samples_per_request']}/request x{i['clients']}"
         print(f"{name:28} {i['samples_per_s']:7.0f} samples/s  p99 {i['p99_ms']:6.2f} ms")
+    for p in out["predict_paths"]:
+        print(
+            f"predict npy x{p['clients']}: predict graph {p['graph_requests_per_s']:.0f} req/s, "
+            f"NumPy path {p['numpy_requests_per_s']:.0f} req/s ({p['ratio']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

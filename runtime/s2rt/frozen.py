@@ -16,6 +16,7 @@ class FrozenModel:
         self.bundle = bundle
         self.backend = backend
         segment = next(s for s in bundle.segments if s.backend.name.lower() == backend.name)
+        self.segment = segment
         self.logits_name = segment.logits_output
         self.tap_names = [t.name for t in bundle.taps]
         self.sample_shape = bundle.input.shape
@@ -42,7 +43,10 @@ class FrozenModel:
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return (X, F): the fused taps (N x D float32) and the frozen logits (N x C float32)."""
-        x = self.check_input(x)
+        return self.run_checked(self.check_input(x))
+
+    def run_checked(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`run` on a batch that `check_input` returned."""
         signature = self.bundle.input
         if signature.mean is not None and signature.std is not None:
             x = ((x - signature.mean) / signature.std).astype(self.input_dtype)

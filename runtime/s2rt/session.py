@@ -21,13 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from s2rt.backend import open_backend
+from s2rt.backend import open_backend, predict_graph
+from s2rt.backend.predict_graph import CLASSES, LOGITS, PROBABILITIES, PredictGraph
 from s2rt.bundle import Bundle, Loss
 from s2rt.bundle.foreign import refuse_foreign
 from s2rt.cache import CHECK_BYTES, SkipCache, records_offset, records_within
 from s2rt.data import Samples, check_samples
 from s2rt.errors import RuntimeInputError, StateError
 from s2rt.features import CachedFeatures
+from s2rt.folded import AFFINE_METHODS, FoldedHead
 from s2rt.frozen import FrozenModel
 from s2rt.head import AdapterHead
 from s2rt.methods import DEFAULT_METHOD, TrainableHead, get_method, skip2lora_head
@@ -62,7 +64,8 @@ class Model:
         self.frozen = FrozenModel(bundle, open_backend(bundle, backend, threads))
         self.method = get_method(method)
         self.head: TrainableHead = self.method.make_head(bundle)
-        self._merged: tuple[TrainableHead, bytes, np.ndarray] | None = None  # see _merged_weight
+        self._folded = FoldedHead()
+        self._graph: PredictGraph | None = None  # made on the first prediction (see _predict_graph)
 
     @classmethod
     def open(
@@ -106,33 +109,59 @@ class Model:
         self.head = self.method.make_head(self.bundle)
 
     # -- inference -------------------------------------------------------------------
+    # With the onnx backend and an affine head, a batch is one onnxruntime call: the
+    # predict graph (s2rt.backend.predict_graph) with the head folded to (W, b) as inputs.
+    # Otherwise the frozen segment runs and the head is applied in NumPy.
     def logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Tuned logits: frozen logits plus the head's correction."""
+        return self._batched(x, batch_size, lambda chunk: self._run(chunk, classes=False)[1])
+
+    def classify(self, x: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(class index, class probabilities) per sample; for a regression head (zeros, outputs)."""
+        x = self.frozen.check_input(x)
         if 0 < len(x) <= batch_size:
-            return self._logits(x)
-        out = [self._logits(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
+            return self._run(x, classes=True)
+        parts = [self._run(x[start : start + batch_size], classes=True) for start in range(0, len(x), batch_size)]
+        if not parts:
+            return np.zeros(0, np.int64), np.empty((0, self.bundle.head.num_outputs), np.float32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _batched(self, x: np.ndarray, batch_size: int, run: Any) -> np.ndarray:
+        x = self.frozen.check_input(x)
+        if 0 < len(x) <= batch_size:
+            return run(x)
+        out = [run(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.empty((0, self.bundle.head.num_outputs), np.float32)
 
-    def _logits(self, x: np.ndarray) -> np.ndarray:
-        taps, frozen_logits = self.frozen.run(x)
-        merged = self._merged_weight()
-        if merged is None:
-            return predict_logits(self.head, taps, frozen_logits)
-        z = np.dot(taps, merged)
-        z += frozen_logits
-        return z
+    def _run(self, x: np.ndarray, classes: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(classes, probabilities) with `classes`, else (empty, logits), for a checked batch."""
+        classify = classes and self.bundle.head.loss == Loss.SOFTMAX_CROSS_ENTROPY
+        graph = self._predict_graph()
+        if graph is not None:
+            weight, bias = self._folded(self.head)
+            if classify:
+                labels, probs = graph.run(x, weight, bias, (CLASSES, PROBABILITIES))
+                return labels, probs
+            (z,) = graph.run(x, weight, bias, (LOGITS,))
+        else:
+            taps, frozen_logits = self.frozen.run_checked(x)
+            if self.method.name in AFFINE_METHODS:
+                weight, bias = self._folded(self.head)
+                z = np.dot(taps, weight)
+                z += frozen_logits
+                z += bias
+            else:
+                z = predict_logits(self.head, taps, frozen_logits)
+            if classify:
+                return z.argmax(axis=1), softmax(z)
+        return np.zeros(len(z), dtype=np.int64), z
 
-    def _merged_weight(self) -> np.ndarray | None:
-        """The Skip2-LoRA head folded into one D x C matrix (one GEMM per prediction instead of
-        2L + 1), rebuilt whenever the head or its weights are not those it was made from."""
-        merge = getattr(self.head, "merged_weight", None)
-        if merge is None:
+    def _predict_graph(self) -> PredictGraph | None:
+        if self.frozen.backend.name != "onnx" or self.method.name not in AFFINE_METHODS or not predict_graph.enabled():
             return None
-        theta = self.head.parameters()["theta"]
-        made = self._merged
-        if made is None or made[0] is not self.head or made[1] != theta.tobytes():
-            made = self._merged = (self.head, theta.tobytes(), merge())
-        return made[2]
+        if self._graph is None:
+            self._graph = PredictGraph(self.bundle, self.frozen.segment, self.frozen.backend.threads)
+        return self._graph
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -143,23 +172,16 @@ class Model:
     def classifies(self) -> bool:
         return self.bundle.head.loss == Loss.SOFTMAX_CROSS_ENTROPY
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """The label of each sample (from `labels`); a regression head's outputs, N x C."""
-        z = self.logits(x)
-        return np.asarray(self.labels)[z.argmax(axis=1)] if self.classifies else z
+        classes, outputs = self.classify(x, batch_size)
+        return np.asarray(self.labels)[classes] if self.classifies else outputs
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities, N x C, columns in the order of `labels`."""
         if not self.classifies:
             raise RuntimeInputError("predict_proba: this bundle's head is a regression (loss mse); use predict")
-        return softmax(self.logits(x))
-
-    def classify(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(class index, class probabilities) per sample; a regression head: (zeros, outputs)."""
-        z = self.logits(x)
-        if not self.classifies:
-            return np.zeros(len(z), dtype=np.int64), z
-        return z.argmax(axis=1), softmax(z)
+        return self.classify(x, batch_size)[1]
 
     def evaluate(self, samples: Samples) -> dict[str, float | int]:
         if samples.y is None:

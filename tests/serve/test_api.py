@@ -16,7 +16,8 @@ from s2rt.session import Model
 def daemon(har_bundle, tmp_path_factory):
     """One daemon for the read-only and bad-input tests of this module."""
     root = tmp_path_factory.mktemp("api")
-    d = Daemon([str(har_bundle), "--state-dir", str(root / "state"), "--port", "0"], root / "daemon.log")
+    lab = ["--allow-unauthenticated-control", "--allow-unsigned-deploy"]  # control and unsigned uploads over loopback TCP
+    d = Daemon([str(har_bundle), *lab, "--state-dir", str(root / "state"), "--port", "0"], root / "daemon.log")
     yield d
     assert d.stop() == 0
 
@@ -176,7 +177,7 @@ def test_a_job_whose_adapters_could_not_be_checked_is_refused_up_front(daemon, h
 
 def test_ingest_train_activate_rollback_download(serve, har_bundle, har_data, tmp_path):
     x, y = har_data
-    d = serve(str(har_bundle))
+    d = serve(str(har_bundle), "--allow-unauthenticated-control")
     c = d.client
     created = c.post("/v1/samples", json={"x": x.tolist(), "y": y.tolist()})
     assert created.status_code == 201 and created.json()["count"] == len(x)
@@ -237,4 +238,3 @@ def test_ingest_train_activate_rollback_download(serve, har_bundle, har_data, tm
     events = d.events()
     assert all(isinstance(e.get("ts"), str) and e.get("level") for e in events), "every log line is a JSON object"
     assert any(e.get("event") == "job_finished" and e.get("state") == "rejected" for e in events)
-

@@ -18,7 +18,7 @@ from s2rt.cli import main
 def test_client_drives_every_endpoint(serve, har_bundle, har_data, tmp_path, capsys):
     x, y = har_data
     sock = tmp_path / "s.sock"
-    serve(str(har_bundle), "--uds", str(sock))
+    serve(str(har_bundle), "--uds", str(sock), "--allow-unsigned-deploy")
     np.savez(tmp_path / "ft.npz", x=x[:300], y=y[:300])
     np.savez(tmp_path / "new.npz", x=x[300:310])
 

@@ -18,7 +18,7 @@ def metric(client: httpx.Client, sample: str) -> float:
 
 def test_clients_ingest_and_predict_while_a_job_runs(serve, har_bundle, har_data):
     x, y = har_data
-    d = serve(str(har_bundle))
+    d = serve(str(har_bundle), "--allow-unauthenticated-control")
     c = d.client
     first = c.post("/v1/samples", json={"x": x[:600].tolist(), "y": y[:600].tolist()}).json()["ids"]
     job = c.post("/v1/jobs", json={"epochs": 10_000}).json()
@@ -57,7 +57,7 @@ def test_clients_ingest_and_predict_while_a_job_runs(serve, har_bundle, har_data
 
 def test_the_new_version_swaps_in_atomically_under_load(serve, har_bundle, har_data):
     x, y = har_data
-    d = serve(str(har_bundle))
+    d = serve(str(har_bundle), "--allow-unauthenticated-control")
     c = d.client
     c.post("/v1/samples", json={"x": x.tolist(), "y": y.tolist()})
     done = threading.Event()

@@ -39,7 +39,7 @@ def wait_for_epoch(client: httpx.Client, job_id: int, epoch: int) -> None:
 
 def test_kill_9_during_ingest_loses_no_acknowledged_sample(serve, har_bundle, har_data):
     x, y = har_data
-    d = serve(str(har_bundle))
+    d = serve(str(har_bundle), "--allow-unauthenticated-control")
     sent: dict[int, np.ndarray] = {}
     lock, enough = threading.Lock(), threading.Event()
 
@@ -66,7 +66,7 @@ def test_kill_9_during_ingest_loses_no_acknowledged_sample(serve, har_bundle, ha
         t.join(30)
     acknowledged = set(sent)
 
-    again = serve(str(har_bundle))
+    again = serve(str(har_bundle), "--allow-unauthenticated-control")
     stored = set(all_sample_ids(again.client))
     assert acknowledged <= stored, f"lost {len(acknowledged - stored)} acknowledged samples"
     for sample_id in random.Random(0).sample(sorted(acknowledged), 20):
@@ -75,7 +75,7 @@ def test_kill_9_during_ingest_loses_no_acknowledged_sample(serve, har_bundle, ha
 
 def test_kill_9_during_training_keeps_the_committed_adapters(serve, har_bundle, har_data, tmp_path):
     x, y = har_data
-    d = serve(str(har_bundle))
+    d = serve(str(har_bundle), "--allow-unauthenticated-control")
     d.client.post("/v1/samples", json={"x": x.tolist(), "y": y.tolist()})
     first = wait_job(d.client, d.client.post("/v1/jobs", json={"epochs": 5, "check_accuracy": False}).json()["id"])
     assert first["state"] == "succeeded"
@@ -83,7 +83,7 @@ def test_kill_9_during_training_keeps_the_committed_adapters(serve, har_bundle, 
     wait_for_epoch(d.client, long["id"], 2)
     d.kill()
 
-    again = serve(str(har_bundle))
+    again = serve(str(har_bundle), "--allow-unauthenticated-control")
     c = again.client
     assert c.get("/v1/health/ready").json()["adapter_version"] == 1
     interrupted = c.get(f"/v1/jobs/{long['id']}").json()
@@ -102,13 +102,13 @@ def test_kill_9_during_training_keeps_the_committed_adapters(serve, har_bundle, 
 def test_kill_9_at_random_moments_around_the_swap(serve, har_bundle, har_data):
     x, y = har_data
     rng = random.Random(6)
-    d = serve(str(har_bundle))
+    d = serve(str(har_bundle), "--allow-unauthenticated-control")
     d.client.post("/v1/samples", json={"x": x[:600].tolist(), "y": y[:600].tolist()})
     for _ in range(2):
         job = d.client.post("/v1/jobs", json={"epochs": 40, "check_accuracy": False, "start_from": "initial"}).json()
         time.sleep(rng.uniform(0.0, 0.5))
         d.kill()
-        d = serve(str(har_bundle))
+        d = serve(str(har_bundle), "--allow-unauthenticated-control")
         c = d.client
         versions = c.get("/v1/adapters").json()
         active = versions["active"]
@@ -124,7 +124,7 @@ def test_kill_9_at_random_moments_around_the_swap(serve, har_bundle, har_data):
 
 def test_corrupt_active_version_and_cache_are_not_trusted(serve, har_bundle, har_data, tmp_path):
     x, y = har_data
-    d = serve(str(har_bundle))
+    d = serve(str(har_bundle), "--allow-unauthenticated-control")
     c = d.client
     c.post("/v1/samples", json={"x": x[:400].tolist(), "y": y[:400].tolist()})
     for _ in range(2):
@@ -142,7 +142,7 @@ def test_corrupt_active_version_and_cache_are_not_trusted(serve, har_bundle, har
         f.seek(HEADER_BYTES + 10 * record + record // 2)
         f.write(b"\xff" * 8)
 
-    again = serve(str(har_bundle))
+    again = serve(str(har_bundle), "--allow-unauthenticated-control")
     c = again.client
     assert c.get("/v1/health/ready").json()["adapter_version"] == 1
     listed = {v["version"]: v for v in c.get("/v1/adapters").json()["versions"]}
@@ -158,7 +158,7 @@ def test_sigterm_and_sigint_stop_cleanly_with_status_0(serve, har_bundle, har_da
     """Mid-training and with requests in flight: a job too long for the shutdown window is cancelled and
     recorded, the exit status is 0."""
     x, y = har_data
-    d = serve(str(har_bundle), "--shutdown-timeout", "1")
+    d = serve(str(har_bundle), "--allow-unauthenticated-control", "--shutdown-timeout", "1")
     for n, sig in enumerate((signal.SIGTERM, signal.SIGINT), 1):
         d.client.post("/v1/samples", json={"x": x[:300].tolist(), "y": y[:300].tolist()})
         job = d.client.post("/v1/jobs", json={"epochs": 10_000}).json()
@@ -172,7 +172,7 @@ def test_sigterm_and_sigint_stop_cleanly_with_status_0(serve, har_bundle, har_da
         flight.join(30)
         assert set(statuses) == {200}
         assert any(e.get("event") == "stopped" for e in d.events())
-        d = serve(str(har_bundle), "--shutdown-timeout", "1")
+        d = serve(str(har_bundle), "--allow-unauthenticated-control", "--shutdown-timeout", "1")
         record = d.client.get(f"/v1/jobs/{job['id']}").json()
         assert record["state"] == "cancelled" and "shutting down" in record["message"]
         assert d.client.get("/v1/samples").json()["count"] == 300 * n
@@ -180,11 +180,11 @@ def test_sigterm_and_sigint_stop_cleanly_with_status_0(serve, har_bundle, har_da
 
 def test_sigterm_lets_a_short_job_finish_before_exiting(serve, har_bundle, har_data):
     x, y = har_data
-    d = serve(str(har_bundle), "--shutdown-timeout", "30")
+    d = serve(str(har_bundle), "--allow-unauthenticated-control", "--shutdown-timeout", "30")
     d.client.post("/v1/samples", json={"x": x[:300].tolist(), "y": y[:300].tolist()})
     job = d.client.post("/v1/jobs", json={"epochs": 1000}).json()
     wait_for_epoch(d.client, job["id"], 1)
     assert d.stop(timeout=60, sig=signal.SIGTERM) == 0
-    d = serve(str(har_bundle))
+    d = serve(str(har_bundle), "--allow-unauthenticated-control")
     record = d.client.get(f"/v1/jobs/{job['id']}").json()
     assert record["state"] in ("succeeded", "rejected"), record

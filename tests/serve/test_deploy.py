@@ -10,6 +10,7 @@ from helpers.daemon import wait_job
 from s2rt.bundle import read_bundle, write_bundle
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
+LAB = ("--allow-unauthenticated-control", "--allow-unsigned-deploy")  # uploads of unsigned bundles over loopback TCP
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def metric(client, name: str) -> float:
 def test_upload_keeps_samples_of_the_same_signature_and_rebuilds_the_cache(serve, har_bundle, har_rank2, tiny_file, har_data, tmp_path):
     x, y = har_data
     a, b = read_bundle(har_bundle).digest, read_bundle(har_rank2).digest
-    d = serve(str(har_bundle))
+    d = serve(str(har_bundle), *LAB)
     c = d.client
     c.post("/v1/samples", json={"x": x[:500].tolist(), "y": y[:500].tolist()})
     assert wait_job(c, c.post("/v1/jobs", json={"epochs": 3, "check_accuracy": False}).json()["id"])["state"] == "succeeded"
@@ -62,16 +63,16 @@ def test_upload_keeps_samples_of_the_same_signature_and_rebuilds_the_cache(serve
     assert d.stop() == 0
 
     # Restarting on the file it was first started on keeps what was deployed since; a new file replaces it.
-    d = serve(str(har_rank2))
+    d = serve(str(har_rank2), *LAB)
     assert d.client.get("/v1/health/ready").json()["bundle_digest"] == b
     d.client.put("/v1/bundle", content=har_bundle.read_bytes())
     assert d.stop() == 0
-    again = serve(str(har_rank2))
+    again = serve(str(har_rank2), *LAB)
     assert again.client.get("/v1/health/ready").json()["bundle_digest"] == a
     assert again.stop() == 0
 
     broken = tmp_path / "broken.s2l"
     broken.write_bytes(tiny_file.read_bytes()[:200])
-    kept = serve(str(broken))
+    kept = serve(str(broken), *LAB)
     assert kept.client.get("/v1/health/ready").json()["bundle_digest"] == a
     assert any(e.get("level") == "error" and "broken.s2l" in e["msg"] for e in kept.events())

@@ -20,7 +20,8 @@ EXAMPLES_PER_OPERATION = 8
 @pytest.fixture(scope="module")
 def daemon(tiny_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
-    d = Daemon([str(tiny_file), "--state-dir", str(root / "state"), "--port", "0"], root / "daemon.log")
+    lab = ["--allow-unauthenticated-control", "--allow-unsigned-deploy"]  # so the control endpoints are fuzzed too
+    d = Daemon([str(tiny_file), *lab, "--state-dir", str(root / "state"), "--port", "0"], root / "daemon.log")
     yield d
     assert d.stop() == 0
 

@@ -49,7 +49,7 @@ def test_an_unsigned_bundle_is_not_served(keys_and_bundles):
 def test_uploads_must_be_signed_by_a_trusted_key_and_a_revoked_key_stops_its_bundle(serve, keys_and_bundles):
     folder, files = keys_and_bundles
     state = folder / "state"
-    d = serve(str(files["owner"]), "--trusted-key", str(folder / "owner.pub"), state=state)
+    d = serve(str(files["owner"]), "--trusted-key", str(folder / "owner.pub"), "--allow-unauthenticated-control", state=state)
     for name, message in (("unsigned", "bundle is not signed"), ("stranger", "not among the trusted keys")):
         refused = d.client.put("/v1/bundle", content=files[name].read_bytes())
         assert refused.status_code == 422 and refused.json()["error"] == "invalid_bundle" and message in refused.json()["message"]

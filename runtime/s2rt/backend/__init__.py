@@ -18,6 +18,7 @@ from s2rt.errors import BackendError
 
 class Backend(Protocol):
     name: str
+    threads: int
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run the segment on a batch; returns every segment output by name."""

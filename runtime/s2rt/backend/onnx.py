@@ -13,6 +13,7 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, segment: Segment, threads: int = 1) -> None:
+        self.threads = threads
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

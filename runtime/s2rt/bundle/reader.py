@@ -1,7 +1,9 @@
 """Read and verify a `.s2l` bundle.
 
 Order of checks: file identifier; the format version (read after verifying the root
-table alone, so a future major gets a clear refusal); the envelope's structure; the body
+table alone, so a future major gets a clear refusal); the envelope's structure; the file
+size (the body is the last thing in a file, followed only by zero padding to
+ARRAY_ALIGNMENT, so no byte is outside the digest and signature but that padding); the body
 digest; the caller's envelope check (a signature); the body's structure (`verify.py`:
 every offset and length against the buffer before any generated accessor reads it);
 a field-by-field parse; the semantic checks (`consistency.py`). Anything wrong raises
@@ -28,6 +30,7 @@ from s2rt.bundle.consistency import MAX_HEAD_A, MAX_RANK, check_consistency
 from s2rt.bundle.fb.BundleBody import BundleBody
 from s2rt.bundle.fb.BundleFile import BundleFile
 from s2rt.bundle.model import (
+    ARRAY_ALIGNMENT,
     FILE_IDENTIFIER,
     FORMAT_MAJOR,
     KEY_ID_CHARS,
@@ -159,9 +162,7 @@ class _Parser:
         if len(self.data) < 16:
             raise self.fail(f"file is {len(self.data)} bytes, too short to be an s2l bundle")
         if self.data[4:8] != FILE_IDENTIFIER:
-            raise self.fail(
-                f"not an s2l bundle: file identifier is {bytes(self.data[4:8])!r}, expected {FILE_IDENTIFIER!r}"
-            )
+            raise self.fail(f"not an s2l bundle: file identifier is {bytes(self.data[4:8])!r}, expected {FILE_IDENTIFIER!r}")
         self.verified(VERSION_HEADER)  # the version first: a future major may change the rest
         root = BundleFile.GetRootAs(self.data, 0)
         version = (int(root.FormatMajor()), int(root.FormatMinor()))
@@ -176,6 +177,8 @@ class _Parser:
             expected = bytes(self.byte_vector(root._tab, 10, "body_sha256"))
             signature = bytes(self.byte_vector(root._tab, 12, "signature"))
             key_id = self.text(root.SignerKeyId(), "signer_key_id")
+        start = self.vector_start(root._tab, 8)
+        self.check_size(start + len(body))
         if len(expected) != 32:
             raise self.fail(f"body_sha256 has {len(expected)} bytes, expected 32")
         if hashlib.sha256(body).digest() != expected:
@@ -183,8 +186,17 @@ class _Parser:
         if len(body) < 8:
             raise self.fail("bundle body is empty")
         self.check_signature_fields(signature, key_id)
-        start = self.vector_start(root._tab, 8)
         return Envelope(self.source, version, start, start + len(body), expected, signature, key_id)
+
+    def check_size(self, body_end: int) -> None:
+        """The file ends with the body and at most its zero padding to ARRAY_ALIGNMENT (as the writer makes it)."""
+        padded = -(-body_end // ARRAY_ALIGNMENT) * ARRAY_ALIGNMENT
+        if len(self.data) > padded or any(bytes(self.data[body_end:])):
+            raise self.fail(
+                f"size mismatch: the file is {len(self.data):,} bytes but its body ends at byte {body_end:,} "
+                f"(at most {padded:,} bytes with zero padding): {len(self.data) - body_end:,} trailing bytes; "
+                "the file was appended to or altered"
+            )
 
     def check_signature_fields(self, signature: bytes, key_id: str) -> None:
         if not signature and not key_id:

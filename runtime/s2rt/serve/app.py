@@ -21,8 +21,8 @@ from starlette.exceptions import HTTPException
 from s2rt import __version__
 from s2rt.errors import RuntimeInputError
 from s2rt.serve import schemas as s
+from s2rt.serve.access import Access, ControlGuard
 from s2rt.serve.errors import ApiError, not_found
-from s2rt.serve.inputs import labels_from_json, samples_from_json, samples_from_npy
 from s2rt.serve.jobs import JobOptions
 from s2rt.serve.middleware import BearerAuth, BodyLimit, RequestMetrics
 from s2rt.serve.service import Service, store_call
@@ -30,7 +30,7 @@ from s2rt.serve.service import Service, store_call
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/v1/health/live", "/v1/health/ready"})
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": s.ErrorResponse} for code in (401, 404, 409, 413, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": s.ErrorResponse} for code in (401, 403, 404, 409, 413, 422)}
 RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 Id = Annotated[int, Path(ge=0, le=s.MAX_ID)]
 
@@ -41,7 +41,9 @@ class Limits:
     bundle_bytes: int = 256 << 20
 
 
-def create_app(service: Service, tokens: tuple[bytes, ...] = (), limits: Limits = Limits(), log_requests: bool = False) -> FastAPI:
+def create_app(
+    service: Service, tokens: tuple[bytes, ...] = (), limits: Limits = Limits(), log_requests: bool = False, access: Access | None = None
+) -> FastAPI:
     app = FastAPI(
         title="s2rt",
         version=__version__,
@@ -59,6 +61,7 @@ def create_app(service: Service, tokens: tuple[bytes, ...] = (), limits: Limits 
     _adapters(app, service)
     _bundle(app, service)
     app.add_middleware(BodyLimit, limit=limits.body_bytes, overrides={"/v1/bundle": limits.bundle_bytes})
+    app.add_middleware(ControlGuard, access=access or Access())
     app.add_middleware(BearerAuth, tokens=tokens, public=PUBLIC_PATHS)
     app.add_middleware(RequestMetrics, metrics=service.metrics, log_requests=log_requests)
     return app
@@ -159,28 +162,20 @@ def _predict(app: FastAPI, service: Service) -> None:
     @app.post("/v1/predict", response_model=s.PredictResponse, tags=["predict"])
     def predict(body: s.PredictRequest) -> JSONResponse:
         """Class and probabilities for one sample or a list of samples (JSON)."""
-        x, _ = samples_from_json(body.x, service.serving.deployment.bundle.input)
-        return JSONResponse(service.predict(x))
+        return JSONResponse(service.predict_json(body.x))
 
     @app.post("/v1/predict/npy", response_model=s.PredictResponse, tags=["predict"], openapi_extra=RAW_BODY)
     async def predict_npy(request: Request) -> JSONResponse:
         """As /v1/predict, with the samples as a raw `.npy` body (one sample or a batch; float32 is fastest)."""
         body = await request.body()
-
-        def parse_and_predict() -> dict[str, Any]:
-            return service.predict(samples_from_npy(body, service.serving.deployment.bundle.input)[0])
-
-        return JSONResponse(await run_in_threadpool(parse_and_predict))
+        return JSONResponse(await run_in_threadpool(service.predict_npy, body))
 
 
 def _samples(app: FastAPI, service: Service) -> None:
     @app.post("/v1/samples", response_model=s.SamplesCreated, status_code=201, tags=["samples"])
     def add(body: s.SamplesRequest) -> dict[str, Any]:
         """Store labelled samples. They are on disk (SQLite, WAL, synchronous=FULL) before this answers."""
-        bundle = service.serving.deployment.bundle
-        x, single = samples_from_json(body.x, bundle.input)
-        y = labels_from_json(body.y, bundle.labels, len(x), single)
-        ids = service.ingest(x, y)
+        ids = service.ingest_json(body.x, body.y)
         return {"ids": ids, "count": len(ids)}
 
     @app.get("/v1/samples", response_model=s.SamplesSummary, tags=["samples"])
@@ -241,13 +236,14 @@ def _adapters(app: FastAPI, service: Service) -> None:
     @app.get("/v1/adapters", response_model=s.VersionList, tags=["adapters"])
     def versions() -> dict[str, Any]:
         """Adapter versions of the served bundle with their metrics; version 0 is the bundle's initial head."""
-        store = service.serving.deployment.adapters
-        active = service.serving.version
+        serving = service.serving
+        store, active = serving.deployment.adapters, serving.version
         return {"active": active, "history": list(store.history), "versions": [v.describe(active) for v in store.versions()]}
 
     @app.get("/v1/adapters/{version}", response_model=s.VersionInfoModel, tags=["adapters"])
     def version(version: Id) -> dict[str, Any]:
-        return store_call(lambda: service.serving.deployment.adapters.info(version).describe(service.serving.version))
+        serving = service.serving
+        return store_call(lambda: serving.deployment.adapters.info(version).describe(serving.version))
 
     @app.get("/v1/adapters/{version}/download", tags=["adapters"], responses={200: {"content": {"application/octet-stream": {}}}})
     def download(version: Id) -> Response:
@@ -278,13 +274,15 @@ def _bundle(app: FastAPI, service: Service) -> None:
     @app.get("/v1/bundle", tags=["model"], responses={200: {"content": {"application/octet-stream": {}}}})
     def download() -> Response:
         """The served bundle file."""
-        digest = service.serving.deployment.bundle.digest
+        digest, data = service.bundle_file()
         headers = {"content-disposition": f'attachment; filename="{digest[:12]}.s2l"'}
-        return Response(service.bundle_bytes(), media_type="application/octet-stream", headers=headers)
+        return Response(data, media_type="application/octet-stream", headers=headers)
 
     @app.put("/v1/bundle", response_model=s.Deployed, tags=["model"], openapi_extra=RAW_BODY)
     async def deploy(request: Request) -> dict[str, Any]:
         """Deploy a new bundle (raw body). It is verified and loaded before it replaces the served one;
-        samples of the same input signature carry over, the Skip-Cache starts afresh. 409 while a job runs."""
+        samples of the same input signature carry over, the Skip-Cache starts afresh. 409 while a job runs;
+        403 unless the daemon has a trusted key (uploads must be signed by it) or --allow-unsigned-deploy."""
+        service.check_deploy_allowed()
         body = await request.body()
         return await run_in_threadpool(service.deploy, body)

@@ -157,7 +157,7 @@ def add_client_commands(sub: Subparsers) -> None:
     a.add_argument("id", type=int)
     a.add_argument("-o", "--output", required=True)
     a.set_defaults(special=_download)
-    a = action("deploy", "upload a bundle to serve (verified before it replaces the running one)")
+    a = action("deploy", "upload a bundle to serve (verified first; signed by a trusted key unless the daemon has --allow-unsigned-deploy)")
     a.add_argument("file")
     a.set_defaults(special=_deploy)
     a = action("bundle", "download the served bundle")

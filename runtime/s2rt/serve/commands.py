@@ -44,6 +44,18 @@ def add_serve(sub: Subparsers) -> None:
         help="serve and accept uploads only of bundles signed by this public key (a .pub file or a folder of them); "
         "repeatable; also read from $S2RT_TRUSTED_KEYS",
     )
+    p.add_argument(
+        "--allow-unsigned-deploy",
+        action="store_true",
+        help="accept uploaded bundles (PUT /v1/bundle) without a --trusted-key to check them against; "
+        "by default uploads are refused unless a trusted key signed them",
+    )
+    p.add_argument(
+        "--allow-unauthenticated-control",
+        action="store_true",
+        help="on TCP without --token-file, let any local process deploy bundles, start or cancel jobs and activate or "
+        "roll back adapters (by default these need a token or the --uds socket)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -27,6 +27,7 @@ from typing import Any
 import uvicorn
 
 from s2rt.errors import RuntimeInputError
+from s2rt.serve.access import Access
 from s2rt.serve.app import Limits, create_app
 from s2rt.serve.logs import setup_logging
 from s2rt.serve.service import Service, ServiceConfig
@@ -63,14 +64,18 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         cache_capacity=args.cache_capacity,
         trusted_keys=trusted_keys_from(args.trusted_key),
+        allow_unsigned_deploy=args.allow_unsigned_deploy,
     )
+    access = Access(bool(tokens), args.uds is not None, args.allow_unauthenticated_control)
+    for warning in access.warnings():
+        log.warning(warning)
     service = Service(config)
     uds = Path(args.uds) if args.uds else None
     sock = None
     try:
         sock = bind_unix(uds) if uds else bind_tcp(args.host, args.port)
         where: dict[str, Any] = {"uds": str(uds)} if uds else {"host": args.host, "port": sock.getsockname()[1]}
-        app = create_app(service, tokens, Limits(args.max_body_bytes, args.max_bundle_bytes), args.access_log)
+        app = create_app(service, tokens, Limits(args.max_body_bytes, args.max_bundle_bytes), args.access_log, access)
         server = Daemon(
             uvicorn.Config(
                 app,

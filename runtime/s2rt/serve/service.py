@@ -4,6 +4,16 @@ What predictions use is one immutable `Serving` (bundle, frozen model, adapter h
 version) swapped as a single reference, so a request sees the old adapters or the new
 ones, never a mix, and a swap never waits for requests. Every change of what is served
 (activate, roll back, a finished job, a deploy) is durable on disk before the swap.
+
+A request reads `self.serving` once and uses that snapshot from parsing its payload to
+its answer: a sample whose label name was resolved against one bundle is stored under
+that bundle's signature even if another bundle is deployed meanwhile (the methods below
+that take a raw payload exist for that).
+
+Uploads (`deploy`) are off unless the operator configured a trusted key (then they must
+be signed by it) or opted in with `allow_unsigned_deploy`: a deployed bundle's ONNX is
+parsed by onnxruntime inside the daemon, so who may deploy is who may run a parser on
+the device's data.
 """
 
 from __future__ import annotations
@@ -13,22 +23,26 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from copy import copy as shallow_copy
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from s2rt.backend import open_backend
+from s2rt.backend import open_backend, predict_graph
+from s2rt.backend.predict_graph import CLASSES, LOGITS, PROBABILITIES, PredictGraph
 from s2rt.bundle import Bundle, Loss
 from s2rt.bundle.signing import PublicKey
 from s2rt.cache import SkipCache
 from s2rt.errors import BackendError, BundleError, S2LError, StateError
+from s2rt.folded import fold
 from s2rt.frozen import FrozenModel
 from s2rt.head import AdapterHead
 from s2rt.serve.db import Database
-from s2rt.serve.deploy import BundleShelf
+from s2rt.serve.deploy import BundleShelf, Copy, better_copy
 from s2rt.serve.errors import ApiError, conflict, not_found
+from s2rt.serve.inputs import labels_from_json, samples_from_json, samples_from_npy
 from s2rt.serve.jobs import JobRunner
 from s2rt.serve.metrics import Metrics
 from s2rt.serve.samples import SampleStore, signature
@@ -49,16 +63,21 @@ class ServiceConfig:
     threads: int = 1
     cache_capacity: int = 20_000
     trusted_keys: tuple[PublicKey, ...] = ()  # when set, only bundles signed by one of them are served (s2rt.trust)
+    allow_unsigned_deploy: bool = False  # without trusted keys, accept uploaded bundles anyway (unsigned or unverifiable)
 
 
 class Deployment:
-    """One bundle in service: its frozen model, adapter versions and Skip-Cache file."""
+    """One bundle in service: its file, frozen model, adapter versions and Skip-Cache file."""
 
-    def __init__(self, bundle: Bundle, frozen: FrozenModel, state_dir: Path, cache_capacity: int) -> None:
+    def __init__(self, copy: Copy, frozen: FrozenModel, state_dir: Path, cache_capacity: int) -> None:
+        self.data, bundle = copy  # the bundle's arrays are views into `data`: keeping the file costs nothing
         self.bundle = bundle
         self.frozen = frozen
         self.signature = signature(bundle)
         self.classify = bundle.head.loss == Loss.SOFTMAX_CROSS_ENTROPY
+        # predictions in one onnxruntime call, the active adapters bound as inputs (see Serving.folded)
+        on_onnx = frozen.backend.name == "onnx" and predict_graph.enabled()
+        self.graph = PredictGraph(bundle, frozen.segment, frozen.backend.threads) if on_onnx else None
         self.adapters = AdapterStore(state_dir / "adapters", bundle)
         self.cache = SkipCache(bundle.cache, cache_capacity, state_dir / "cache" / f"{bundle.digest[:16]}.s2c", bundle.digest)
 
@@ -68,6 +87,12 @@ class Deployment:
         for other in self.cache.path.parent.glob("*.s2c"):
             if other != self.cache.path:
                 other.unlink(missing_ok=True)
+
+    def refiled(self, copy: Copy) -> Deployment:
+        """This deployment served from another file of the same body (a signature added or changed)."""
+        other = shallow_copy(self)  # shares the frozen model, adapter store and cache
+        other.data, other.bundle = copy
+        return other
 
     def head(self, adapters: Adapters) -> AdapterHead:
         head = new_head(self.bundle)
@@ -83,6 +108,10 @@ class Serving:
     deployment: Deployment
     head: AdapterHead
     version: int
+    folded: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False)  # the head as (W, b) for the predict graph
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folded", fold(self.head))
 
 
 class Service:
@@ -95,8 +124,10 @@ class Service:
         self.db = Database(self.state_dir / "samples.sqlite")
         self.samples = SampleStore(self.db)
         self.shelf = BundleShelf(self.state_dir, config.trusted_keys)
-        bundle = self.shelf.startup(config.bundle)
-        deployment = Deployment(bundle, self._frozen(bundle), self.state_dir, config.cache_capacity)
+        if config.allow_unsigned_deploy and not config.trusted_keys:
+            log.warning("--allow-unsigned-deploy: uploaded bundles are served without a signature check")
+        copy = self.shelf.startup(config.bundle)
+        deployment = Deployment(copy, self._frozen(copy[1]), self.state_dir, config.cache_capacity)
         deployment.prune_caches()
         self._swap = threading.Lock()
         self.serving = self._serving(deployment)
@@ -118,24 +149,49 @@ class Service:
         return self.samples.count(self.serving.deployment.signature)
 
     # -- predictions and samples -------------------------------------------------------
-    def predict(self, x: np.ndarray) -> dict[str, Any]:
+    def predict_json(self, value: Any) -> dict[str, Any]:
         s = self.serving
-        taps, frozen_logits = s.deployment.frozen.run(x)
-        z = predict_logits(s.head, taps, frozen_logits)
+        return self.predict(samples_from_json(value, s.deployment.bundle.input)[0], s)
+
+    def predict_npy(self, body: bytes) -> dict[str, Any]:
+        s = self.serving
+        return self.predict(samples_from_npy(body, s.deployment.bundle.input)[0], s)
+
+    def predict(self, x: np.ndarray, serving: Serving | None = None) -> dict[str, Any]:
+        """Predictions for `x`, checked against `serving` (default: the one serving now): one
+        onnxruntime call with the predict graph, the head in NumPy on other backends."""
+        s = serving or self.serving
+        deployment = s.deployment
+        x = deployment.frozen.check_input(x)
+        if deployment.graph is None:
+            taps, frozen_logits = deployment.frozen.run_checked(x)
+            z = predict_logits(s.head, taps, frozen_logits)
+            classes, probabilities = z.argmax(axis=1), softmax(z)
+        elif deployment.classify:
+            classes, probabilities = deployment.graph.run(x, *s.folded, (CLASSES, PROBABILITIES))
+        else:
+            (z,) = deployment.graph.run(x, *s.folded, (LOGITS,))
         self.metrics.predictions.inc(len(x))
-        labels = s.deployment.bundle.labels
-        if not s.deployment.classify:
+        if not deployment.classify:
             return {"adapter_version": s.version, "classes": [], "labels": [], "outputs": z.tolist()}
-        classes = z.argmax(axis=1)
+        labels = deployment.bundle.labels
         return {
             "adapter_version": s.version,
             "classes": classes.tolist(),
             "labels": [labels[c] for c in classes],
-            "probabilities": softmax(z).tolist(),
+            "probabilities": probabilities.tolist(),
         }
 
-    def ingest(self, x: np.ndarray, y: np.ndarray) -> list[int]:
+    def ingest_json(self, x_value: Any, y_value: Any) -> list[int]:
+        """Store labelled samples from a JSON payload: parsed, labelled and stored against one bundle."""
         deployment = self.serving.deployment
+        x, single = samples_from_json(x_value, deployment.bundle.input)
+        y = labels_from_json(y_value, deployment.bundle.labels, len(x), single)
+        return self.ingest(x, y, deployment)
+
+    def ingest(self, x: np.ndarray, y: np.ndarray, deployment: Deployment | None = None) -> list[int]:
+        """Store samples whose labels index `deployment`'s classes (default: the bundle serving now)."""
+        deployment = deployment or self.serving.deployment
         if not deployment.classify:
             raise conflict("this bundle's head is a regression (MSE) head; the daemon collects class-labelled samples only")
         ids = self.samples.add(deployment.signature, x, y)
@@ -174,21 +230,33 @@ class Service:
             return verdict
 
     # -- deploy ------------------------------------------------------------------------
+    def check_deploy_allowed(self) -> None:
+        """ApiError 403 unless uploads are on: a trusted key is configured, or --allow-unsigned-deploy."""
+        if not self.config.trusted_keys and not self.config.allow_unsigned_deploy:
+            raise ApiError(
+                403,
+                "deploy_disabled",
+                "uploading bundles is off: start the daemon with --trusted-key PUB (uploads must then be signed by that key) "
+                "or, to accept unsigned bundles, --allow-unsigned-deploy",
+                "body",
+            )
+
     def deploy(self, data: bytes) -> dict[str, Any]:
         """Verify an uploaded bundle and serve it; the running one stays if anything fails."""
+        self.check_deploy_allowed()
         try:
             bundle = open_trusted(data, self.config.trusted_keys, name="uploaded bundle")
-            frozen = self._frozen(bundle)
+            frozen = None if bundle.digest == self.serving.deployment.bundle.digest else self._frozen(bundle)
         except (BundleError, BackendError) as e:
             raise ApiError(422, "invalid_bundle", str(e), "body") from None
         with self.jobs.exclusive("deploying a bundle"), self._swap:
             old = self.serving.deployment
             if bundle.digest == old.bundle.digest:
-                return {"bundle_digest": bundle.digest, "changed": False, "samples": self.samples.count(old.signature)}
-            deployment = Deployment(bundle, frozen, self.state_dir, self.config.cache_capacity)
+                return self._refile(old, (data, bundle))
+            deployment = Deployment((data, bundle), frozen or self._frozen(bundle), self.state_dir, self.config.cache_capacity)
             try:
                 serving = self._serving(deployment)
-                self.shelf.install(data, bundle)
+                self.shelf.install((data, bundle))
             except BaseException:
                 deployment.close()
                 raise
@@ -199,8 +267,19 @@ class Service:
         log.info("serving bundle %s with %d samples of its signature", bundle.digest[:12], kept)
         return {"bundle_digest": bundle.digest, "changed": True, "samples": kept}
 
-    def bundle_bytes(self) -> bytes:
-        return self.shelf.path(self.serving.deployment.bundle.digest).read_bytes()
+    def _refile(self, old: Deployment, copy: Copy) -> dict[str, Any]:
+        """An upload of the served body: keep the better file of the two (the signed one); caller holds `_swap`."""
+        data, bundle = copy
+        changed = data != old.data and better_copy(bundle, old.bundle)
+        if changed:
+            self.shelf.install(copy)
+            self.serving = replace(self.serving, deployment=old.refiled(copy))
+        return {"bundle_digest": bundle.digest, "changed": changed, "samples": self.samples.count(old.signature)}
+
+    def bundle_file(self) -> tuple[str, bytes]:
+        """The served bundle's digest and file bytes (one snapshot)."""
+        deployment = self.serving.deployment
+        return deployment.bundle.digest, deployment.data
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self, timeout: float) -> None:

@@ -1,0 +1,175 @@
+"""Predictions in one onnxruntime call: the frozen segment with the adapters inside the graph.
+
+Every head that is affine in the fused tap row X (Skip2-LoRA and the last-layer methods)
+folds into one D x C weight W and a C bias b:  z = F + X W + b. The predict graph is the
+frozen segment plus
+
+    [Sub, Div]  (the input normalisation, when the bundle has one)
+    Flatten per conv tap, Concat -> X      Gemm(X, W, b) + F -> logits
+    Softmax -> probabilities, ArgMax -> class   (classification heads)
+
+with W and b as graph *inputs*: a new adapter version is two new arrays, not a new
+session, and a daemon swaps them atomically with the rest of what it serves. The segment
+is extended at the protobuf level (`onnx_proto`), so the device needs no onnx package.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from s2rt.backend import onnx_proto as pb
+from s2rt.bundle.model import Bundle, Loss, Segment
+from s2rt.errors import BackendError
+
+WEIGHT = "s2l.predict.weight"  # D x C
+BIAS = "s2l.predict.bias"  # C
+LOGITS = "s2l.predict.logits"
+PROBABILITIES = "s2l.predict.probabilities"
+CLASSES = "s2l.predict.classes"
+RAW_INPUT = "s2l.predict.input"  # the graph input when the bundle normalises inputs
+_MEAN, _STD = "s2l.predict.mean", "s2l.predict.std"
+# Set to 1 to predict with the frozen segment and the head in NumPy (the path before the
+# predict graph): for comparing the two in the benchmark, or to rule the graph out.
+DISABLE_ENV = "S2RT_NO_PREDICT_GRAPH"
+
+
+def enabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "") in ("", "0")
+
+
+def predict_model(bundle: Bundle, segment: Segment) -> bytes:
+    """The segment's ONNX model extended into the predict graph (raises BackendError on a malformed segment)."""
+    model = pb.fields(bytes(segment.model))
+    graph_field = pb.first(model, pb.MODEL_GRAPH)
+    if graph_field is None:
+        raise BackendError("the frozen segment is not a valid ONNX model: it has no graph")
+    graph = pb.fields(pb.payload(graph_field))
+    outputs = {pb.value_name(pb.payload(f)): pb.payload(f) for f in graph if f.number == pb.GRAPH_OUTPUT}
+    for name in [*(t.name for t in bundle.taps), segment.logits_output]:
+        if name not in outputs:
+            raise BackendError(f"the frozen segment has no output named {name!r}")
+        if pb.elem_type(outputs[name]) != pb.FLOAT:
+            raise BackendError(f"the frozen segment's output {name!r} is not float32; the predict graph needs float32 taps and logits")
+
+    kept = [f.raw for f in graph if f.number not in (pb.GRAPH_INPUT, pb.GRAPH_OUTPUT)]
+    inputs = [pb.payload(f) for f in graph if f.number == pb.GRAPH_INPUT]
+    graph_inputs, normalise = _inputs(bundle, segment, inputs)
+    # the normalisation nodes come first and the head's last, so that nodes stay in topological order
+    logits_rank = pb.rank(outputs[segment.logits_output])
+    head = _head_nodes(bundle, segment, flatten_logits=logits_rank != 2) + _head_io(bundle)
+    new_graph = normalise + b"".join(kept) + graph_inputs + head
+    rest = b"".join(f.raw for f in model if f.number != pb.MODEL_GRAPH)
+    return rest + pb.message(pb.MODEL_GRAPH, new_graph)
+
+
+def _inputs(bundle: Bundle, segment: Segment, inputs: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """(the graph inputs, the nodes before the segment): with normalisation, a raw input and
+    the Sub/Div that feed the segment's input."""
+    signature = bundle.input
+    if signature.mean is None or signature.std is None:
+        return b"".join(pb.message(pb.GRAPH_INPUT, i) for i in inputs), b""
+    graph_inputs = b""
+    for value in inputs:
+        if pb.value_name(value) == segment.input_name:
+            graph_inputs += pb.renamed_value_info(pb.GRAPH_INPUT, value, RAW_INPUT)
+        else:
+            graph_inputs += pb.message(pb.GRAPH_INPUT, value)
+    graph_inputs += pb.float_initializer(_MEAN, signature.mean) + pb.float_initializer(_STD, signature.std)
+    nodes = pb.node("Sub", [RAW_INPUT, _MEAN], ["s2l.predict.centred"])
+    nodes += pb.node("Div", ["s2l.predict.centred", _STD], [segment.input_name])
+    return graph_inputs, nodes
+
+
+def _head_nodes(bundle: Bundle, segment: Segment, flatten_logits: bool) -> bytes:
+    out, columns = b"", []
+    for i, tap in enumerate(bundle.taps):
+        if len(tap.shape) == 1:
+            columns.append(tap.name)
+        else:
+            out += pb.node("Flatten", [tap.name], [f"s2l.predict.tap{i}"], axis=1)
+            columns.append(f"s2l.predict.tap{i}")
+    fused = columns[0]
+    if len(columns) > 1:
+        fused = "s2l.predict.x"
+        out += pb.node("Concat", columns, [fused], axis=1)
+    out += pb.node("Gemm", [fused, WEIGHT, BIAS], ["s2l.predict.delta"])
+    frozen = segment.logits_output
+    if flatten_logits:
+        out += pb.node("Flatten", [frozen], ["s2l.predict.frozen"], axis=1)
+        frozen = "s2l.predict.frozen"
+    out += pb.node("Add", [frozen, "s2l.predict.delta"], [LOGITS])
+    if bundle.head.loss == Loss.SOFTMAX_CROSS_ENTROPY:
+        out += pb.node("Softmax", [LOGITS], [PROBABILITIES], axis=1)
+        out += pb.node("ArgMax", [LOGITS], [CLASSES], axis=1, keepdims=0)
+    return out
+
+
+def _head_io(bundle: Bundle) -> bytes:
+    width = sum(t.size for t in bundle.taps)
+    classes = bundle.head.num_outputs
+    out = pb.value_info(pb.GRAPH_INPUT, WEIGHT, pb.FLOAT, [width, classes])
+    out += pb.value_info(pb.GRAPH_INPUT, BIAS, pb.FLOAT, [classes])
+    out += pb.value_info(pb.GRAPH_OUTPUT, LOGITS, pb.FLOAT, ["N", classes])
+    if bundle.head.loss == Loss.SOFTMAX_CROSS_ENTROPY:
+        out += pb.value_info(pb.GRAPH_OUTPUT, PROBABILITIES, pb.FLOAT, ["N", classes])
+        out += pb.value_info(pb.GRAPH_OUTPUT, CLASSES, pb.INT64, ["N"])
+    return out
+
+
+class PredictGraph:
+    """An onnxruntime session of the predict graph; `run` is one call per batch.
+
+    The weight and bias stay bound (IO binding) while the same arrays are passed, so a call
+    binds only the input. A binding is per thread: the daemon predicts from several.
+    """
+
+    def __init__(self, bundle: Bundle, segment: Segment, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(predict_model(bundle, segment), sess_options=options, providers=["CPUExecutionProvider"])
+        except BackendError:
+            raise
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise BackendError(f"onnxruntime cannot load the predict graph: {e}") from None
+        normalised = bundle.input.mean is not None and bundle.input.std is not None
+        self.input_name = RAW_INPUT if normalised else segment.input_name
+        self._local = threading.local()
+
+    def run(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
+        """`outputs` of the graph for a contiguous batch `x` of the input dtype."""
+        try:
+            binding = self._binding(weight, bias, tuple(outputs), len(x))
+            binding.bind_cpu_input(self.input_name, x)
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise BackendError(f"onnxruntime failed to run the predict graph: {e}") from None
+
+    def _binding(self, weight: np.ndarray, bias: np.ndarray, outputs: tuple[str, ...], rows: int) -> Any:
+        made = getattr(self._local, "made", None)
+        if made is None or made[0] is not weight or made[1] is not bias or made[2] != outputs:
+            import onnxruntime as ort
+
+            binding = self.session.io_binding()
+            # the OrtValues wrap the arrays' memory: `made` keeps the arrays alive while they are bound
+            binding.bind_ortvalue_input(WEIGHT, ort.OrtValue.ortvalue_from_numpy(weight))
+            binding.bind_ortvalue_input(BIAS, ort.OrtValue.ortvalue_from_numpy(bias))
+            made = self._local.made = [weight, bias, outputs, binding, -1]
+        binding = made[3]
+        if made[4] != rows:  # onnxruntime reuses bound outputs, which have the last call's batch size
+            binding.clear_binding_outputs()
+            for name in outputs:
+                binding.bind_output(name)
+            made[4] = rows
+        return binding
