@@ -17,7 +17,7 @@ def test_state_files_are_private_in_a_state_dir_made_beforehand(serve, tiny_file
     (state / "left_by_an_older_version").chmod(0o644)
     old = os.umask(0o022)  # the daemon inherits the usual umask
     try:
-        daemon = serve(str(tiny_file), state=state)
+        daemon = serve(str(tiny_file), "--allow-unauthenticated-control", state=state)
     finally:
         os.umask(old)
     rng = np.random.default_rng(0)
