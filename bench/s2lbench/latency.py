@@ -1,7 +1,7 @@
 """Inference latency: s2rt (frozen segment + adapter head) against plain onnxruntime on the original model.
 
 Both sides return the same thing: `Model.logits` (tuned logits) against `InferenceSession.run`
-(the original logits); `Model.predict` (labels and probabilities) is reported beside it.
+(the original logits); `Model.classify` (classes and probabilities) is reported beside it.
 Calls alternate in blocks so that both see the same machine noise.
 """
 
@@ -62,7 +62,7 @@ def predict_latency(bundle: Any, onnx_path: str, x: np.ndarray, profile: Profile
         feed = {input_name: xb}
         calls_by_name: dict[str, Callable[[], Any]] = {
             "s2rt_logits": functools.partial(model.logits, xb),
-            "s2rt_predict": functools.partial(model.predict, xb),
+            "s2rt_predict": functools.partial(model.classify, xb),
             "ort_original": functools.partial(session.run, [output_name], feed),
         }
         times = _time_calls(calls_by_name, count)

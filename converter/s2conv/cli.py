@@ -8,8 +8,9 @@
     s2conv export BUNDLE.s2l --adapters ADAPTERS.npz -o TUNED.onnx|TUNED.tflite   (adapters merged in)
 
 Errors print one line, `s2conv: error: <message>`, on stderr: exit status 2 for a usage
-error, 1 when the model cannot be converted or the bundle cannot be read. `--debug`
-shows the traceback and debug logs.
+error (a flag's value, an output that cannot be written, a misspelled command), 1 when
+the model cannot be converted or the bundle cannot be read, as `s2rt` (`s2rt.clikit`).
+`--debug` shows the traceback and debug logs; `--quiet` hides the progress of slow stages.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 from s2rt.bundle import read_bundle
 from s2rt.bundle.model import FILE_IDENTIFIER, Bundle, OutputActivation
 from s2rt.bundle.signing import SigningKey, sign_bundle_file
-from s2rt.errors import ConversionError, S2LError
+from s2rt.clikit import OneLineParser, check_writable, refuse_misspelled_command, run_main
+from s2rt.errors import ConversionError, UsageError
 
 from s2conv.candidates import describe_model, render_model_text
 from s2conv.convert import CACHE_DTYPES, LOSSES, OPTIMIZERS, SEGMENT_BACKENDS, ConvertOptions, InvalidOptionError, convert
@@ -34,6 +36,7 @@ from s2conv.emit import emit
 from s2conv.export import export_file
 from s2conv.load import load_model
 from s2conv.quantize import QUANTIZE_CHOICES
+from s2conv.stages import StageProgress
 from s2conv.version import PRODUCER, __version__
 
 AUTO_TAPS = "auto"
@@ -42,38 +45,49 @@ CONVERT_DESCRIPTION = (
     "and the frozen logits, plus an initial Skip2-LoRA adapter head. To look at a bundle: s2conv inspect BUNDLE.s2l"
 )
 DEFAULTS = ConvertOptions()
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is the one line `s2conv: error: ...` (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{PRODUCER}: error: {message} (see `{self.prog} --help`)\n")
-
-
+# ConvertOptions field -> the flag that sets it, so an option error names what the user typed
+FLAGS = {
+    "rank": "--rank",
+    "alpha": "--alpha",
+    "taps": "--taps",
+    "tap_pool": "--tap-pool",
+    "scores": "--scores",
+    "cache_dtype": "--cache-dtype",
+    "seed": "--seed",
+    "labels": "--labels",
+    "loss": "--loss",
+    "optimizer": "--optimizer",
+    "learning_rate": "--lr",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "backend": "--backend",
+    "quantize": "--quantize",
+    "calib": "--calib",
+}
+_Parser = OneLineParser
 Runner = Callable[[argparse.Namespace, _Parser], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] and args_list[0] in SUBCOMMANDS:
-        make_parser, run = SUBCOMMANDS[args_list[0]]
+        command = SUBCOMMANDS[args_list[0]]
+        make_parser, run = command.parser, command.run
         args_list = args_list[1:]
     else:
+        _refuse_misspelled_command(args_list[0] if args_list else "")
         make_parser, run = _convert_parser, _convert
     parser = make_parser()
     args = parser.parse_args(args_list)
     _configure_logging(args.debug)
-    try:
-        return run(args, parser)
-    except S2LError as e:
-        if args.debug:
-            raise
-        print(f"{PRODUCER}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PRODUCER}: interrupted", file=sys.stderr)
-        return 130
+    return run_main(PRODUCER, lambda: run(args, parser), lambda: bool(args.debug))
+
+
+def _refuse_misspelled_command(word: str) -> None:
+    """`s2conv inspekt x`: a first word that is no file but close to a command name is a typo, not a model."""
+    if not word or word.startswith("-") or Path(word).exists() or "." in word or "/" in word:
+        return  # an option, or a path (perhaps missing: the converter names it)
+    refuse_misspelled_command(PRODUCER, word, SUBCOMMANDS)
 
 
 # --- convert ------------------------------------------------------------------------------
@@ -82,8 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _convert_parser() -> _Parser:
     p = _Parser(
         prog=PRODUCER,
-        usage="%(prog)s MODEL.onnx -o BUNDLE.s2l [options]\n       %(prog)s inspect BUNDLE.s2l [--json]",
+        usage="%(prog)s MODEL.onnx -o BUNDLE.s2l [options]\n       %(prog)s COMMAND ... (inspect, export, keygen, sign)",
         description=CONVERT_DESCRIPTION,
+        epilog=_commands_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL.onnx", help="the source ONNX model")
     p.add_argument("-o", "--output", metavar="BUNDLE.s2l", required=True, help="where to write the bundle")
@@ -121,8 +137,15 @@ def _convert_parser() -> _Parser:
         help="also write the frozen segment as a plain model, ONNX or TFLite by the suffix (to look at it in Netron, say)",
     )
     p.add_argument("--sign-key", metavar="KEY", help="sign the bundle with this Ed25519 private key (from `s2conv keygen`)")
+    p.add_argument("--quiet", action="store_true", help="do not report the progress of slow stages (int8 calibration, TFLite emit)")
     _add_common(p)
     return p
+
+
+def _commands_help() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name.ljust(width)}  {command.summary}" for name, command in SUBCOMMANDS.items()]
+    return "commands (`s2conv COMMAND --help` for each):\n" + "\n".join(lines)
 
 
 def _help(field: str) -> str:
@@ -136,8 +159,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _convert(args: argparse.Namespace, parser: _Parser) -> int:
     options = _options(args, parser)
+    _check_outputs(args)
     signer = SigningKey.load(args.sign_key) if args.sign_key else None  # a bad key fails before the conversion
-    bundle = convert(args.model, options)
+    bundle = convert(args.model, options, progress=None if args.quiet else StageProgress())
     bundle, artefacts = emit(bundle, args.output, args.save_segment, signer=signer)
     for artefact in artefacts:
         print(f"wrote {artefact.kind} {artefact.path} ({artefact.size:,} bytes)")
@@ -168,7 +192,23 @@ def _options(args: argparse.Namespace, parser: _Parser) -> ConvertOptions:
             calib=args.calib,
         )
     except InvalidOptionError as e:
-        parser.error(str(e))
+        raise UsageError(e.for_cli(FLAGS)) from None
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before the work: the files the conversion will write can be written, and --save-segment names a format."""
+    check_writable("-o/--output", args.output)
+    if args.save_segment is not None:
+        suffix = args.save_segment.suffix.lower()
+        if suffix not in (".onnx", ".tflite"):
+            raise UsageError(f"--save-segment {args.save_segment}: name the file .onnx or .tflite (the suffix picks the format)")
+        have = [kind.name for kind in SEGMENT_BACKENDS[args.backend]]
+        if suffix[1:].upper() not in have:
+            raise UsageError(
+                f"--save-segment {args.save_segment}: the bundle has no {suffix[1:].upper()} segment to save (it has "
+                f"{' and '.join(have)}); name the file after one it has, or convert with --backend both"
+            )
+        check_writable("--save-segment", args.save_segment)
 
 
 def _split_names(text: str) -> tuple[str, ...]:
@@ -247,7 +287,7 @@ def _inspect_model(args: argparse.Namespace, parser: _Parser) -> int:
     try:
         options = ConvertOptions(rank=args.rank, tap_pool=args.tap_pool, cache_dtype=args.cache_dtype, scores=args.scores)
     except InvalidOptionError as e:
-        parser.error(str(e))
+        raise UsageError(e.for_cli(FLAGS)) from None
     loaded = load_model(args.bundle, options.scores)
     description = describe_model(loaded, options.rank, options.tap_pool, CACHE_DTYPES[options.cache_dtype])
     print(json.dumps(description, indent=2) if args.json else render_model_text(description))
@@ -276,6 +316,9 @@ def _export_parser() -> _Parser:
 
 
 def _export(args: argparse.Namespace, parser: _Parser) -> int:
+    if args.output.suffix.lower() not in (".onnx", ".tflite"):
+        raise UsageError(f"-o/--output {args.output}: name the file .onnx or .tflite (the suffix picks the format)")
+    check_writable("-o/--output", args.output)
     size = export_file(read_bundle(args.bundle), args.adapters, args.output, args.output_name)
     print(f"wrote tuned model {args.output} ({size:,} bytes)")
     return 0
@@ -296,6 +339,7 @@ def _keygen_parser() -> _Parser:
 
 
 def _keygen(args: argparse.Namespace, parser: _Parser) -> int:
+    check_writable("-o/--output", args.output)
     key = SigningKey.generate()
     private, public = key.save(args.output)
     print(f"wrote private key {private} (mode 0600) and public key {public}; key id {key.key_id}")
@@ -316,6 +360,7 @@ def _sign_parser() -> _Parser:
 
 
 def _sign(args: argparse.Namespace, parser: _Parser) -> int:
+    check_writable("-o/--output" if args.output else "BUNDLE.s2l", args.output or args.bundle)
     key = SigningKey.load(args.key)
     signed = sign_bundle_file(args.bundle, key, args.output)
     version = "{}.{}".format(*signed.format_version)
@@ -323,12 +368,19 @@ def _sign(args: argparse.Namespace, parser: _Parser) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Command:
+    parser: Callable[[], _Parser]
+    run: Runner
+    summary: str
+
+
 # The first word of the command line selects one of these; anything else is a model to convert.
-SUBCOMMANDS: dict[str, tuple[Callable[[], _Parser], Runner]] = {
-    "inspect": (_inspect_parser, _inspect),
-    "export": (_export_parser, _export),
-    "keygen": (_keygen_parser, _keygen),
-    "sign": (_sign_parser, _sign),
+SUBCOMMANDS: dict[str, Command] = {
+    "inspect": Command(_inspect_parser, _inspect, "what a bundle holds, or an ONNX model's candidate taps and their costs"),
+    "export": Command(_export_parser, _export, "one standalone .onnx/.tflite model with trained adapters merged in"),
+    "keygen": Command(_keygen_parser, _keygen, "make an Ed25519 key pair for signing bundles"),
+    "sign": Command(_sign_parser, _sign, "sign a bundle with a private key"),
 }
 
 

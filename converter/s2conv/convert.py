@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,11 +38,13 @@ from s2rt.errors import ConversionError
 from s2conv.analyse import TapPlan, find_taps, input_signature
 from s2conv.calibrate import load_calibration, tap_scales
 from s2conv.compact import compact_segment
+from s2conv.emit import emit
 from s2conv.graph import view_graph
 from s2conv.head import init_head
 from s2conv.load import LoadedModel, load_model
 from s2conv.quantize import QUANTIZE_CHOICES, int8_schemes, quantize_segment
 from s2conv.split import LOGITS_OUTPUT, extract_segment, segment_outputs, tap_output_name
+from s2conv.stages import Progress, silent
 from s2conv.version import PRODUCER, __version__
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,20 @@ MAX_TAP_POOL = 8
 
 
 class InvalidOptionError(ConversionError, ValueError):
-    """A `ConvertOptions` field has a value the converter cannot use."""
+    """A `ConvertOptions` field has a value the converter cannot use.
+
+    The message names the field (`option rank: ...`); `for_cli` words it with the flag the
+    user typed instead (`--rank: ...`), so the CLI never shows a Python name.
+    """
+
+    def __init__(self, field_name: str, detail: str, *, message: str | None = None, cli: str | None = None) -> None:
+        super().__init__(message or f"option {field_name}: {detail}")
+        self.field = field_name
+        self.detail = detail
+        self.cli = cli
+
+    def for_cli(self, flags: Mapping[str, str]) -> str:
+        return self.cli or f"{flags.get(self.field, self.field)}: {self.detail}"
 
 
 def _option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's name for it
@@ -115,7 +132,7 @@ class ConvertOptions:
         _require_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         _require_int("tap_pool", self.tap_pool, minimum=0, maximum=MAX_TAP_POOL)
         if self.scores is not None and (not isinstance(self.scores, str) or not self.scores.strip()):
-            raise InvalidOptionError(f"option scores: expected a tensor name, got {self.scores!r}")
+            raise InvalidOptionError("scores", f"expected a tensor name, got {self.scores!r}")
         for name in ("alpha", "learning_rate"):
             _require_positive_float(name, getattr(self, name))
         _require_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
@@ -129,23 +146,33 @@ class ConvertOptions:
         if isinstance(self.calib, os.PathLike):
             object.__setattr__(self, "calib", os.fspath(self.calib))
         if self.calib is not None and (not isinstance(self.calib, str) or not self.calib):
-            raise InvalidOptionError(f"option calib: expected the path of a calibration file, got {self.calib!r}")
+            raise InvalidOptionError("calib", f"expected the path of a calibration file, got {self.calib!r}")
         if self.quantize == "int8" and self.calib is None:
-            raise InvalidOptionError("option quantize=int8 needs calibration inputs: give calib (s2conv --calib FILE.npz)")
+            raise InvalidOptionError(
+                "quantize",
+                "int8 needs calibration inputs",
+                message="option quantize=int8 needs calibration inputs: give calib (s2conv --calib FILE.npz)",
+                cli="--quantize int8 needs calibration inputs: give --calib FILE.npz (a sample of real inputs)",
+            )
         if self.calib is not None and self.quantize == "none" and self.cache_dtype != "int8":
-            raise InvalidOptionError("option calib is only used with quantize=int8 or cache_dtype=int8")
+            raise InvalidOptionError(
+                "calib",
+                "only used with quantize=int8 or cache_dtype=int8",
+                message="option calib is only used with quantize=int8 or cache_dtype=int8",
+                cli="--calib is only used with --quantize int8 or --cache-dtype int8",
+            )
 
     def _normalise_names(self, name: str) -> None:
         value = getattr(self, name)
         if value is None:
             return
         if isinstance(value, str) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise InvalidOptionError(f"option {name}: expected a sequence of non-empty names, got {value!r}")
+            raise InvalidOptionError(name, f"expected a sequence of non-empty names, got {value!r}")
         names = tuple(v.strip() for v in value)
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if not names or duplicates:
             problem = "is empty" if not names else "repeats " + ", ".join(repr(d) for d in duplicates)
-            raise InvalidOptionError(f"option {name}: the list {problem}; expected distinct names")
+            raise InvalidOptionError(name, f"the list {problem}; expected distinct names")
         object.__setattr__(self, name, names)
 
     @classmethod
@@ -172,27 +199,46 @@ def _require_int(name: str, value: object, minimum: int, maximum: int | None = N
     in_range = isinstance(value, int) and value >= minimum and (maximum is None or value <= maximum)
     if isinstance(value, bool) or not in_range:
         bound = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
-        raise InvalidOptionError(f"option {name}: expected {bound}, got {value!r}")
+        raise InvalidOptionError(name, f"expected {bound}, got {value!r}")
 
 
 def _require_positive_float(name: str, value: object) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if not ok:
-        raise InvalidOptionError(f"option {name}: expected a finite number > 0, got {value!r}")
+        raise InvalidOptionError(name, f"expected a finite number > 0, got {value!r}")
 
 
 def _require_choice(name: str, value: object, choices: dict[str, Any]) -> None:
     if value not in choices:
-        raise InvalidOptionError(f"option {name}: expected one of {', '.join(choices)}, got {value!r}")
+        raise InvalidOptionError(name, f"expected one of {', '.join(choices)}, got {value!r}")
 
 
-def convert(model_path: str | Path, options: ConvertOptions | None = None) -> Bundle:
-    """Convert the ONNX model at `model_path` into an in-memory bundle.
+def convert(
+    model_path: str | Path,
+    options: ConvertOptions | None = None,
+    *,
+    output: str | Path | None = None,
+    progress: Progress | None = None,
+    **fields: Any,
+) -> Bundle:
+    """Convert the ONNX model at `model_path` into a bundle, written to `output` when given.
 
-    Raises `ConversionError` (or its `UnsupportedGraphError`) naming the file, node or
-    tensor at fault when the model cannot be converted.
+    `options`, or `ConvertOptions(**fields)` (`rank=8, quantize="int8", calib="c.npz"`, …);
+    `progress` (`s2conv.stages.StageProgress`) reports the slow stages. Returns the bundle
+    (with its digest when written). Raises `ConversionError` (or its `UnsupportedGraphError`)
+    naming the file, node or tensor at fault when the model cannot be converted, and
+    `InvalidOptionError` for a bad option.
     """
-    options = options or ConvertOptions()
+    if options is not None and fields:
+        raise TypeError(f"convert: give options or option fields ({', '.join(fields)}), not both")
+    options = options or ConvertOptions(**fields)
+    bundle = _convert(model_path, options, progress.stage if progress is not None else silent)
+    if output is None:
+        return bundle
+    return emit(bundle, output)[0]
+
+
+def _convert(model_path: str | Path, options: ConvertOptions, stage: Callable[[str], AbstractContextManager[None]]) -> Bundle:
     loaded = load_model(model_path, options.scores)
     for note in loaded.notes:
         log.warning("%s: %s", loaded.source_name, note)
@@ -203,7 +249,11 @@ def convert(model_path: str | Path, options: ConvertOptions | None = None) -> Bu
     segment = extract_segment(loaded.model, signature, segment_outputs(plan))
     calibration = load_calibration(options.calib, signature) if options.calib is not None else None
     int8_calibration = calibration if options.quantize == "int8" else None
-    onnx_segment = segment if int8_calibration is None else quantize_segment(segment, int8_calibration)
+    if int8_calibration is None:
+        onnx_segment = segment
+    else:
+        with stage(f"quantizing the frozen segment to int8 ({len(int8_calibration)} calibration samples)"):
+            onnx_segment = quantize_segment(segment, int8_calibration)
     segment_bytes = compact_segment(onnx_segment).SerializeToString()
     taps = bundle_taps(plan)
     log.debug("taps: %s", ", ".join(f"{t.source} {t.shape}" for t in taps))
@@ -220,16 +270,21 @@ def convert(model_path: str | Path, options: ConvertOptions | None = None) -> Bu
         provenance=provenance(loaded, options),
         input=signature,
         labels=labels,
-        segments=frozen_segments(segment, segment_bytes, signature.name, options.backend, int8_calibration),
+        segments=frozen_segments(segment, segment_bytes, signature.name, options.backend, int8_calibration, stage),
         taps=taps,
         head=head,
-        cache=cache_layout(taps, plan.num_outputs, options.cache_dtype, segment_bytes, signature, calibration),
+        cache=cache_layout(taps, plan.num_outputs, options.cache_dtype, segment_bytes, signature, calibration, stage),
         output_activation=plan.output_activation,
     )
 
 
 def frozen_segments(
-    segment: onnx.ModelProto, onnx_bytes: bytes, input_name: str, backend: str, int8_calibration: np.ndarray | None = None
+    segment: onnx.ModelProto,
+    onnx_bytes: bytes,
+    input_name: str,
+    backend: str,
+    int8_calibration: np.ndarray | None = None,
+    stage: Callable[[str], AbstractContextManager[None]] = silent,
 ) -> tuple[Segment, ...]:
     """The frozen segment in each format `backend` names: ONNX as cut (`onnx_bytes`, perhaps
     quantized), TFLite emitted from the float cut `segment` and, given `int8_calibration`,
@@ -241,11 +296,13 @@ def frozen_segments(
         elif int8_calibration is None:
             from s2conv.tflite import onnx_to_tflite  # the tflite bindings load only when asked for
 
-            data = onnx_to_tflite(segment)
+            with stage("emitting the TFLite segment"):
+                data = onnx_to_tflite(segment)
         else:
             from s2conv.tflite.quantize import quantized_tflite
 
-            data = quantized_tflite(segment, int8_calibration)
+            with stage("emitting the int8 TFLite segment (calibrating it)"):
+                data = quantized_tflite(segment, int8_calibration)
         segments.append(Segment(kind, data, input_name, LOGITS_OUTPUT))
     return tuple(segments)
 
@@ -261,13 +318,15 @@ def cache_layout(
     segment: bytes,
     signature: InputSignature,
     calibration: np.ndarray | None,
+    stage: Callable[[str], AbstractContextManager[None]] = silent,
 ) -> CacheLayout:
     """The cache record; int8 taps get their scales from the calibration inputs when there
     are any (else the runtime picks them from the first activations it caches)."""
     dtype = CACHE_DTYPES[cache_dtype]
     scales = None
     if dtype == DType.INT8 and calibration is not None:
-        scales = tap_scales(segment, signature, taps, calibration)
+        with stage("calibrating the int8 cache's tap scales"):
+            scales = tap_scales(segment, signature, taps, calibration)
         log.debug("int8 cache tap scales: %s", ", ".join(f"{s:.4g}" for s in scales))
     return plan_cache_layout(taps, num_outputs, dtype, tap_scales=scales)
 

@@ -1,4 +1,8 @@
-"""`s2rt`: fine-tune, evaluate and run an s2l bundle on the device."""
+"""`s2rt`: fine-tune, evaluate and run an s2l bundle on the device.
+
+Errors are one line on stderr: exit 2 for a usage error (a flag's value, an output that
+cannot be written), 1 when the work fails (see `s2rt.clikit`); `--debug` shows the traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,44 +11,39 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 
 from s2rt import __version__
 from s2rt.backend import BACKENDS
 from s2rt.bundle import Optimizer
+from s2rt.bundle.foreign import refuse_foreign
+from s2rt.clikit import OneLineParser, check_writable, fraction, int_at_least, positive_float, refuse_misspelled_command, run_main
 from s2rt.data import load_samples
-from s2rt.errors import KeyFileError, S2LError
+from s2rt.errors import UsageError
 from s2rt.methods import DEFAULT_METHOD, METHODS
 from s2rt.progress import make_progress
 from s2rt.serve.commands import add_client, add_serve
 from s2rt.session import Model
-from s2rt.trainer import TrainConfig
 from s2rt.trust import ENV_VAR, open_trusted, signer_of, trusted_keys_from
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args))
-    except S2LError as e:
-        if args.debug:
-            raise
-        print(f"s2rt: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("s2rt: interrupted", file=sys.stderr)
-        return 130
+    words = sys.argv[1:] if argv is None else argv
+    if words and not words[0].startswith("-"):
+        refuse_misspelled_command("s2rt", words[0], COMMAND_NAMES)
+    args = _parser().parse_args(words)
+    return run_main("s2rt", lambda: int(args.run(args)), lambda: bool(getattr(args, "debug", False)))
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="s2rt", description=__doc__)
+    parser = OneLineParser(prog="s2rt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"s2rt {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # the subcommands' parsers are OneLineParsers too (argparse makes them of the parent's class)
+    sub = cast(Subparsers, parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     for add in COMMANDS:
         add(sub)
     return parser
@@ -55,13 +54,20 @@ def _add_train(sub: Subparsers) -> None:
     _common(train, data_help="labelled samples (.npz with x and y, or .csv)")
     train.add_argument("-o", "--output", required=True, help="where to write the trained adapters (.npz)")
     train.add_argument("--init", metavar="ADAPTERS", help="continue from these adapters instead of the bundle's initial head")
-    train.add_argument("--epochs", type=int, help="passes over the training samples (default: the bundle's)")
-    train.add_argument("--batch-size", type=int, help="samples per step (default: the bundle's)")
-    train.add_argument("--lr", type=float, help="learning rate (default: the bundle's)")
+    train.add_argument("--epochs", type=int_at_least(1), help="passes over the training samples (default: the bundle's)")
+    train.add_argument("--batch-size", type=int_at_least(1), help="samples per step (default: the bundle's)")
+    train.add_argument("--lr", type=positive_float, help="learning rate (default: the bundle's)")
     train.add_argument("--optimizer", choices=[o.name.lower() for o in Optimizer], help="default: the bundle's")
-    train.add_argument("--seed", type=int, default=0, help="seed for the validation split and shuffling (default: 0)")
-    train.add_argument("--val-fraction", type=float, default=0.0, help="share of samples held out for early stopping (default: 0)")
-    train.add_argument("--patience", type=int, default=0, help="early stop after this many epochs without validation gain; 0 = off")
+    train.add_argument("--seed", type=int_at_least(0), default=0, help="seed for the validation split and shuffling (default: 0)")
+    train.add_argument(
+        "--val-fraction", type=fraction, default=0.0, help="share of samples held out for early stopping, in [0, 1) (default: 0)"
+    )
+    train.add_argument(
+        "--patience",
+        type=int_at_least(0),
+        default=0,
+        help="early stop after this many epochs without validation gain; 0 = off (needs --val-fraction)",
+    )
     train.add_argument(
         "--method",
         choices=list(METHODS),
@@ -73,11 +79,13 @@ def _add_train(sub: Subparsers) -> None:
     train.add_argument("--no-cache", action="store_true", help="run the frozen forward every epoch (no Skip-Cache), for comparison")
     train.add_argument("--cache-file", help="keep the Skip-Cache in this memory-mapped file (default: in memory)")
     train.add_argument(
-        "--cache-capacity", type=int, help="most samples the cache holds; the rest run the frozen forward every epoch (default: all)"
+        "--cache-capacity",
+        type=int_at_least(1),
+        help="most samples the cache holds; the rest run the frozen forward every epoch (default: all)",
     )
     train.add_argument(
         "--max-cache-mb",
-        type=float,
+        type=positive_float,
         metavar="MB",
         help="memory budget of the cache in MiB (2^20 bytes); it holds as many samples as fit, the first ones "
         "seen, and the rest run the frozen forward every epoch (default: no budget)",
@@ -104,7 +112,7 @@ def _common(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("bundle", help="the .s2l bundle")
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="inference backend (default: auto)")
-    p.add_argument("--threads", type=int, default=1, help="backend threads (default: 1)")
+    p.add_argument("--threads", type=int_at_least(1), default=1, help="backend threads (default: 1)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     _trusted_key_option(p)
@@ -130,18 +138,21 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.patience and not args.val_fraction:
+        raise UsageError(f"--patience {args.patience} needs a validation split: give --val-fraction (e.g. 0.2), or --patience 0")
+    check_writable("-o/--output", args.output)  # before the work: a bad path fails now, not after training
+    if args.cache_file:
+        check_writable("--cache-file", args.cache_file)
     model = _open(args)
     head = model.bundle.head
     samples = load_samples(args.data, model.bundle.input, head.num_outputs, require_labels=True)
     if args.init:
         model.load_adapters(args.init, args.method)
-    d = head.defaults
-    config = TrainConfig(
-        epochs=args.epochs if args.epochs is not None else d.epochs,
-        batch_size=args.batch_size if args.batch_size is not None else d.batch_size,
-        learning_rate=args.lr if args.lr is not None else d.learning_rate,
-        optimizer=Optimizer[args.optimizer.upper()] if args.optimizer else d.optimizer,
-        loss=head.loss,
+    config = model.train_config(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        optimizer=Optimizer[args.optimizer.upper()] if args.optimizer else None,
         seed=args.seed,
         val_fraction=args.val_fraction,
         patience=args.patience,
@@ -198,7 +209,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     model = _open(args)
     samples = load_samples(args.data, model.bundle.input, model.bundle.head.num_outputs)
-    classes, probs = model.predict(samples.x)
+    classes, probs = model.classify(samples.x)
     labels = model.bundle.labels
     rows = [
         {"index": i, "class": int(c), "label": labels[c] if c < len(labels) else str(c), "probabilities": p.round(6).tolist()}
@@ -210,7 +221,12 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _add_verify(sub: Subparsers) -> None:
-    verify = sub.add_parser("verify", help="check a bundle's structure, digest and signature against trusted keys")
+    verify = sub.add_parser(
+        "verify",
+        help="check a bundle's structure and digest, and its signature against trusted keys when there are any",
+        description="Without trusted keys: structure and digest (an unsigned bundle reports 'digest ok, not signed'). "
+        "With them: the bundle must also be signed by one of them.",
+    )
     verify.add_argument("bundle", help="the .s2l bundle")
     _trusted_key_option(verify)
     verify.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -219,27 +235,37 @@ def _add_verify(sub: Subparsers) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    """Exit 0 when the bundle is intact (and, with trusted keys, signed by one); 1 otherwise."""
     keys = trusted_keys_from(args.trusted_key)
-    if not keys:
-        raise KeyFileError(f"no trusted keys: give --trusted-key PUB (repeatable) or set ${ENV_VAR}")
+    refuse_foreign(args.bundle)
     bundle = open_trusted(args.bundle, keys)
-    key = signer_of(bundle, keys)
     version = "{}.{}".format(*bundle.format_version)
-    result = {
+    result: dict[str, Any] = {
         "bundle": args.bundle,
         "ok": True,
         "format_version": version,
         "digest": bundle.digest,
-        "signer_key_id": bundle.signer_key_id,
-        "trusted_key": key.source,
+        "digest_ok": True,
+        "signed": bool(bundle.signer_key_id),
+        "signer_key_id": bundle.signer_key_id or None,
+        "trusted_key": None,
     }
-    text = f"{args.bundle}: OK (format {version}, digest {bundle.digest[:16]}), signed by trusted key {key.key_id} ({key.source})"
+    text = f"{args.bundle}: OK (format {version}, digest {bundle.digest[:16]}): digest ok, "
+    if keys:
+        key = signer_of(bundle, keys)
+        result["trusted_key"] = key.source
+        text += f"signed by trusted key {key.key_id} ({key.source})"
+    elif bundle.signer_key_id:
+        text += f"signed by key {bundle.signer_key_id}, not checked: give --trusted-key PUB or set ${ENV_VAR} to check it"
+    else:
+        text += "not signed"
     _emit(args, result, text)
     return 0
 
 
 # Each adds one subcommand (its parser, with `run` set to the function that executes it).
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_train, _add_eval, _add_predict, _add_verify, add_serve, add_client)
+COMMAND_NAMES = ("train", "eval", "predict", "verify", "serve", "client")
 
 
 if __name__ == "__main__":

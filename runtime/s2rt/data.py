@@ -43,6 +43,8 @@ def load_samples(
 ) -> Samples:
     """Read a sample file and check it against the bundle's input signature."""
     p = Path(path)
+    if p.is_dir():
+        raise RuntimeInputError(f"{p}: is a folder, expected a data file (.npz or .csv)")
     if not p.is_file():
         raise RuntimeInputError(f"{p}: no such data file")
     suffix = p.suffix.lower()
@@ -53,6 +55,11 @@ def load_samples(
     else:
         raise RuntimeInputError(f"{p}: unknown data file type {suffix!r}; expected .npz (arrays x, y) or .csv")
     return _checked(p, x, y, signature, num_classes, require_labels)
+
+
+def check_samples(x: object, y: object, signature: InputSignature, num_classes: int | None = None, require_labels: bool = False) -> Samples:
+    """Arrays (or nested lists) checked and cast as `load_samples` checks a file's."""
+    return _checked(Path("<arrays>"), np.asarray(x), None if y is None else np.asarray(y), signature, num_classes, require_labels)
 
 
 def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -36,6 +36,10 @@ class KeyFileError(S2LError):
     """A signing key or public key file is missing, unreadable or not an Ed25519 key (or `cryptography` is missing)."""
 
 
+class UsageError(S2LError):
+    """A command-line flag or argument has a value the command cannot use (the CLIs exit 2)."""
+
+
 class RuntimeInputError(S2LError):
     """Input given to the runtime (data file, sample, option) is not what the bundle expects."""
 

@@ -1,9 +1,13 @@
-"""The runtime's library API: one bundle, one backend, one adapter head.
+"""The runtime's library API (`from s2rt import Model`): one bundle, one backend, one adapter head.
 
     model = Model.open("bundle.s2l")
-    model.fine_tune(load_samples("ft.npz", model.bundle.input, ...), TrainConfig(...), method="skip2lora")
+    model.fine_tune(model.samples(x, y))            # the bundle's defaults, as `s2rt train` uses them
+    model.fine_tune(model.samples(x, y), epochs=5)  # ... with some of them overridden
+    model.predict(x)          # the label of each sample (sklearn's habit)
+    model.predict_proba(x)    # class probabilities, one column per label
     model.save_adapters("adapters.npz")
-    labels, probs = model.predict(x)
+
+`classify(x)` gives class indices and probabilities together (the CLI's `predict`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import numpy as np
 from s2rt.backend import open_backend, predict_graph
 from s2rt.backend.predict_graph import CLASSES, LOGITS, PROBABILITIES, PredictGraph
 from s2rt.bundle import Bundle, Loss
+from s2rt.bundle.foreign import refuse_foreign
 from s2rt.cache import CHECK_BYTES, SkipCache, records_offset, records_within
-from s2rt.data import Samples
+from s2rt.data import Samples, check_samples
 from s2rt.errors import RuntimeInputError, StateError
 from s2rt.features import CachedFeatures
 from s2rt.folded import AFFINE_METHODS, FoldedHead
@@ -77,6 +82,7 @@ class Model:
         `method` None: skip2lora, or the method of `adapters` when given; otherwise
         `adapters` must be of `method`'s family.
         """
+        refuse_foreign(path)
         model = cls(open_trusted(path, trusted_keys), backend, threads, method or DEFAULT_METHOD)
         if adapters is not None:
             model.load_adapters(adapters, method)
@@ -110,7 +116,7 @@ class Model:
         """Tuned logits: frozen logits plus the head's correction."""
         return self._batched(x, batch_size, lambda chunk: self._run(chunk, classes=False)[1])
 
-    def predict(self, x: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    def classify(self, x: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """(class index, class probabilities) per sample; for a regression head (zeros, outputs)."""
         x = self.frozen.check_input(x)
         if 0 < len(x) <= batch_size:
@@ -157,20 +163,65 @@ class Model:
             self._graph = PredictGraph(self.bundle, self.frozen.segment, self.frozen.backend.threads)
         return self._graph
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return self.predict(x)[1]
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The class labels, in the order of `predict_proba`'s columns."""
+        return self.bundle.labels
+
+    @property
+    def classifies(self) -> bool:
+        return self.bundle.head.loss == Loss.SOFTMAX_CROSS_ENTROPY
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The label of each sample (from `labels`); a regression head's outputs, N x C."""
+        classes, outputs = self.classify(x, batch_size)
+        return np.asarray(self.labels)[classes] if self.classifies else outputs
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities, N x C, columns in the order of `labels`."""
+        if not self.classifies:
+            raise RuntimeInputError("predict_proba: this bundle's head is a regression (loss mse); use predict")
+        return self.classify(x, batch_size)[1]
 
     def evaluate(self, samples: Samples) -> dict[str, float | int]:
         if samples.y is None:
             raise ValueError("evaluation needs labelled samples")
-        predicted, _ = self.predict(samples.x)
+        predicted, _ = self.classify(samples.x)
         return {"accuracy": float(np.mean(predicted == samples.y)), "n": len(samples.y)}
+
+    def samples(self, x: Any, y: Any = None) -> Samples:
+        """`x` (N x input shape, or N flat rows) and labels `y` checked against the bundle as
+        `s2rt` checks a data file; `y` holds class indices or the bundle's labels."""
+        if y is not None and np.asarray(y).dtype.kind in "US":
+            y = self._indices(np.asarray(y))
+        return check_samples(x, y, self.bundle.input, self.bundle.head.num_outputs)
+
+    def _indices(self, y: np.ndarray) -> np.ndarray:
+        index = {label: i for i, label in enumerate(self.labels)}
+        unknown = sorted({str(v) for v in y.reshape(-1) if str(v) not in index})
+        if unknown:
+            raise RuntimeInputError(f"labels {unknown[:5]} are not among the bundle's labels {list(self.labels)}")
+        return np.array([index[str(v)] for v in y.reshape(-1)], dtype=np.int64)
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        """The bundle's default optimizer, learning rate, epochs and batch size, and its loss,
+        with `overrides` (`TrainConfig` fields; None keeps the default) on top."""
+        d = self.bundle.head.defaults
+        fields: dict[str, Any] = {
+            "epochs": d.epochs,
+            "batch_size": d.batch_size,
+            "learning_rate": d.learning_rate,
+            "optimizer": d.optimizer,
+            "loss": self.bundle.head.loss,
+        }
+        fields.update({name: value for name, value in overrides.items() if value is not None})
+        return TrainConfig(**fields)
 
     # -- training --------------------------------------------------------------------
     def fine_tune(
         self,
         samples: Samples,
-        config: TrainConfig,
+        config: TrainConfig | None = None,
         *,
         use_cache: bool = True,
         cache_path: str | os.PathLike[str] | None = None,
@@ -178,8 +229,12 @@ class Model:
         max_cache_mb: float | None = None,
         progress: ProgressCallback | None = None,
         method: str | None = None,
+        **overrides: Any,
     ) -> FineTuneResult:
         """Train the adapters on labelled samples; the frozen forward runs once per sample with the cache on.
+
+        `config` None: `train_config(**overrides)`, the bundle's defaults with `overrides`
+        (epochs=5, learning_rate=0.05, …) on top.
 
         The cache holds every sample, or at most `cache_capacity` records, or at most what
         fits in `max_cache_mb` MiB (header and checksums included), whichever is least;
@@ -190,6 +245,10 @@ class Model:
         """
         if samples.y is None:
             raise ValueError("fine-tuning needs labelled samples")
+        if config is None:
+            config = self.train_config(**overrides)
+        elif overrides:
+            raise TypeError(f"fine_tune: give a config or overrides ({', '.join(overrides)}), not both")
         if method is not None:
             chosen = get_method(method)
             if chosen.family != self.method.family:

@@ -58,5 +58,5 @@ def test_save_segment_in_either_format(tmp_path, capsys):
 def test_save_segment_the_bundle_does_not_have(tmp_path, capsys):
     code = main([str(HAR), "-o", str(tmp_path / "b.s2l"), "--backend", "tflite", "--save-segment", str(tmp_path / "seg.onnx")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1
+    assert code == 2 and len(err) == 1  # a usage error, found before the conversion
     assert "has no ONNX segment to save (it has TFLITE)" in err[0]

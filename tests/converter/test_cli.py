@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conv_graphs import gemm_chain, residual, with_op_between
 from helpers.tiny import tiny_bundle
@@ -96,7 +97,7 @@ def test_errors_are_one_line_with_status_1(tmp_path):
 def test_usage_errors_are_one_line_with_status_2(tmp_path):
     model = gemm_chain().save(tmp_path)
     assert_one_line_error(s2conv(model), 2, "-o/--output")
-    assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--rank", 0), 2, "option rank")
+    assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--rank", 0), 2, "--rank: expected an integer in [1, 4096], got 0")
     assert_one_line_error(s2conv(model, "-o", tmp_path / "b.s2l", "--cache-dtype", "int4"), 2, "--cache-dtype")
 
 
@@ -131,3 +132,92 @@ def test_inspect_a_model_lists_candidate_taps_with_their_costs(tmp_path):
     assert info["auto"]["adapter_parameters"] == {"skip2lora": 2 * 8 + 2 * 2 * 2, "lora-last": 12, "ft-last": 10, "ft-bias": 2}
     text = s2conv("inspect", model)
     assert text.returncode == 0 and "auto taps   2, fused width 8" in text.stdout
+
+
+def test_help_lists_the_commands():
+    result = s2conv("--help")
+    assert result.returncode == 0
+    for command in ("inspect", "export", "keygen", "sign"):
+        assert f"\n  {command} " in result.stdout
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("inspekt", "inspect"), ("sing", "sign"), ("exprot", "export")])
+def test_a_misspelled_command_is_not_taken_for_a_model(tmp_path, typed, meant):
+    result = s2conv(typed, tmp_path / "b.s2l")
+    assert_one_line_error(result, 2, f"unknown command {typed!r}; did you mean {meant!r}?")
+
+
+def test_a_missing_model_named_like_a_command_is_reported_missing(tmp_path):
+    command = [sys.executable, "-m", "s2conv.cli", "export.onnx", "-o", "b.s2l"]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=60, cwd=tmp_path)
+    assert_one_line_error(result, 1, "export.onnx: no such file")
+
+
+def test_a_file_named_like_a_command_is_still_a_model(tmp_path):
+    model = gemm_chain().save(tmp_path, "sing")
+    result = subprocess.run(
+        [sys.executable, "-m", "s2conv.cli", "sing", "-o", "b.s2l"], capture_output=True, text=True, env=ENV, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert model.exists() and (tmp_path / "b.s2l").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr", "-1"], "--lr: expected a finite number > 0, got -1.0"),
+        (["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+        (["--tap-pool", "9"], "--tap-pool: expected an integer in [0, 8], got 9"),
+        (["--quantize", "int8"], "--quantize int8 needs calibration inputs: give --calib FILE.npz"),
+        (["--save-segment", "seg.txt"], "--save-segment seg.txt: name the file .onnx or .tflite"),
+    ],
+)
+def test_option_errors_name_the_flag_not_the_python_field(tmp_path, args, message):
+    model = gemm_chain().save(tmp_path)
+    command = [sys.executable, "-m", "s2conv.cli", str(model), "-o", "b.s2l", *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=60, cwd=tmp_path)
+    assert_one_line_error(result, 2, message)
+    for field in ("learning_rate", "batch_size", "tap_pool", "option "):
+        assert field not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-o", "{d}/a_file/b.s2l"], "-o/--output {d}/a_file/b.s2l: cannot write there: {d}/a_file is not a folder"),
+        (["-o", "{d}"], "-o/--output {d}: is a directory"),
+        (["-o", "{d}/b.s2l", "--save-segment", "{d}/a_file/s.onnx"], "--save-segment {d}/a_file/s.onnx: cannot write there"),
+    ],
+)
+def test_an_unwritable_output_fails_before_the_conversion(tmp_path, args, message):
+    model = gemm_chain().save(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    result = s2conv(model, *[a.format(d=tmp_path) for a in args])
+    assert_one_line_error(result, 2, message.format(d=tmp_path))
+    assert not (tmp_path / "b.s2l").exists()
+
+
+def test_sign_and_export_check_their_output_first(tmp_path, converted):
+    _, bundle = converted
+    (tmp_path / "a_file").write_text("")
+    keygen = s2conv("keygen", "-o", tmp_path / "a_file" / "key")
+    assert_one_line_error(keygen, 2, "-o/--output", "is not a folder")
+    assert s2conv("keygen", "-o", tmp_path / "key").returncode == 0
+    signed = s2conv("sign", bundle, "--key", tmp_path / "key", "-o", tmp_path / "a_file" / "s.s2l")
+    assert_one_line_error(signed, 2, "-o/--output", "is not a folder")
+    exported = s2conv("export", bundle, "--adapters", tmp_path / "none.npz", "-o", tmp_path / "tuned.txt")
+    assert_one_line_error(exported, 2, "name the file .onnx or .tflite")
+
+
+def test_slow_stages_are_reported_one_line_each_and_quiet_hides_them(tmp_path):
+    model = gemm_chain().save(tmp_path)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32))
+    args = [model, "-o", tmp_path / "b.s2l", "--quantize", "int8", "--calib", tmp_path / "calib.npz", "--backend", "both"]
+    result = s2conv(*args)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith("s2conv: quantizing the frozen segment to int8 (32 calibration samples): done in ")
+    assert lines[1].startswith("s2conv: emitting the int8 TFLite segment (calibrating it): done in ")
+    quiet = s2conv(*args, "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""

@@ -119,7 +119,7 @@ def test_output_activation_is_applied_again(tmp_path, suffix):
     assert main(["export", str(path), "--adapters", str(tmp_path / "a.npz"), "-o", str(out)]) == 0
     got = run_onnx(out.read_bytes(), x) if suffix == ".onnx" else run_tflite(out.read_bytes(), x)
     assert list(got) == ["probabilities"]
-    _, probabilities = model.predict(x)
+    probabilities = model.predict_proba(x)
     np.testing.assert_allclose(got["probabilities"], probabilities, rtol=REL, atol=REL)
     # the predict graph runs onnxruntime's Softmax, which rounds an ulp apart from NumPy's
     np.testing.assert_allclose(probabilities, softmax(model.logits(x)), rtol=1e-6, atol=1e-7)
@@ -143,7 +143,7 @@ def test_tflite_only_bundle_exports_tflite(tmp_path):
     assert tflite_ops(data)[-5:] == ["FULLY_CONNECTED", "ADD"] * 2 + ["SOFTMAX"]
     got = run_tflite(data, x)
     assert list(got) == ["probabilities"]
-    np.testing.assert_allclose(got["probabilities"], model.predict(x)[1], rtol=REL, atol=REL)
+    np.testing.assert_allclose(got["probabilities"], model.predict_proba(x), rtol=REL, atol=REL)
     with pytest.raises(ConversionError, match="can only be written as .tflite"):
         export_file(read_bundle(path), tmp_path / "a.npz", tmp_path / "t.onnx")
 

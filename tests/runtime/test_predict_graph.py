@@ -67,7 +67,7 @@ def test_predict_graph_matches_the_numpy_path(name, method):
     trained(model)
     x = inputs(bundle)
     expected = numpy_path(model, x)
-    classes, probabilities = model.predict(x)
+    classes, probabilities = model.classify(x)
     assert model._predict_graph() is not None
     np.testing.assert_allclose(model.logits(x), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(probabilities, softmax(expected), rtol=1e-5, atol=1e-6)
@@ -105,7 +105,7 @@ def test_a_regression_head_has_only_logits():
     m = Model(bundle)
     trained(m)
     x = inputs(bundle)
-    classes, outputs = m.predict(x)
+    classes, outputs = m.classify(x)
     np.testing.assert_array_equal(classes, 0)
     np.testing.assert_allclose(outputs, numpy_path(m, x), rtol=1e-5, atol=1e-5)
 
@@ -126,11 +126,11 @@ def test_batches_larger_than_one_call_give_the_same_answers():
     model = Model(tiny_bundle())
     trained(model)
     x = inputs(model.bundle, n=70)
-    classes, probabilities = model.predict(x, batch_size=32)
-    whole_classes, whole_probabilities = model.predict(x)
+    classes, probabilities = model.classify(x, batch_size=32)
+    whole_classes, whole_probabilities = model.classify(x)
     np.testing.assert_array_equal(classes, whole_classes)
     np.testing.assert_allclose(probabilities, whole_probabilities, rtol=1e-6, atol=1e-7)
-    assert model.predict(x[:0])[1].shape == (0, model.bundle.head.num_outputs)
+    assert model.classify(x[:0])[1].shape == (0, model.bundle.head.num_outputs)
 
 
 def test_a_segment_without_a_tap_output_is_refused_by_name():
@@ -179,9 +179,9 @@ def test_a_call_leaves_earlier_results_alone():
     model = Model(tiny_bundle())
     trained(model)
     x = inputs(model.bundle, n=8)
-    _, first = model.predict(x)
+    _, first = model.classify(x)
     kept = first.copy()
-    model.predict(x[::-1].copy())
+    model.classify(x[::-1].copy())
     np.testing.assert_array_equal(first, kept)
 
 
@@ -194,7 +194,7 @@ def test_threads_predicting_at_once_each_get_their_own_answers():
     batches = [inputs(model.bundle, n=n) * (1 + n / 10) for n in (1, 3, 5, 8) * 25]
     expected = [numpy_path(model, x).argmax(axis=1) for x in batches]
     with ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(lambda x: model.predict(x)[0], batches))
+        got = list(pool.map(lambda x: model.classify(x)[0], batches))
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g, e)
 

@@ -76,7 +76,7 @@ def test_saved_adapters_give_the_same_predictions(tmp_path):
     assert not np.array_equal(again.logits(data.x), m.logits(data.x))
     again.load_adapters(tmp_path / "a.npz")
     np.testing.assert_array_equal(again.logits(data.x), m.logits(data.x))
-    classes, probs = again.predict(data.x)
+    classes, probs = again.classify(data.x)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-6)
     assert (classes == probs.argmax(axis=1)).all()
 

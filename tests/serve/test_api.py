@@ -44,7 +44,7 @@ def test_health_and_model(daemon, har_bundle):
 
 def test_predict_json_and_npy_match_the_library(daemon, har_bundle, har_data):
     x = har_data[0][:16]
-    expected_classes, expected_probs = Model.open(har_bundle).predict(x)
+    expected_classes, expected_probs = Model.open(har_bundle).classify(x)
     c = daemon.client
     batch = c.post("/v1/predict", json={"x": x.tolist()}).json()
     raw = c.post("/v1/predict/npy", content=npy(x), headers={"content-type": "application/octet-stream"}).json()
@@ -252,7 +252,7 @@ def test_ingest_train_activate_rollback_download(serve, har_bundle, har_data, tm
 
     adapters = tmp_path / "v.npz"
     adapters.write_bytes(c.get(f"/v1/adapters/{active}/download").content)
-    reference = Model.open(har_bundle, adapters=adapters).predict(x[:32])[0]
+    reference = Model.open(har_bundle, adapters=adapters).classify(x[:32])[0]
     predicted = c.post("/v1/predict", json={"x": x[:32].tolist()}).json()
     assert predicted["adapter_version"] == active and predicted["classes"] == reference.tolist()
 
@@ -261,7 +261,7 @@ def test_ingest_train_activate_rollback_download(serve, har_bundle, har_data, tm
     assert listed["versions"][1]["metrics"]["val_accuracy"] == pytest.approx(done["result"]["val_accuracy"])
     assert c.post("/v1/adapters/rollback").json()["active"] == listed["history"][-2]
     assert c.post("/v1/adapters/0/activate").json() == {"active": 0}
-    initial = Model.open(har_bundle).predict(x[:32])[0]
+    initial = Model.open(har_bundle).classify(x[:32])[0]
     assert c.post("/v1/predict", json={"x": x[:32].tolist()}).json()["classes"] == initial.tolist()
     assert c.post("/v1/adapters/1/activate").json() == {"active": 1}
 

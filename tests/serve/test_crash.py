@@ -90,7 +90,7 @@ def test_kill_9_during_training_keeps_the_committed_adapters(serve, har_bundle, 
     assert interrupted["state"] == "interrupted" and "active version stayed" in interrupted["message"]
     adapters = tmp_path / "v1.npz"
     adapters.write_bytes(c.get("/v1/adapters/1/download").content)
-    expected = Model.open(har_bundle, adapters=adapters).predict(x[:64])[0]
+    expected = Model.open(har_bundle, adapters=adapters).classify(x[:64])[0]
     predicted = c.post("/v1/predict", json={"x": x[:64].tolist()}).json()
     assert predicted["adapter_version"] == 1 and predicted["classes"] == expected.tolist()
     # The cache the killed daemon filled was checked record by record and kept: the next job runs no frozen forward.

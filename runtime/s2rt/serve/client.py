@@ -26,6 +26,7 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from s2rt.bundle.model import DType, InputSignature
+from s2rt.clikit import int_at_least, positive_float
 from s2rt.data import load_samples
 from s2rt.errors import S2LError
 
@@ -107,7 +108,7 @@ def add_client_commands(sub: Subparsers) -> None:
     p.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's address (default {DEFAULT_URL})")
     p.add_argument("--uds", metavar="PATH", help="connect through this Unix socket instead")
     p.add_argument("--token-file", help="file whose first token is sent as the bearer token")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per request (default 60)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -142,7 +143,7 @@ def add_client_commands(sub: Subparsers) -> None:
     a.set_defaults(special=_predict)
     a = action("ingest", "store the labelled samples of a file (.npz with x and y, or .csv)")
     a.add_argument("--data", required=True)
-    a.add_argument("--batch", type=int, default=256, help="samples per request (default 256)")
+    a.add_argument("--batch", type=int_at_least(1), default=256, help="samples per request (default 256)")
     a.set_defaults(special=_ingest)
     a = action("train", "start a fine-tune job")
     for flag, kind in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--seed", int), ("--val-fraction", float)):

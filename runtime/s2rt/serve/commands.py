@@ -4,9 +4,14 @@ library: FastAPI and uvicorn are imported when `s2rt serve` actually runs."""
 from __future__ import annotations
 
 import argparse
+import os
+import stat
+from pathlib import Path
 from typing import TypeAlias
 
 from s2rt.backend import BACKENDS
+from s2rt.bundle.foreign import refuse_foreign
+from s2rt.clikit import check_folder, int_at_least
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -22,11 +27,11 @@ def add_serve(sub: Subparsers) -> None:
     p.add_argument("bundle", nargs="?", help="the .s2l bundle to serve (default: the one deployed in --state-dir)")
     p.add_argument("--state-dir", required=True, help="where samples, adapter versions, the cache and the deployed bundle live")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others need --token-file)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--uds", metavar="PATH", help="listen on this Unix socket (mode 0600) instead of TCP")
     p.add_argument("--token-file", help="bearer tokens, one per line; required for a non-loopback --host")
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="inference backend (default: auto)")
-    p.add_argument("--threads", type=int, default=1, help="backend threads per request (default: 1)")
+    p.add_argument("--threads", type=_positive, default=1, help="backend threads per request (default: 1)")
     p.add_argument("--cache-capacity", type=_positive, default=20_000, help="samples the Skip-Cache file holds (default 20000)")
     p.add_argument("--max-body-bytes", type=_positive, default=8 << 20, help="largest request body (default 8 MiB)")
     p.add_argument(
@@ -79,6 +84,10 @@ def add_serve(sub: Subparsers) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    if args.bundle:
+        refuse_foreign(args.bundle)
+    check_folder("--state-dir", args.state_dir)
+    private_state(Path(args.state_dir))
     try:
         from s2rt.serve.server import run
     except ImportError as e:
@@ -86,6 +95,18 @@ def _run_serve(args: argparse.Namespace) -> int:
 
         raise S2LError(f"s2rt serve needs FastAPI and uvicorn: pip install 's2l-runtime[serve]' ({e})") from None
     return run(args)
+
+
+def private_state(state_dir: Path) -> None:
+    """The daemon's files (sample database, adapter versions, stored bundles, cache) are
+    0600 whatever the umask and whatever the modes of a --state-dir made beforehand: the
+    process umask becomes 077 for the daemon's life, and files already there are narrowed."""
+    os.umask(0o077)
+    for folder, _, names in os.walk(state_dir):
+        for name in names:
+            path = os.path.join(folder, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.chmod(path, 0o600)
 
 
 def add_client(sub: Subparsers) -> None:
@@ -104,8 +125,11 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_positive = int_at_least(1)
+
+
+def _port(text: str) -> int:
+    port = int_at_least(0)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port in [0, 65535], got {port}")
+    return port
