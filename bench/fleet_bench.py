@@ -7,7 +7,7 @@ Per N and partition: the global adapters' accuracy on the shifted test split aft
 round for FedAvg of A and B, exact averaging of dW = B A, the damped exact step, and
 beside them each device alone and all samples in one place (same epochs in all). The
 bundle has rank 8 >= 7 classes, so exact averaging is exact (s2fleet.aggregate).
-Wall time and the peak RSS of the whole run (server, Ray and its workers) per simulation.
+Wall time per simulation (Ray's start-up included) and the server process's peak RSS.
 """
 
 from __future__ import annotations
@@ -46,9 +46,8 @@ def make_bundle(out: Path) -> str:
 
 
 def peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024
+    """The server process's peak RSS so far (Ray's workers are not counted: they are not its children)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def one(run: FleetRun, data: Any) -> dict[str, Any]:
@@ -97,7 +96,7 @@ def main() -> int:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| N | partition | aggregation | round 0 → last (shifted test) | alone (mean) | centralized | wall, start-up incl. | peak RSS |",
+        "| N | partition | aggregation | round 0 → last (shifted test) | alone (mean) | centralized | wall, start-up incl. | server peak RSS |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -74,17 +74,22 @@ def refactor(dw: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     return a.astype(np.float32), b.astype(np.float32)
 
 
-def exact(updates: Sequence[Update], rank: int, current: Adapters | None = None, step: float = 1.0) -> Adapters:
-    """The weighted average of dW, optionally a damped step from `current`, re-factored to `rank`."""
+def target(updates: Sequence[Update], current: Adapters | None = None, step: float = 1.0) -> list[np.ndarray]:
+    """The dW per tap that exact aggregation aims at: the weighted average, or a step of size
+    `step` from `current` towards it."""
     if not 0 < step <= MAX_STEP:
         raise ValueError(f"server step size: expected 0 < step <= {MAX_STEP}, got {step}")
     w = weights(updates)
     per_device = [delta(u.adapters) for u in updates]
     average = [sum(wk * d[t] for wk, d in zip(w, per_device)) for t in range(len(per_device[0]))]
     if current is not None and step != 1:
-        before = delta(current)
-        average = [g + step * (avg - g) for g, avg in zip(before, average)]
-    return [refactor(dw, rank) for dw in average]
+        average = [g + step * (avg - g) for g, avg in zip(delta(current), average)]
+    return average
+
+
+def exact(updates: Sequence[Update], rank: int, current: Adapters | None = None, step: float = 1.0) -> Adapters:
+    """`target` re-factored to `rank`."""
+    return [refactor(dw, rank) for dw in target(updates, current, step)]
 
 
 def aggregate(
@@ -97,14 +102,9 @@ def aggregate(
     return exact(updates, rank, current, step if method == Aggregation.DAMPED else 1.0)
 
 
-def truncation_error(updates: Sequence[Update], result: Adapters) -> float:
-    """Relative Frobenius distance between the exact average dW and what `result` carries."""
-    w = weights(updates)
-    per_device = [delta(u.adapters) for u in updates]
-    got = delta(result)
-    num = den = 0.0
-    for t in range(len(got)):
-        avg = sum(wk * d[t] for wk, d in zip(w, per_device))
-        num += float(np.sum((avg - got[t]) ** 2))
-        den += float(np.sum(avg**2))
+def truncation_error(updates: Sequence[Update], result: Adapters, current: Adapters | None = None, step: float = 1.0) -> float:
+    """Relative Frobenius distance between the dW aimed at (`target`) and what `result` carries."""
+    wanted, got = target(updates, current, step), delta(result)
+    num = sum(float(np.sum((w - g) ** 2)) for w, g in zip(wanted, got))
+    den = sum(float(np.sum(w**2)) for w in wanted)
     return float(np.sqrt(num / den)) if den > 0 else 0.0

@@ -106,8 +106,9 @@ class AdapterStrategy(FedAvg):
                 updates.append(Update(from_record(msg.content["arrays"], self.taps), examples))
         if not updates:
             return None, None
-        result = aggregate(self.method, updates, self.rank, self.current, self.step)
-        self.truncation.append(truncation_error(updates, result))
+        step = self.step if self.method == Aggregation.DAMPED else 1.0
+        result = aggregate(self.method, updates, self.rank, self.current, step)
+        self.truncation.append(truncation_error(updates, result, self.current, step))
         self.current = result
         total = sum(u.examples for u in updates)
         return to_record(result), MetricRecord({EXAMPLES: total, "devices": len(updates)})
