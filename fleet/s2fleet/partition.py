@@ -2,7 +2,8 @@
 
     iid     each device a uniform random share
     shards  the samples sorted by label, cut into 2N shards, two shards per device: most
-            devices see two classes (the usual non-IID benchmark of federated learning)
+            devices see two classes (the usual non-IID benchmark of federated learning);
+            one shard each when there are fewer than 2N samples
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ def iid(y: np.ndarray, devices: int, seed: int) -> list[np.ndarray]:
 
 def shards(y: np.ndarray, devices: int, seed: int, per_device: int = 2) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
+    per_device = max(1, min(per_device, len(y) // devices))  # every shard holds a sample at least
     by_label = np.argsort(y + rng.random(len(y)) * 0.5, kind="stable")  # label order, shuffled within a label
     pieces = np.array_split(by_label, devices * per_device)
     chosen = rng.permutation(len(pieces)).reshape(devices, per_device)

@@ -68,3 +68,22 @@ def test_updates_without_examples_are_refused(counts):
 def test_a_step_out_of_range_is_refused():
     with pytest.raises(ValueError, match="server step size"):
         aggregate(Aggregation.DAMPED, [update(0, 3, 1)], 3, update(1, 3, 1).adapters, step=0.0)
+
+
+@pytest.mark.parametrize("name", ["iid", "shards"])
+@pytest.mark.parametrize("devices", [1, 7, 600, 1000])
+def test_every_sample_goes_to_one_device_and_every_device_has_one(name, devices):
+    from s2fleet.partition import partition
+
+    y = np.random.default_rng(0).integers(0, 7, size=1173)
+    parts = partition(name, y, devices, seed=3)
+    assert len(parts) == devices and min(len(p) for p in parts) >= 1
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(y)))
+
+
+def test_shards_give_most_devices_few_classes():
+    from s2fleet.partition import partition
+
+    y = np.repeat(np.arange(7), 100)
+    classes = [len(np.unique(y[p])) for p in partition("shards", y, 50, seed=0)]
+    assert np.median(classes) <= 2
