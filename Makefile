@@ -67,7 +67,7 @@ test-numpy1: $(NUMPY1_VENV)/.ready
 
 check: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy runtime/s2rt converter/s2conv models/s2models
+	$(BIN)/mypy runtime/s2rt converter/s2conv models/s2models fleet/s2fleet
 
 models: $(VENV)/.dev
 	$(BIN)/python -m s2models.build --out models

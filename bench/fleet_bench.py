@@ -96,7 +96,8 @@ def main() -> int:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| N | partition | aggregation | round 0 → last (shifted test) | alone (mean) | centralized | wall, start-up incl. | server peak RSS |",
+        "| N | partition | aggregation | round 0 → last (shifted test) | alone (mean) | centralized "
+        "| wall, start-up incl. | server peak RSS |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -104,7 +105,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         extra = (f"{r['alone']:.3f}", f"{r['centralized']:.3f}") if "alone" in r else ("", "")
         agg = r["aggregation"] + (f" (step {r['step']})" if r["aggregation"] == "damped" else "")
         lines.append(
-            f"| {r['devices']} | {r['partition']} | {agg} | {curve} | {extra[0]} | {extra[1]} | {r['seconds']:.0f} s | {r['peak_rss_mb']:.0f} MB |"
+            f"| {r['devices']} | {r['partition']} | {agg} | {curve} | {extra[0]} | {extra[1]} "
+            f"| {r['seconds']:.0f} s | {r['peak_rss_mb']:.0f} MB |"
         )
     return "\n".join(lines)
 

@@ -45,5 +45,5 @@ def local_update(
 
 def global_accuracy(model: Model, adapters: Adapters, x: np.ndarray, y: np.ndarray) -> float:
     model.head.load_per_tap(adapters)  # type: ignore[attr-defined]
-    predicted, _ = model.predict(x)
+    predicted, _ = model.classify(x)
     return float(np.mean(predicted == y))

@@ -116,7 +116,10 @@ def federated(run: FleetRun, data: Data, device_bundles: Sequence[str] | None = 
         server_app=server,
         client_app=client_app(DeviceData(load)),
         num_supernodes=run.devices,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"logging_level": "ERROR", "log_to_driver": False}},
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": False},
+        },
     )
     out["seconds"] = time.perf_counter() - started
     out["truncation_error"] = strategy.truncation
@@ -142,7 +145,7 @@ def centralized(run: FleetRun, data: Data) -> float:
     d = model.bundle.head.defaults
     config = TrainConfig(epochs=run.rounds * run.local_epochs, batch_size=d.batch_size, learning_rate=run.learning_rate, seed=run.seed)
     model.fine_tune(Samples(data.x, data.y), config)
-    predicted, _ = model.predict(data.test_x)
+    predicted, _ = model.classify(data.test_x)
     return float(np.mean(predicted == data.test_y))
 
 
@@ -150,12 +153,17 @@ def load_data(ft: Path, test: Path, model: Model) -> Data:
     shape = model.bundle.input.shape
     with np.load(ft, allow_pickle=False) as f, np.load(test, allow_pickle=False) as t:
         return Data(
-            f["x"].astype(np.float32).reshape(-1, *shape), f["y"].astype(np.int64), t["x"].astype(np.float32).reshape(-1, *shape), t["y"].astype(np.int64)
+            f["x"].astype(np.float32).reshape(-1, *shape),
+            f["y"].astype(np.int64),
+            t["x"].astype(np.float32).reshape(-1, *shape),
+            t["y"].astype(np.int64),
         )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m s2fleet.simulate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m s2fleet.simulate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bundle", required=True, help="the s2l bundle every device serves")
     parser.add_argument("--data", required=True, help="fine-tune samples (.npz with x, y), split over the devices")
     parser.add_argument("--test", required=True, help="test samples (.npz with x, y) scored after each round")

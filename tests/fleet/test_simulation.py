@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from s2conv import ConvertOptions, convert
-from s2rt.bundle import write_bundle
-from s2rt.data import Samples
 from s2fleet.aggregate import Aggregation, aggregate, delta
 from s2fleet.device import global_accuracy, local_update
 from s2fleet.partition import partition
 from s2fleet.simulate import Data, FleetRun, federated, initial_adapters, load_data
+from s2rt.bundle import write_bundle
+from s2rt.data import Samples
 from s2rt.session import Model
 
 # Ray's own start-up leaves files and processes to its log monitor and warns about a future
