@@ -1,6 +1,7 @@
 # s2l: `make demo` runs the main job, `make test` the tests. Both create or reuse .venv.
 PYTHON ?= python3
 VENV := .venv
+FLEET_VENV := .venv-fleet
 BIN := $(VENV)/bin
 OUT := out
 # The edge profile: one thread for BLAS and the backends.
@@ -8,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test test-numpy1 check models schema clean golden bench bench-quick bench-ortt-setup
+.PHONY: demo test test-fleet fleet-bench test-numpy1 check models schema clean golden bench bench-quick bench-ortt-setup
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +35,23 @@ demo: $(VENV)/.runtime
 	$(BIN)/s2rt eval $(OUT)/har.s2l --adapters $(OUT)/har_adapters.npz --data models/data/har_test.npz --json > $(OUT)/har_after.json
 	@$(BIN)/python models/demo_table.py $(OUT) models/har_mlp.onnx
 
-test: $(VENV)/.dev $(VENV)/.bench
+test: $(VENV)/.dev $(VENV)/.bench $(FLEET_VENV)/.ready
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-fleet
+
+# The fleet (fleet/, Flower) in its own venv: flwr pins fastapi and protobuf below the daemon's.
+$(FLEET_VENV)/.ready: fleet/pyproject.toml runtime/pyproject.toml converter/pyproject.toml
+	$(PYTHON) -m venv $(FLEET_VENV)
+	$(FLEET_VENV)/bin/pip install -q --upgrade pip
+	PYTHONWARNINGS=ignore $(FLEET_VENV)/bin/pip install -q -e 'runtime[onnx]' -e converter -e 'fleet[simulation]' pytest
+	touch $@
+
+test-fleet: $(FLEET_VENV)/.ready
+	$(FLEET_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/fleet
+
+# The fleet table: N simulated devices on HAR through Flower's Simulation Engine -> bench/results/fleet.json
+fleet-bench: $(FLEET_VENV)/.ready $(VENV)/.runtime
+	$(FLEET_VENV)/bin/python bench/fleet_bench.py
 
 # The runtime promises NumPy 1.23+: run its torch-free tests against the oldest NumPy.
 NUMPY1_VENV := .venv-numpy1
@@ -51,7 +67,7 @@ test-numpy1: $(NUMPY1_VENV)/.ready
 
 check: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy runtime/s2rt converter/s2conv models/s2models
+	$(BIN)/mypy runtime/s2rt converter/s2conv models/s2models fleet/s2fleet
 
 models: $(VENV)/.dev
 	$(BIN)/python -m s2models.build --out models
