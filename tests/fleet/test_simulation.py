@@ -21,8 +21,13 @@ from s2rt.data import Samples
 from s2rt.session import Model
 
 # Ray's own start-up leaves files and processes to its log monitor and warns about a future
-# default; as errors (the suite's setting) they stop Ray mid-start and the run hangs.
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore:Tip. In future versions of Ray:FutureWarning")
+# default, and flwr's import calls click functions that click now deprecates; as errors (the
+# suite's setting) they stop Flower or Ray mid-start and the run hangs or fails.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::ResourceWarning",
+    "ignore:Tip. In future versions of Ray:FutureWarning",
+    "ignore:'click\\.utils\\..*' is deprecated:DeprecationWarning",
+)
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 DEVICES, ROUNDS, EPOCHS = 4, 2, 2
