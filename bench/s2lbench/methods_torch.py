@@ -58,13 +58,14 @@ def lora_targets(net: Any, rank: int) -> list[str]:
     return [name for name in net.layer_names if rank % getattr(net.layers[name], "groups", 1) == 0]
 
 
-def train_torch(model: Any, job: Job) -> float:
-    """Adam over the trainable parameters, the shared epoch orders; returns the wall time."""
+def train_torch(model: Any, job: Job, make_optimizer: Callable[[list[Any], float], Any] | None = None) -> float:
+    """Adam (or `make_optimizer(params, lr)`) over the trainable parameters, the shared epoch
+    orders; returns the wall time."""
     import torch
 
     x, y = torch.from_numpy(job.train.x), torch.from_numpy(job.train.y)
     orders = [torch.from_numpy(o) for o in epoch_orders(len(job.train), job.epochs, job.seed)]
-    optimizer = torch.optim.Adam(_trainable(model), lr=job.lr)
+    optimizer = (make_optimizer or torch.optim.Adam)(_trainable(model), lr=job.lr)
     loss_fn = torch.nn.functional.cross_entropy
     model.train()
     start = time.perf_counter()
