@@ -18,7 +18,7 @@ def best(scores: Scores) -> float:
 
 
 def at_edge(scores: Scores) -> str | None:
-    """"low" or "high" when the best rate is the lowest or highest tried (a grid of one: "high")."""
+    """The edge the best rate sits on: "low", "high" (a grid of one: "high") or None."""
     rates = sorted(scores)
     b = best(scores)
     if b == rates[-1]:

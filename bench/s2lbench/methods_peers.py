@@ -94,5 +94,8 @@ def methods() -> list[Method]:
     try:
         import peft  # noqa: F401
     except ImportError:
-        return [Method(n, label, "torch", ADAPTER_GRID, _runner(n), kinds=CNN) for n, (label, _) in PEERS.items() if n != "peft-dora-all"]
-    return [Method(n, label, "peft" if n.startswith("peft") else "torch", ADAPTER_GRID, _runner(n), kinds=CNN) for n, (label, _) in PEERS.items()]
+        available = [n for n in PEERS if not n.startswith("peft")]
+    else:
+        available = list(PEERS)
+    family = {n: "peft" if n.startswith("peft") else "torch" for n in PEERS}
+    return [Method(n, PEERS[n][0], family[n], ADAPTER_GRID, _runner(n), kinds=CNN) for n in available]

@@ -51,7 +51,7 @@ def _corruptions() -> dict[str, Corruption]:
         c("zoom_blur", "blur", lambda f: A.ZoomBlur(max_factor=(f, f), step_factor=(0.02, 0.02), p=1), (1.06, 1.11, 1.16)),
         c("fog", "weather", lambda f: A.RandomFog(fog_coef_range=(f, f), alpha_coef=0.1, p=1), (0.3, 0.5, 0.7)),
         c("snow", "weather", lambda s: A.RandomSnow(snow_point_range=(s, s), brightness_coeff=2.0, method="bleach", p=1), (0.1, 0.25, 0.4)),
-        c("contrast", "digital", lambda k: A.RandomBrightnessContrast(brightness_limit=(0, 0), contrast_limit=(k, k), p=1), (-0.4, -0.6, -0.8)),
+        c("contrast", "digital", lambda k: A.RandomBrightnessContrast(brightness_limit=0, contrast_limit=(k, k), p=1), (-0.4, -0.6, -0.8)),
         c("jpeg", "digital", lambda q: A.ImageCompression(quality_range=(q, q), p=1), (30, 15, 7)),
         c("pixelate", "digital", lambda s: A.Downscale(scale_range=(s, s), p=1), (0.5, 0.35, 0.25)),
     ]
