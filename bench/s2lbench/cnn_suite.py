@@ -125,8 +125,9 @@ def frozen_by_severity(onnx_path: str, test: Any, severity: np.ndarray, profile:
 
 
 def corruption(cnn: str, methods: list[Method], config: CnnConfig, profile: Profile) -> dict[str, Any]:
-    from s2lbench import corrupted
     from s2models.data.corrupt import names
+
+    from s2lbench import corrupted
 
     started = time.perf_counter()
     chosen = list(config.corruptions or names())
@@ -165,7 +166,10 @@ def sweep(mix: Any, sets: list[Any], lr: float | None, methods: list[Method], co
     for rank in config.sweep_ranks:
         for hold, alpha in (("alpha/r", ratio * rank), ("alpha", config.alpha)):
             context = Context(mix, profile, rank, alpha, {}, config.tap_pool)
-            accs = {s.corruption: skip2.run(Job(mix, s.ft, s.test, config.epochs, config.batch_size, lr, 0, profile), context).accuracy for s in sets}
+            accs = {
+                s.corruption: skip2.run(Job(mix, s.ft, s.test, config.epochs, config.batch_size, lr, 0, profile), context).accuracy
+                for s in sets
+            }
             out.append({"rank": rank, "alpha": alpha, "held": hold, "mean": float(np.mean(list(accs.values()))), "by_corruption": accs})
         log(f"  sweep r={rank}: " + ", ".join(f"{o['held']} held {o['mean']:.3f}" for o in out[-2:]))
     return out

@@ -62,7 +62,9 @@ def forward_flops(net: Any, x: np.ndarray) -> float:
     return counter.get_total_flops() / len(x)
 
 
-def torch_step(model: Any, make_optimizer: Callable[[list[Any], float], Any] | None, x: np.ndarray, y: np.ndarray, lr: float) -> dict[str, Any]:
+def torch_step(
+    model: Any, make_optimizer: Callable[[list[Any], float], Any] | None, x: np.ndarray, y: np.ndarray, lr: float
+) -> dict[str, Any]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 

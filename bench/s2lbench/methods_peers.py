@@ -91,11 +91,9 @@ def _runner(name: str):
 
 
 def methods() -> list[Method]:
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        available = [n for n in PEERS if not n.startswith("peft")]
-    else:
-        available = list(PEERS)
+    """The peers whose packages are installed (found, not imported: an s2rt process must not load torch)."""
+    import importlib.util
+
+    available = [n for n in PEERS if not n.startswith("peft") or importlib.util.find_spec("peft") is not None]
     family = {n: "peft" if n.startswith("peft") else "torch" for n in PEERS}
     return [Method(n, PEERS[n][0], family[n], ADAPTER_GRID, _runner(n), kinds=CNN) for n in available]
