@@ -8,7 +8,6 @@ from typing import Any
 FT_ALL = "torch-ft-all"
 SKIP2 = "s2rt-skip2lora"
 PEFT = ("peft-lora-all", "peft-dora-all", "lora-c-all")
-STYLE = {"s2rt": ("tab:red", "*"), "torch": ("tab:blue", "o"), "peft": ("tab:green", "s")}
 KIND = {"digits_cnn": "ResNet-style", "mnist_cnn": "MobileNet-style, depthwise-separable"}
 REPRODUCE = "make bench-cnn  # or: .venv/bin/python bench/run.py cnn"
 
@@ -152,15 +151,21 @@ def markdown(result: dict[str, Any], plot_name: str | None = "cnn.png") -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+MARKERS = {"s2rt-skip2lora": ("tab:red", "*"), "peft-lora-all": ("tab:green", "s"), "peft-dora-all": ("tab:olive", "D"),
+           "lora-c-all": ("tab:purple", "^"), "galore-all": ("tab:orange", "v"), FT_ALL: ("tab:blue", "o")}  # fmt: skip
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     """Accuracy against update FLOPs per sample: shifted test and corruption mean, a column per CNN."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
     names = list(result["reference"])
-    fig, axes = plt.subplots(2, len(names), figsize=(5.2 * len(names), 7.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(5.0 * len(names), 7.4), squeeze=False)
+    handles: dict[str, Any] = {}
     for col, name in enumerate(names):
         w = result["reference"][name]
         c = result["corruption"].get(name, {})
@@ -173,18 +178,22 @@ def plot(result: dict[str, Any], path: Path) -> None:
             for m, acc in accs.items():
                 if m not in w["costs"]:
                     continue
-                color, marker = STYLE.get(result["families"].get(m, ""), ("black", "x"))
-                flops = w["costs"][m]["flops_per_sample"]
-                ax.plot(flops, acc, marker, color=color, ms=10 if marker == "*" else 6)
-                ax.annotate(result["labels"].get(m, m), (flops, acc), fontsize=7, xytext=(4, 3), textcoords="offset points")
+                color, marker = MARKERS.get(m, ("black", "x"))
+                (line,) = ax.plot(w["costs"][m]["flops_per_sample"], acc, marker, color=color, ms=12 if marker == "*" else 7, ls="")
+                handles[result["labels"].get(m, m)] = line
             if frozen is not None:
-                ax.axhline(frozen, color="gray", lw=0.8, ls="--")
+                handles["frozen model"] = ax.axhline(frozen, color="gray", lw=0.8, ls="--")
             ax.set_xscale("log")
-            ax.set_title(f"{name} ({KIND.get(name, '')}): {title}", fontsize=9)
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(EngFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_title(f"{name} ({KIND.get(name, '')}):\n{title}", fontsize=9)
             ax.set_xlabel("update FLOPs per sample (log)", fontsize=8)
             ax.set_ylabel("accuracy", fontsize=8)
             ax.tick_params(labelsize=7)
-    fig.tight_layout()
+            ax.grid(alpha=0.3)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -39,7 +39,7 @@ class CnnConfig:
     batch_size: int = 32
     repeats: int = 3  # timed runs per method on the reference splits; seeds 0..repeats-1
     grid_size: int | None = 2  # the middle of each method's grid, then grown off its edges
-    grid_extend: int = 2
+    grid_extend: int = 3
     tap_pool: int = 2
     rank: int = 4
     alpha: float = 8.0
