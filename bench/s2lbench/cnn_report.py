@@ -53,6 +53,31 @@ def cost_table(w: dict[str, Any], labels: dict[str, str]) -> list[str]:
     return lines + [""] + [f"- {n}." for n in notes] + [f"- not run: {k}: {v}" for k, v in w.get("failed", {}).items()]
 
 
+def summary_table(result: dict[str, Any]) -> list[str]:
+    """One row per (CNN, method): what the README shows."""
+    lines = [
+        "| CNN | method | trainable params | shifted-test acc | corrupted-test acc (mean of corruptions) | update MFLOPs / sample "
+        "| training memory KB (vs FT-All) | peak RSS MB | fine-tune speed-up vs FT-All |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, w in result["reference"].items():
+        means = _corruption_means(result["corruption"].get(name, {}))
+        ft = w["costs"].get(FT_ALL)
+        frozen = _frozen_mean(result["corruption"].get(name, {}))
+        lines.append(f"| {name} | frozen model | 0 | {w['frozen_accuracy']:.3f} | {'' if frozen is None else f'{frozen:.3f}'} | | | | |")
+        for m, c in w["costs"].items():
+            total = c["memory_bytes"]["total"]
+            ratio = f" ({total / ft['memory_bytes']['total']:.2f})" if ft else ""
+            corrupted = f"{means[m]:.3f}" if m in means else ""
+            rss = w.get("rss", {}).get(m, {})
+            lines.append(
+                f"| {name} | {result['labels'].get(m, m)} | {w['methods'][m]['trainable']:,} | {w['methods'][m]['accuracy_mean']:.3f} "
+                f"| {corrupted} | {c['flops_per_sample'] / 1e6:.2f} | {_kb(total)}{ratio} | {rss.get('peak_mb', float('nan')):.0f} "
+                f"| {w['methods'][m].get(f'speedup_vs_{FT_ALL}', float('nan')):.1f}× |"
+            )
+    return lines
+
+
 def depthwise_table(result: dict[str, Any]) -> list[str]:
     ref = result["reference"]
     names = [n for n in ("digits_cnn", "mnist_cnn") if n in ref and FT_ALL in ref[n]["costs"]]
@@ -131,6 +156,7 @@ def markdown(result: dict[str, Any], plot_name: str | None = "cnn.png") -> str:
     ]
     if plot_name:
         lines += [f"![accuracy vs update FLOPs]({plot_name})", ""]
+    lines += ["## Summary", "", *summary_table(result), ""]
     for name, w in result["reference"].items():
         lines += [f"## {name} ({KIND.get(name, '')}): {w['n_ft']} fine-tune / {w['n_test']} shifted-test samples, {w['epochs']} epochs", ""]
         lines += [*cost_table(w, labels), ""]
