@@ -48,8 +48,9 @@ def _torch_prepare(name: str, context: Any, seed: int) -> tuple[Any, Callable[[l
     }
     if name not in preparers:
         raise KeyError(f"no cost model for method {name!r}")
+    net = copy.deepcopy(context.torch_net())
     torch.manual_seed(seed)
-    return preparers[name](copy.deepcopy(context.torch_net()), None, context), None
+    return preparers[name](net, None, context), None
 
 
 def forward_flops(net: Any, x: np.ndarray) -> float:

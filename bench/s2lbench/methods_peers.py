@@ -75,8 +75,9 @@ def prepare(name: str, context: Any, seed: int) -> Prepared:
     """A fresh copy of the workload's torch mirror with peer `name` applied (seeded init)."""
     import torch
 
+    net = copy.deepcopy(context.torch_net())  # before seeding: building the mirror draws from torch's RNG
     torch.manual_seed(seed)
-    return PEERS[name][1](copy.deepcopy(context.torch_net()))
+    return PEERS[name][1](net)
 
 
 def _runner(name: str):

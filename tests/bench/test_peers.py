@@ -117,3 +117,21 @@ def test_the_grid_grows_until_its_best_rate_is_inside():
     assert sorted(capped) == pytest.approx([1e-3, 3e-3, 9e-3]) and lr_grid.record(capped)["best_at_edge"] == "high"
     low = lr_grid.search(lambda lr: {"val_accuracy": -lr, "val_loss": 0.0}, (1e-2, 3e-2), max_extend=1)
     assert min(low) == pytest.approx(1e-2 / 3, rel=1e-2)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("name", ["peft-lora-all", "peft-lora-all-matched", "lora-c-all"])
+def test_a_methods_first_run_draws_the_same_init_as_its_later_runs(name):
+    """Regression: the first run built the torch mirror (whose module inits draw from torch's
+    RNG) after seeding, so its adapters started elsewhere than every later run's."""
+    from s2lbench.context import Context
+    from s2lbench.methods import Job, registry
+    from s2lbench.profiles import PROFILES
+    from s2lbench.workloads import load
+
+    workload = load("digits_cnn").subset(48, 32)
+    method = registry()[name]
+    job = Job(workload, workload.ft, workload.test, 1, 16, 3e-2, 0, PROFILES["edge"])
+    context = Context(workload, PROFILES["edge"], 4, 8.0, {}, 2)
+    first, second = method.run(job, context), method.run(job, context)
+    assert (first.accuracy, first.loss) == (second.accuracy, second.loss)
