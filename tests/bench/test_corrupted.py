@@ -103,3 +103,23 @@ def test_skip2lora_flops_follow_the_head_gemms(context):
     ft = method_cost("torch-ft-all", "torch", context, x, y, 1e-3, 32, 5)
     assert c["flops_frozen_forward"] < ft["flops_per_sample"]  # a forward costs less than forward + backward
     assert c["memory_bytes"]["cache"] == 32 * bundle.cache.record_size
+
+
+def test_the_cnn_report_renders_every_table_and_the_plot_from_the_committed_json(tmp_path):
+    import json
+    from pathlib import Path
+
+    from s2lbench import cnn_report
+
+    result = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results" / "cnn.json").read_text())
+    text = cnn_report.markdown(result)
+    for heading in ("## Summary", "## Depthwise-separable nets", "## Corrupted inputs, digits_cnn", "## Corrupted inputs, mnist_cnn"):
+        assert heading in text
+    for cnn, w in result["reference"].items():
+        for method in w["costs"]:
+            assert f"| {cnn} | {result['labels'][method]} |" in text
+        assert all(t["lr"] in [g["lr"] for g in t["grid"]] for t in w["tuning"].values())
+    for c in result["corruption"].values():
+        assert len(c["corruptions"]) >= 8 and {len(c["sweep"])} == {8}
+    cnn_report.plot(result, tmp_path / "cnn.png")
+    assert (tmp_path / "cnn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
