@@ -32,12 +32,22 @@ class Corruption:
     transform: Callable[[int], Any]  # severity (1..3) -> an albumentations transform
 
 
+def _albumentations() -> Any:
+    """albumentations without its update check, which asks PyPI over the network at import."""
+    import os
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations
+
+    return albumentations
+
+
 def _pick(values: tuple[Any, Any, Any]) -> Callable[[int], Any]:
     return lambda severity: values[severity - 1]
 
 
 def _corruptions() -> dict[str, Corruption]:
-    import albumentations as A
+    A = _albumentations()  # noqa: N806 - the library's usual short name
 
     def c(name: str, family: str, make: Callable[[Any], Any], values: tuple[Any, Any, Any]) -> Corruption:
         level = _pick(values)
@@ -75,8 +85,9 @@ def _lookup(name: str) -> Corruption:
 
 def corrupt(images: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
     """(N, H, W) images in [0, 1] -> the same shape, float32, corrupted, at 8-bit precision."""
-    import albumentations as A
     import cv2
+
+    A = _albumentations()  # noqa: N806
 
     if severity not in SEVERITIES:
         raise ValueError(f"severity: expected one of {SEVERITIES}, found {severity}")
