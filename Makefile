@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test test-fleet fleet-bench test-numpy1 check models schema clean golden bench bench-quick bench-ortt-setup
+.PHONY: demo test test-fleet fleet-bench test-numpy1 check models schema clean golden bench bench-quick bench-cnn bench-ortt-setup
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -95,9 +95,16 @@ $(VENV)/.bench: $(VENV)/.dev bench/requirements.txt
 bench: $(VENV)/.bench
 	$(BIN)/python bench/run.py
 
-# A small slice (edge profile, HAR subset, few epochs) -> bench/results/quick/ (under a minute).
+# A small slice (edge profile, HAR subset, few epochs; a digits_cnn slice with every CNN peer
+# and two corruptions) -> bench/results/quick/ (under a minute).
 bench-quick: $(VENV)/.bench
 	$(BIN)/python bench/run.py --quick
+	$(BIN)/python bench/run.py cnn --quick
+
+# The CNNs against the seed papers' peers (DoRA, LoRA-C, GaLore): update FLOPs, memory,
+# corrupted inputs, Skip2-LoRA's alpha/r sweep -> bench/results/cnn.{json,md,png} (edge profile).
+bench-cnn: $(VENV)/.bench
+	$(BIN)/python bench/run.py cnn
 
 # The optional onnxruntime-training peer in its own venv (it replaces onnxruntime, wants onnx <= 1.17).
 bench-ortt-setup:

@@ -4,6 +4,8 @@ run.py [--quick] [--profiles edge,default] [--workloads har,fan] [--methods ...]
 run.py worker --profile P --config JSON --out FILE [--lrs FILE]    (one profile, in its own process)
 run.py rss --profile P --workload W --method M ...                  (one peak-RSS measurement)
 run.py report DIR                                                   (re-render the table and plot)
+run.py cnn [--quick] [--out DIR]                                    (the CNN benchmark: peers, costs, corruptions)
+run.py cnn-report [DIR]                                             (re-render cnn.md and cnn.png from cnn.json)
 """
 
 from __future__ import annotations
@@ -151,10 +153,75 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-test", type=int)
     rep = sub.add_parser("report", help="re-render results.md and results.png from the JSON")
     rep.add_argument("dir", nargs="?", default=str(RESULTS))
+    for name, text in (
+        ("cnn", "the CNN benchmark (make bench-cnn)"),
+        ("cnn-worker", "the CNN benchmark in this process (edge environment)"),
+    ):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--quick", action="store_true", help="a tiny slice (make bench-quick)")
+        c.add_argument("--workloads", help="comma-separated reference CNNs (default: digits_cnn,mnist_cnn)")
+        c.add_argument("--out", required=name == "cnn-worker", help="cnn: output directory; cnn-worker: the JSON file")
+    crep = sub.add_parser("cnn-report", help="re-render cnn.md and cnn.png from cnn.json")
+    crep.add_argument("dir", nargs="?", default=str(RESULTS))
     return p
 
 
-COMMANDS = {None: run, "run": run, "worker": worker, "rss": rss, "report": report}
+def cnn(args: argparse.Namespace) -> int:
+    """The CNN benchmark in a worker process with the edge profile's environment, then its report."""
+    from s2lbench.profiles import PROFILES
+
+    out = Path(args.out) if args.out else RESULTS / ("quick" if args.quick else "")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    cmd = [sys.executable, str(RUN_PY), "cnn-worker", "--out", str(out / "cnn.json")] + (["--quick"] if args.quick else [])
+    cmd += ["--workloads", args.workloads] if args.workloads else []
+    subprocess.run(cmd, env=PROFILES["edge"].child_env(), check=True)
+    write_cnn_report(out)
+    print(f"\nCNN benchmark done in {time.perf_counter() - started:.0f} s: {out / 'cnn.md'}", file=sys.stderr)
+    return 0
+
+
+def cnn_worker(args: argparse.Namespace) -> int:
+    from s2lbench.cnn_suite import QUICK, CnnConfig, run
+    from s2lbench.profiles import PROFILES, check_environment
+    from s2lbench.suite import write_json
+
+    check_environment(PROFILES["edge"])
+    config = QUICK if args.quick else CnnConfig()
+    if args.workloads:
+        config = dataclasses.replace(config, workloads=_csv(args.workloads))
+    write_json(Path(args.out), run(config, PROFILES["edge"]))
+    return 0
+
+
+def write_cnn_report(out: Path) -> None:
+    from s2lbench.cnn_report import markdown, plot
+
+    result = json.loads((out / "cnn.json").read_text())
+    plot(result, out / "cnn.png")
+    text = markdown(result, "cnn.png")
+    (out / "cnn.md").write_text(text)
+    print(text)
+
+
+def cnn_report(args: argparse.Namespace) -> int:
+    out = Path(args.dir)
+    if not (out / "cnn.json").exists():
+        raise SystemExit(f"{out}: no cnn.json (make bench-cnn writes it)")
+    write_cnn_report(out)
+    return 0
+
+
+COMMANDS = {
+    None: run,
+    "run": run,
+    "worker": worker,
+    "rss": rss,
+    "report": report,
+    "cnn": cnn,
+    "cnn-worker": cnn_worker,
+    "cnn-report": cnn_report,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,7 @@ class Method:
     lr_grid: tuple[float, ...]
     runner: Runner
     tune_as: str | None = None  # a method with the same math: reuse its learning rate instead of a grid search
+    kinds: tuple[str, ...] | None = None  # the workload kinds it runs on ("cnn", "mlp"); None: every kind
 
     def run(self, job: Job, context: Any) -> RunResult:
         return self.runner(job, context)
@@ -82,10 +83,10 @@ def score(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def registry() -> dict[str, Method]:
     """Every method, in table order; families whose packages are missing are left out with a note."""
-    from s2lbench import methods_ortt, methods_s2rt, methods_torch
+    from s2lbench import methods_ortt, methods_peers, methods_s2rt, methods_torch
 
     out: dict[str, Method] = {}
-    for family in (methods_s2rt, methods_torch, methods_ortt):
+    for family in (methods_s2rt, methods_torch, methods_peers, methods_ortt):
         for method in family.methods():
             out[method.name] = method
     return out

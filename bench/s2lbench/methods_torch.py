@@ -45,6 +45,10 @@ def _lora(where: str, rank: str | int) -> Callable[[Any, Job, Any], Any]:
         import peft
 
         r = context.matched_lora_rank(job.seed) if rank == "matched" else int(rank)
+        if job is not None and rank == "matched":
+            import torch
+
+            torch.manual_seed(job.seed)  # resolving the rank the first time builds PEFT models, which draw from the RNG
         targets = lora_targets(net, r) if where == "all" else net.layer_names[-1:]
         config = peft.LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets)
         return peft.get_peft_model(net, config)
@@ -58,13 +62,14 @@ def lora_targets(net: Any, rank: int) -> list[str]:
     return [name for name in net.layer_names if rank % getattr(net.layers[name], "groups", 1) == 0]
 
 
-def train_torch(model: Any, job: Job) -> float:
-    """Adam over the trainable parameters, the shared epoch orders; returns the wall time."""
+def train_torch(model: Any, job: Job, make_optimizer: Callable[[list[Any], float], Any] | None = None) -> float:
+    """Adam (or `make_optimizer(params, lr)`) over the trainable parameters, the shared epoch
+    orders; returns the wall time."""
     import torch
 
     x, y = torch.from_numpy(job.train.x), torch.from_numpy(job.train.y)
     orders = [torch.from_numpy(o) for o in epoch_orders(len(job.train), job.epochs, job.seed)]
-    optimizer = torch.optim.Adam(_trainable(model), lr=job.lr)
+    optimizer = (make_optimizer or torch.optim.Adam)(_trainable(model), lr=job.lr)
     loss_fn = torch.nn.functional.cross_entropy
     model.train()
     start = time.perf_counter()
@@ -88,8 +93,9 @@ def _runner(prepare: Callable[[Any, Job, Any], Any]):
     def run(job: Job, context: Any) -> RunResult:
         import torch
 
+        net = copy.deepcopy(context.torch_net())  # first call builds the mirror, whose module inits draw from torch's RNG
         torch.manual_seed(job.seed)  # LoRA's A init
-        model = prepare(copy.deepcopy(context.torch_net()), job, context)
+        model = prepare(net, job, context)
         trainable = sum(p.numel() for p in _trainable(model))
         seconds = train_torch(model, job)
         accuracy, loss = score(predict_torch(model, job.eval.x), job.eval.y)

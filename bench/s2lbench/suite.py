@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from s2lbench import lr_grid
 from s2lbench.context import Context
 from s2lbench.methods import Job, Method, RunResult, registry
 from s2lbench.profiles import Profile, apply_torch
@@ -44,6 +45,7 @@ class BenchConfig:
     repeats: int = 5  # timed runs per method; seeds 0..repeats-1
     val_fraction: float = 0.2  # of the fine-tune set, for picking learning rates
     grid_size: int | None = None  # use only the middle of each grid (quick slice)
+    grid_extend: int = 2  # steps the grid may grow while its best rate sits on an edge (lr_grid)
     rank: int = 4
     alpha: float = 8.0
     max_ft: int | None = None  # subsample the splits (quick slice)
@@ -74,6 +76,7 @@ QUICK = BenchConfig(
     latency_batch_calls=100,
     floor_epochs=2,
     rss_methods=("s2rt-skip2lora",),
+    grid_extend=0,
 )
 
 
@@ -100,17 +103,19 @@ def tune(
         if method.tune_as in out:
             out[method.name] = {"lr": out[method.tune_as]["lr"], "shared_with": method.tune_as}
             continue
-        scores = {}
+
+        def evaluate(lr: float, method: Method = method) -> dict[str, float]:
+            result = method.run(Job(workload, train, val, epochs, config.batch_size, lr, 0, profile), context)
+            return {"val_accuracy": result.accuracy, "val_loss": result.loss}
+
         try:
-            for lr in grid(method, config.grid_for(workload)):
-                result = method.run(Job(workload, train, val, epochs, config.batch_size, lr, 0, profile), context)
-                scores[lr] = {"val_accuracy": result.accuracy, "val_loss": result.loss}
+            scores = lr_grid.search(evaluate, grid(method, config.grid_for(workload)), config.grid_extend)
         except Exception as e:  # one method failing on one workload must not sink the benchmark
             failed[method.name] = f"{type(e).__name__}: {e}"
             log(f"  {method.name} failed on {workload.name}: {failed[method.name]}")
             continue
-        best = max(scores, key=lambda lr: (scores[lr]["val_accuracy"], -scores[lr]["val_loss"]))
-        out[method.name] = {"lr": best, "grid": [{"lr": lr, **s} for lr, s in scores.items()]}
+        out[method.name] = lr_grid.record(scores)
+        best = out[method.name]["lr"]
         log(f"  tune {method.name}: lr {best:g} (val acc {scores[best]['val_accuracy']:.3f})")
     return out
 
@@ -212,6 +217,7 @@ def run_workload(
     from s2lbench.latency import predict_latency
 
     workload = load(name).subset(config.max_ft, config.max_test)
+    methods = [m for m in methods if m.kinds is None or workload.kind in m.kinds]
     tap_pool = config.tap_pool_by_kind.get(workload.kind, 1)
     context = Context(workload, profile, config.rank, config.alpha, peer_env, tap_pool)
     started = time.perf_counter()

@@ -1,0 +1,45 @@
+"""A learning-rate grid whose best point is not at an edge.
+
+Each method's grid is tried; while the best rate is the lowest (highest) one tried, the
+grid grows by one step below (above), with the grid's own ratio between neighbours, at
+most `max_extend` times. Best: highest validation accuracy, then lowest validation loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Scores = dict[float, dict[str, float]]
+
+
+def best(scores: Scores) -> float:
+    return max(scores, key=lambda lr: (scores[lr]["val_accuracy"], -scores[lr]["val_loss"]))
+
+
+def at_edge(scores: Scores) -> str | None:
+    """The edge the best rate sits on: "low", "high" (a grid of one: "high") or None."""
+    rates = sorted(scores)
+    b = best(scores)
+    if b == rates[-1]:
+        return "high"
+    return "low" if b == rates[0] else None
+
+
+def search(evaluate: Callable[[float], dict[str, float]], grid: Sequence[float], max_extend: int) -> Scores:
+    """Scores of every rate tried: the grid, then outward steps while the best sits on an edge."""
+    rates = sorted(grid)
+    ratio = rates[1] / rates[0] if len(rates) > 1 else 3.0
+    scores: Scores = {lr: evaluate(lr) for lr in rates}
+    for _ in range(max_extend):
+        edge = at_edge(scores)
+        if edge is None:
+            break
+        lr = min(scores) / ratio if edge == "low" else max(scores) * ratio
+        scores[float(f"{lr:.3g}")] = evaluate(float(f"{lr:.3g}"))
+    return dict(sorted(scores.items()))
+
+
+def record(scores: Scores) -> dict[str, Any]:
+    """What the JSON keeps: the best rate, every rate tried, and whether the best is still on an edge."""
+    return {"lr": best(scores), "grid": [{"lr": lr, **s} for lr, s in scores.items()], "best_at_edge": at_edge(scores)}
