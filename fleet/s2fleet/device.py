@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from s2rt.bundle.model import Optimizer
 from s2rt.data import Samples
 from s2rt.session import Model
 from s2rt.trainer import TrainConfig
@@ -35,7 +36,7 @@ def local_update(
         epochs=epochs,
         batch_size=min(defaults.batch_size, len(samples.x)),
         learning_rate=learning_rate if learning_rate is not None else defaults.learning_rate,
-        optimizer=optimizer.upper() if optimizer else defaults.optimizer,
+        optimizer=Optimizer[optimizer.upper()] if optimizer else defaults.optimizer,
         loss=model.bundle.head.loss,
         seed=seed,
     )
