@@ -47,6 +47,26 @@ def _time_calls(fns: dict[str, Callable[[], Any]], calls: int) -> dict[str, list
     return out
 
 
+def _numpy_path_model(bundle: Any, profile: Profile, theta: np.ndarray) -> Any:
+    """The same model predicting the way s2rt did before the predict graph: frozen segment, then the head in NumPy."""
+    import os
+
+    from s2rt.backend.predict_graph import DISABLE_ENV
+    from s2rt.session import Model
+
+    before = os.environ.get(DISABLE_ENV)
+    os.environ[DISABLE_ENV] = "1"
+    try:
+        model = Model(bundle, threads=profile.s2rt_threads)
+    finally:
+        if before is None:
+            del os.environ[DISABLE_ENV]
+        else:
+            os.environ[DISABLE_ENV] = before
+    model.head.parameters()["theta"][:] = theta
+    return model
+
+
 def predict_latency(bundle: Any, onnx_path: str, x: np.ndarray, profile: Profile, calls: int, batch_calls: int) -> dict[str, Any]:
     """p50/p99 (us) for one sample and a batch of 64, s2rt with trained-size adapters (random B, so nothing is skipped)."""
     from s2rt.session import Model
@@ -54,6 +74,7 @@ def predict_latency(bundle: Any, onnx_path: str, x: np.ndarray, profile: Profile
     model = Model(bundle, threads=profile.s2rt_threads)
     theta = model.head.parameters()["theta"]
     theta[:] = np.random.default_rng(0).normal(0.0, 0.01, theta.shape).astype(theta.dtype)
+    numpy_path = _numpy_path_model(bundle, profile, theta)
     session = ort_session(onnx_path, profile)
     input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
     result: dict[str, Any] = {}
@@ -63,11 +84,13 @@ def predict_latency(bundle: Any, onnx_path: str, x: np.ndarray, profile: Profile
         calls_by_name: dict[str, Callable[[], Any]] = {
             "s2rt_logits": functools.partial(model.logits, xb),
             "s2rt_predict": functools.partial(model.classify, xb),
+            "s2rt_predict_numpy_path": functools.partial(numpy_path.classify, xb),
             "ort_original": functools.partial(session.run, [output_name], feed),
         }
         times = _time_calls(calls_by_name, count)
         stats: dict[str, Any] = {name: percentiles_us(t) for name, t in times.items()}
         stats["ratio_p50"] = stats["s2rt_logits"]["p50_us"] / stats["ort_original"]["p50_us"]
         stats["ratio_predict_p50"] = stats["s2rt_predict"]["p50_us"] / stats["ort_original"]["p50_us"]
+        stats["ratio_predict_numpy_path_p50"] = stats["s2rt_predict_numpy_path"]["p50_us"] / stats["ort_original"]["p50_us"]
         result[label] = stats
     return result

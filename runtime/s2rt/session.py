@@ -66,6 +66,7 @@ class Model:
         self.head: TrainableHead = self.method.make_head(bundle)
         self._folded = FoldedHead()
         self._graph: PredictGraph | None = None  # made on the first prediction (see _predict_graph)
+        self._use_graph = predict_graph.enabled()
 
     @classmethod
     def open(
@@ -157,7 +158,7 @@ class Model:
         return np.zeros(len(z), dtype=np.int64), z
 
     def _predict_graph(self) -> PredictGraph | None:
-        if self.frozen.backend.name != "onnx" or self.method.name not in AFFINE_METHODS or not predict_graph.enabled():
+        if not self._use_graph or self.frozen.backend.name != "onnx" or self.method.name not in AFFINE_METHODS:
             return None
         if self._graph is None:
             self._graph = PredictGraph(self.bundle, self.frozen.segment, self.frozen.backend.threads)

@@ -155,19 +155,24 @@ class PredictGraph:
             raise BackendError(f"onnxruntime failed to run the predict graph: {e}") from None
 
     def _binding(self, weight: np.ndarray, bias: np.ndarray, outputs: tuple[str, ...], rows: int) -> Any:
-        made = getattr(self._local, "made", None)
-        if made is None or made[0] is not weight or made[1] is not bias or made[2] != outputs:
+        """This thread's binding for `outputs`, bound to `weight` and `bias` (one per set of outputs,
+        so that callers asking for logits and for classes in turn do not rebuild it every call)."""
+        bindings: dict[tuple[str, ...], list[Any]] | None = getattr(self._local, "bindings", None)
+        if bindings is None:
+            bindings = self._local.bindings = {}
+        made = bindings.get(outputs)
+        if made is None or made[0] is not weight or made[1] is not bias:
             import onnxruntime as ort
 
             binding = self.session.io_binding()
             # the OrtValues wrap the arrays' memory: `made` keeps the arrays alive while they are bound
             binding.bind_ortvalue_input(WEIGHT, ort.OrtValue.ortvalue_from_numpy(weight))
             binding.bind_ortvalue_input(BIAS, ort.OrtValue.ortvalue_from_numpy(bias))
-            made = self._local.made = [weight, bias, outputs, binding, -1]
-        binding = made[3]
-        if made[4] != rows:  # onnxruntime reuses bound outputs, which have the last call's batch size
+            made = bindings[outputs] = [weight, bias, binding, -1]
+        binding = made[2]
+        if made[3] != rows:  # onnxruntime reuses bound outputs, which have the last call's batch size
             binding.clear_binding_outputs()
             for name in outputs:
                 binding.bind_output(name)
-            made[4] = rows
+            made[3] = rows
         return binding
