@@ -40,9 +40,8 @@ def _runner(method: str):
         phases = {
             "frozen_forward": result.frozen_seconds,
             "cache_gather": max(report.time_features - result.frozen_seconds, 0.0),
-            "head_forward": report.time_forward,
-            "backward": report.time_backward,
-            "update": report.time_update,
+            "decode": report.time_decode,
+            "steps": report.time_steps,
         }
         phases["other"] = max(seconds - sum(phases.values()), 0.0)
         hit_rate = result.hit_rate if model.method.uses_cache else None

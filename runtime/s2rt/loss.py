@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from s2rt.bundle.model import Loss
+
+if TYPE_CHECKING:
+    from s2rt.fused import Layout
 
 LossFn = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
 
@@ -54,3 +58,121 @@ LOSSES: Mapping[Loss, LossFn] = {
     Loss.SOFTMAX_CROSS_ENTROPY: softmax_cross_entropy,
     Loss.MSE: mse,
 }
+
+
+# -- fused losses: the trainer's fast path (s2rt.fused) ---------------------------------------
+# Logits arrive transposed (C x n, without the frozen logits F); `grad` adds F and leaves
+# scale * dL/dz^T in place, scale being the optimizer's grad_scale, and keeps what the
+# batch's loss needs; the per-batch losses are read once per epoch.
+
+
+class FusedLoss(Protocol):
+    def load(self, y: np.ndarray, first: int) -> None: ...
+
+    def grad(self, b: int, Z: np.ndarray) -> None: ...
+
+    def batch_losses(self) -> np.ndarray: ...
+
+    def batch_loss(self, b: int) -> float: ...
+
+
+class FusedSoftmaxCE:
+    """`softmax_cross_entropy` on transposed logits. Per sample it keeps the label's shifted
+    logit and the sum of exponentials already multiplied by n_b / scale (so one division
+    gives scale * softmax / n_b); the label's one-hot (scale / n_b) is subtracted from a
+    per-chunk matrix. 7 calls per batch."""
+
+    def __init__(self, layout: Layout, FT: np.ndarray, zs: Sequence[np.ndarray], scale: float) -> None:
+        C, R, n = FT.shape[0], layout.chunk_rows, layout.n
+        self.layout = layout
+        self.pick = np.zeros(n, np.float32)  # z_y - max z, per sample of the epoch
+        self.total = np.ones(n, np.float32)  # sum exp(z - max z) * n_b / scale
+        self.onehot = np.zeros((C, R), np.float32)
+        self.label_at = np.zeros(R, np.int64)  # flat index of the label's logit in its batch's Z
+        sizes = np.array([layout.size(b) for b in range(layout.batches)], np.float64)
+        self.starts = np.array([layout.rows(b).start for b in range(layout.batches)], np.int64)
+        self.sizes = sizes
+        per_sample = np.repeat(sizes, sizes.astype(np.int64))
+        self.log_factor = np.log(per_sample / scale).astype(np.float32)
+        # per chunk position: each row's offset in its batch and its one-hot value
+        self.column = np.concatenate([np.arange(layout.size(b)) for b in range(layout.batches)])
+        self.width = per_sample.astype(np.int64)
+        self.value = (scale / per_sample).astype(np.float32)
+        self.cols = np.arange(R)
+        self._batch = []
+        for b, Z in enumerate(zs):
+            inner, rows = layout.in_chunk(b), layout.rows(b)
+            ones = np.full(C, sizes[b] / scale, np.float32)
+            mx = np.empty(Z.shape[1], np.float32)
+            self._batch.append(
+                (FT[:, inner], mx, Z.reshape(-1), self.label_at[inner], self.pick[rows], ones, self.total[rows], self.onehot[:, inner])
+            )
+
+    def load(self, y: np.ndarray, first: int) -> None:
+        n, at = len(y), self.layout.rows(first).start
+        np.add(np.multiply(y, self.width[at : at + n]), self.column[at : at + n], out=self.label_at[:n])
+        self.onehot[:, :n] = 0.0
+        self.onehot[y, self.cols[:n]] = self.value[at : at + n]
+
+    def grad(self, b: int, Z: np.ndarray) -> None:
+        FT, mx, zflat, label_at, pick, ones, total, onehot = self._batch[b]
+        Z += FT
+        np.maximum.reduce(Z, axis=0, out=mx)
+        Z -= mx
+        np.take(zflat, label_at, out=pick, mode="clip")
+        np.exp(Z, out=Z)
+        np.dot(ones, Z, out=total)
+        Z /= total
+        Z -= onehot
+
+    def _per_sample(self) -> np.ndarray:
+        lse = np.log(self.total)
+        lse -= self.log_factor
+        lse -= self.pick
+        return lse
+
+    def batch_losses(self) -> np.ndarray:
+        return np.add.reduceat(self._per_sample(), self.starts, dtype=np.float64) / self.sizes
+
+    def batch_loss(self, b: int) -> float:
+        rows = self.layout.rows(b)
+        lse = np.log(self.total[rows]) - self.log_factor[rows] - self.pick[rows]
+        return float(np.add.reduce(lse, dtype=np.float64)) / len(lse)
+
+
+class FusedMSE:
+    """`mse` on transposed logits: the chunk's targets are subtracted from F^T once, so a
+    batch is one add, one dot product and one multiply."""
+
+    def __init__(self, layout: Layout, FT: np.ndarray, zs: Sequence[np.ndarray], scale: float) -> None:
+        C = FT.shape[0]
+        self.FT, self.layout = FT, layout
+        self.sizes = np.array([layout.size(b) * C for b in range(layout.batches)], np.float64)
+        self.squares = np.zeros(layout.batches)
+        self._batch = [(FT[:, layout.in_chunk(b)], np.float32(2.0 * scale / self.sizes[b])) for b in range(len(zs))]
+
+    def load(self, y: np.ndarray, first: int) -> None:
+        self.FT[:, : len(y)] -= y.T
+
+    def grad(self, b: int, Z: np.ndarray) -> None:
+        FmY, factor = self._batch[b]
+        Z += FmY
+        self.squares[b] = np.vdot(Z, Z)
+        Z *= factor
+
+    def batch_losses(self) -> np.ndarray:
+        return self.squares / self.sizes
+
+    def batch_loss(self, b: int) -> float:
+        return float(self.squares[b] / self.sizes[b])
+
+
+FUSED_LOSSES: Mapping[Loss, Callable[[Layout, np.ndarray, Sequence[np.ndarray], float], FusedLoss]] = {
+    Loss.SOFTMAX_CROSS_ENTROPY: FusedSoftmaxCE,
+    Loss.MSE: FusedMSE,
+}
+
+
+def make_fused_loss(loss: Loss, layout: Layout, FT: np.ndarray, zs: Sequence[np.ndarray], scale: float) -> FusedLoss:
+    """The fused form of `loss` over an epoch `layout`; `zs[b]` is batch b's logits buffer, FT the chunk's F^T."""
+    return FUSED_LOSSES[loss](layout, FT, zs, scale)
