@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -70,6 +71,19 @@ class CachedFeatures:
         missed = idx[miss]
         self.slots[missed] = self.cache.put(self.keys[missed], x[miss], f[miss], self.y[missed])
         return x, f
+
+    def features_into(self, idx: np.ndarray, taps: Sequence[tuple[slice, float, np.ndarray]]) -> np.ndarray | None:
+        """The trainer's fast path: when every sample of `idx` is cached, write factor * X[:, cols]
+        into each (cols, factor, out) straight from the cache records (decoding on the way) and
+        return F; otherwise None, having written nothing (then call `features`)."""
+        if self.cache is None:
+            return None
+        slots = self.slots[idx]
+        if (slots < 0).any():
+            return None
+        self.hits += len(idx)
+        self.cache.gather_taps(slots, taps)
+        return self.cache.logits[slots]
 
     @property
     def hit_rate(self) -> float:

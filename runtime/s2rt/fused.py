@@ -114,10 +114,21 @@ class Layout:
         return r.stop - r.start
 
 
+TapTargets = list[tuple[slice, float, np.ndarray]]
+
+
 class Steps(Protocol):
-    """One training run's batch steps: `load` a chunk, `run` its batches, then read the losses."""
+    """One training run's batch steps: `load` a chunk, `run` its batches, then read the losses.
+
+    A chunk arrives either as fused rows (`load`) or, from a source with `features_into`,
+    written straight into the steps' own tap buffers (`into` says where, `load_logits`
+    takes the rest)."""
 
     def load(self, X: np.ndarray, F: np.ndarray, y: np.ndarray, first: int) -> None: ...
+
+    def into(self, n: int) -> TapTargets | None: ...
+
+    def load_logits(self, F: np.ndarray, y: np.ndarray, first: int) -> None: ...
 
     def run(self, first: int, count: int, on_batch: Callable[[int], None] | None) -> None: ...
 
@@ -136,6 +147,10 @@ class _FusedSteps:
         self._z = {n: np.empty((C, n), FLOAT) for n in {layout.size(b) for b in range(layout.batches)}}
         zs = [self._z[layout.size(b)] for b in range(layout.batches)]
         self.loss: FusedLoss = make_fused_loss(loss, layout, self.FT, zs, optimizer.grad_scale)
+
+    def load_logits(self, F: np.ndarray, y: np.ndarray, first: int) -> None:
+        np.copyto(self.FT[:, : len(F)], F.T)
+        self.loss.load(y, first)
 
     def batch_losses(self) -> np.ndarray:
         return self.loss.batch_losses()
@@ -167,12 +182,13 @@ class LoRASteps(_FusedSteps):
             xs = [x[rows] for x in self.xs]
             self._batch.append((xs, [x.T for x in xs], *work[layout.size(b)]))
 
+    def into(self, n: int) -> TapTargets:
+        return [(cols, self.form.scaling, buf[:n]) for cols, buf in zip(self.form.cols, self.xs)]
+
     def load(self, X: np.ndarray, F: np.ndarray, y: np.ndarray, first: int) -> None:
-        n, s = len(X), FLOAT(self.form.scaling)
-        for buf, cols in zip(self.xs, self.form.cols):
-            np.multiply(X[:, cols], s, out=buf[:n])
-        np.copyto(self.FT[:, :n], F.T)
-        self.loss.load(y, first)
+        for cols, factor, out in self.into(len(X)):
+            np.multiply(X[:, cols], FLOAT(factor), out=out)
+        self.load_logits(F, y, first)
 
     def run(self, first: int, count: int, on_batch: Callable[[int], None] | None) -> None:
         dot, A, B, BT, dA, dB = np.dot, self.A, self.B, self.BT, self.dA, self.dB
@@ -206,12 +222,13 @@ class DenseSteps(_FusedSteps):
             x = self.x[layout.in_chunk(b)]
             self._batch.append((x, x.T, self._z[layout.size(b)]))
 
+    def into(self, n: int) -> TapTargets:
+        return [(self.cols, 1.0, self.x[:n, :-1])] if self.x.shape[1] > 1 else []
+
     def load(self, X: np.ndarray, F: np.ndarray, y: np.ndarray, first: int) -> None:
-        n = len(X)
-        if self.x.shape[1] > 1:
-            np.copyto(self.x[:n, :-1], X[:, self.cols])
-        np.copyto(self.FT[:, :n], F.T)
-        self.loss.load(y, first)
+        for cols, _, out in self.into(len(X)):
+            np.copyto(out, X[:, cols])
+        self.load_logits(F, y, first)
 
     def run(self, first: int, count: int, on_batch: Callable[[int], None] | None) -> None:
         dot, W, dW = np.dot, self.W, self.dW
@@ -235,6 +252,12 @@ class GenericSteps:
         self.losses = np.zeros(layout.batches)
         self._xs: list[np.ndarray] = []
         self._F = self._y = np.empty(0, FLOAT)
+
+    def into(self, n: int) -> None:
+        return None
+
+    def load_logits(self, F: np.ndarray, y: np.ndarray, first: int) -> None:
+        raise NotImplementedError("GenericSteps takes fused rows only (load)")
 
     def load(self, X: np.ndarray, F: np.ndarray, y: np.ndarray, first: int) -> None:
         self._xs, self._F, self._y = self.head.split_taps(X), F, y

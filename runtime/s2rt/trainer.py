@@ -212,6 +212,7 @@ class _Run:
         prefetch = getattr(source, "prefetch_rows", 0)
         per_chunk = -(-n_train // bs) if prefetch >= n_train else max(1, prefetch // bs)  # whole batches per features() call
         self.layout = Layout(n_train, bs, per_chunk)
+        self.batch_sizes = np.array([self.layout.size(b) for b in range(self.layout.batches)], np.float64)
         self.steps = make_steps(head, self.layout, config.loss, self.optimizer)
         self.optimizer.plan(config.epochs * self.layout.batches)
         self.good_epoch = 1
@@ -226,14 +227,21 @@ class _Run:
         on_batch = self._progress(epoch) if self.progress is not None else None
         at_start = self._snapshot()
         t_feat = t_decode = t_steps = 0.0
+        fill = getattr(source, "features_into", None)
         for first in layout.chunks():
             count = min(layout.per_chunk, batches - first)
             t0 = clock()
             idx = order[first * bs : (first + count) * bs]
-            X, F = source.features(idx)
-            _check_batch(X, F, len(idx), head)
-            t1 = clock()
-            steps.load(X, F, targets[idx], first)
+            into = steps.into(len(idx)) if fill is not None else None
+            F = fill(idx, into) if into is not None else None  # cached rows, decoded straight into the steps' buffers
+            if F is not None:
+                t1 = clock()
+                steps.load_logits(F, targets[idx], first)
+            else:
+                X, F = source.features(idx)
+                _check_batch(X, F, len(idx), head)
+                t1 = clock()
+                steps.load(X, F, targets[idx], first)
             t2 = clock()
             steps.run(first, count, on_batch)
             t3 = clock()
@@ -250,8 +258,7 @@ class _Run:
         if len(bad):
             b = int(bad[0])
             raise _Diverged(f"loss became {float(losses[b])} at epoch {epoch}, batch {b + 1}/{batches}{_DIVERGED_HINT}")
-        sizes = np.diff([layout.rows(b).start for b in range(batches)] + [layout.n])
-        return {"epoch": epoch, "train_loss": float(np.dot(losses, sizes)) / len(order)}
+        return {"epoch": epoch, "train_loss": float(np.dot(losses, self.batch_sizes)) / len(order)}
 
     def _progress(self, epoch: int) -> Callable[[int], None]:
         progress, steps, epochs, batches = self.progress, self.steps, self.config.epochs, self.layout.batches
