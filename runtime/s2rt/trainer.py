@@ -227,13 +227,13 @@ class _Run:
         on_batch = self._progress(epoch) if self.progress is not None else None
         at_start = self._snapshot()
         t_feat = t_decode = t_steps = 0.0
-        fill = getattr(source, "features_into", None)
+        fill: Callable[[np.ndarray, Any], np.ndarray | None] | None = getattr(source, "features_into", None)
         for first in layout.chunks():
             count = min(layout.per_chunk, batches - first)
             t0 = clock()
             idx = order[first * bs : (first + count) * bs]
             into = steps.into(len(idx)) if fill is not None else None
-            F = fill(idx, into) if into is not None else None  # cached rows, decoded straight into the steps' buffers
+            F = fill(idx, into) if fill is not None and into is not None else None  # cached rows, decoded into the steps' buffers
             if F is not None:
                 t1 = clock()
                 steps.load_logits(F, targets[idx], first)
