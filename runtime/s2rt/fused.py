@@ -17,7 +17,7 @@ A head opts in by describing itself with `fused_form()`: a `LoRAForm` (adapters 
 taps to the logits through a rank-r bottleneck) or a `DenseForm` (a dense matrix on one
 tap plus a bias). A head without one trains through `GenericSteps`: its own
 `forward_taps`/`backward`, one batch at a time, same chunks and same checks.
-Per batch, Skip2-LoRA with L taps costs 2L + 17 calls (L + 1 GEMMs forward, 7 for the
+Per batch, Skip2-LoRA with L taps costs 2L + 16 calls (L + 1 GEMMs forward, 6 for the
 softmax cross-entropy, L + 2 GEMMs backward, 8 for Adam); the old loop took about 37.
 """
 
@@ -136,6 +136,12 @@ class Steps(Protocol):
 
     def batch_loss(self, b: int) -> float: ...
 
+    def unsure(self) -> bool:
+        """Whether the epoch just run must be run again after `make_exact` (see loss.FusedSoftmaxCE)."""
+        ...
+
+    def make_exact(self) -> None: ...
+
 
 class _FusedSteps:
     """Shared by the fused kernels: the transposed logits buffers and the fused loss."""
@@ -157,6 +163,12 @@ class _FusedSteps:
 
     def batch_loss(self, b: int) -> float:
         return self.loss.batch_loss(b)
+
+    def unsure(self) -> bool:
+        return self.loss.unsure()
+
+    def make_exact(self) -> None:
+        self.loss.make_exact()
 
 
 class LoRASteps(_FusedSteps):
@@ -278,6 +290,12 @@ class GenericSteps:
 
     def batch_loss(self, b: int) -> float:
         return float(self.losses[b])
+
+    def unsure(self) -> bool:
+        return False
+
+    def make_exact(self) -> None:
+        pass
 
 
 def _lora(head: Any, form: LoRAForm, layout: Layout, num_outputs: int, loss: Loss, optimizer: Stepper) -> Steps:

@@ -75,18 +75,36 @@ class FusedLoss(Protocol):
 
     def batch_loss(self, b: int) -> float: ...
 
+    def unsure(self) -> bool:
+        """Whether the epoch just run may have lost precision; then it is run again after `make_exact`."""
+        ...
+
+    def make_exact(self) -> None: ...
+
 
 class FusedSoftmaxCE:
     """`softmax_cross_entropy` on transposed logits. Per sample it keeps the label's shifted
     logit and the sum of exponentials already multiplied by n_b / scale (so one division
     gives scale * softmax / n_b); the label's one-hot (scale / n_b) is subtracted from a
-    per-chunk matrix. 7 calls per batch."""
+    per-chunk matrix.
+
+    The shift that keeps exp() in range is, by default, each sample's largest frozen logit
+    (taken from F^T once per chunk) instead of the largest adapted logit (two calls per
+    batch): softmax does not depend on it, and it is as good while the adapters move the
+    logits by less than about 60 (e^60 neither overflows nor underflows float32). After
+    each epoch `unsure` says whether some sample went past that (a sum of exponentials
+    that is not finite or below e^-60); the trainer then runs the epoch again from its
+    start with the exact per-batch maximum (`make_exact`), as the unfused loss does, and
+    keeps that for the rest of the run. 6 calls per batch, 8 when exact."""
+
+    LOG_SUM_MIN = -60.0
 
     def __init__(self, layout: Layout, FT: np.ndarray, zs: Sequence[np.ndarray], scale: float) -> None:
         C, R, n = FT.shape[0], layout.chunk_rows, layout.n
-        self.layout = layout
-        self.pick = np.zeros(n, np.float32)  # z_y - max z, per sample of the epoch
-        self.total = np.ones(n, np.float32)  # sum exp(z - max z) * n_b / scale
+        self.layout, self.FT = layout, FT
+        self.exact = False
+        self.pick = np.zeros(n, np.float32)  # z_y - shift, per sample of the epoch
+        self.total = np.ones(n, np.float32)  # sum exp(z - shift) * n_b / scale
         self.onehot = np.zeros((C, R), np.float32)
         self.label_at = np.zeros(R, np.int64)  # flat index of the label's logit in its batch's Z
         sizes = np.array([layout.size(b) for b in range(layout.batches)], np.float64)
@@ -99,6 +117,7 @@ class FusedSoftmaxCE:
         self.width = per_sample.astype(np.int64)
         self.value = (scale / per_sample).astype(np.float32)
         self.cols = np.arange(R)
+        self.shift = np.empty(R, np.float32)
         self._batch = []
         for b, Z in enumerate(zs):
             inner, rows = layout.in_chunk(b), layout.rows(b)
@@ -113,26 +132,41 @@ class FusedSoftmaxCE:
         np.add(np.multiply(y, self.width[at : at + n]), self.column[at : at + n], out=self.label_at[:n])
         self.onehot[:, :n] = 0.0
         self.onehot[y, self.cols[:n]] = self.value[at : at + n]
+        if not self.exact:
+            FT = self.FT[:, :n]
+            np.maximum.reduce(FT, axis=0, out=self.shift[:n])
+            FT -= self.shift[:n]
 
     def grad(self, b: int, Z: np.ndarray) -> None:
         FT, mx, zflat, label_at, pick, ones, total, onehot = self._batch[b]
         Z += FT
-        np.maximum.reduce(Z, axis=0, out=mx)
-        Z -= mx
+        if self.exact:
+            np.maximum.reduce(Z, axis=0, out=mx)
+            Z -= mx
         np.take(zflat, label_at, out=pick, mode="clip")
         np.exp(Z, out=Z)
         np.dot(ones, Z, out=total)
         Z /= total
         Z -= onehot
 
-    def _per_sample(self) -> np.ndarray:
-        lse = np.log(self.total)
-        lse -= self.log_factor
-        lse -= self.pick
-        return lse
+    def make_exact(self) -> None:
+        self.exact = True
+
+    def _log_sums(self) -> np.ndarray:
+        log_sum = np.log(self.total)
+        log_sum -= self.log_factor
+        return log_sum
+
+    def unsure(self) -> bool:
+        if self.exact:
+            return False
+        log_sum = self._log_sums()
+        return not (np.isfinite(log_sum).all() and np.isfinite(self.pick).all() and log_sum.min() > self.LOG_SUM_MIN)
 
     def batch_losses(self) -> np.ndarray:
-        return np.add.reduceat(self._per_sample(), self.starts, dtype=np.float64) / self.sizes
+        lse = self._log_sums()
+        lse -= self.pick
+        return np.add.reduceat(lse, self.starts, dtype=np.float64) / self.sizes
 
     def batch_loss(self, b: int) -> float:
         rows = self.layout.rows(b)
@@ -159,6 +193,12 @@ class FusedMSE:
         Z += FmY
         self.squares[b] = np.vdot(Z, Z)
         Z *= factor
+
+    def unsure(self) -> bool:
+        return False
+
+    def make_exact(self) -> None:
+        pass
 
     def batch_losses(self) -> np.ndarray:
         return self.squares / self.sizes

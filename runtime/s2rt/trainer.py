@@ -222,10 +222,27 @@ class _Run:
         return _copy(self.head.parameters()), self.optimizer.snapshot()
 
     def epoch(self, epoch: int, order: np.ndarray, report: TrainReport) -> dict[str, float]:
+        at_start = self._snapshot()
+        self._pass(epoch, order, report)
+        if self.steps.unsure():  # the fast loss may have lost precision: this epoch again, exactly
+            _copy_into(self.head.parameters(), at_start[0])
+            self.optimizer.restore(at_start[1])
+            self.steps.make_exact()
+            self._pass(epoch, order, report)
+        losses, batches = self.steps.batch_losses(), self.layout.batches
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if not len(bad) or bad[0] > 0:  # the first batch's loss was finite: the start of this epoch is good
+            self.good, self.good_epoch = at_start, epoch
+        if len(bad):
+            b = int(bad[0])
+            raise _Diverged(f"loss became {float(losses[b])} at epoch {epoch}, batch {b + 1}/{batches}{_DIVERGED_HINT}")
+        return {"epoch": epoch, "train_loss": float(np.dot(losses, self.batch_sizes)) / len(order)}
+
+    def _pass(self, epoch: int, order: np.ndarray, report: TrainReport) -> None:
+        """The epoch's batch steps, chunk by chunk; the losses stay in the steps' buffers."""
         layout, steps, source, targets, head = self.layout, self.steps, self.source, self.targets, self.head
         clock, bs, batches = time.perf_counter, layout.batch_size, layout.batches
         on_batch = self._progress(epoch) if self.progress is not None else None
-        at_start = self._snapshot()
         t_feat = t_decode = t_steps = 0.0
         fill: Callable[[np.ndarray, Any], np.ndarray | None] | None = getattr(source, "features_into", None)
         for first in layout.chunks():
@@ -251,14 +268,6 @@ class _Run:
         report.time_features += t_feat
         report.time_decode += t_decode
         report.time_steps += t_steps
-        losses = steps.batch_losses()
-        bad = np.flatnonzero(~np.isfinite(losses))
-        if not len(bad) or bad[0] > 0:  # the first batch's loss was finite: the start of this epoch is good
-            self.good, self.good_epoch = at_start, epoch
-        if len(bad):
-            b = int(bad[0])
-            raise _Diverged(f"loss became {float(losses[b])} at epoch {epoch}, batch {b + 1}/{batches}{_DIVERGED_HINT}")
-        return {"epoch": epoch, "train_loss": float(np.dot(losses, self.batch_sizes)) / len(order)}
 
     def _progress(self, epoch: int) -> Callable[[int], None]:
         progress, steps, epochs, batches = self.progress, self.steps, self.config.epochs, self.layout.batches

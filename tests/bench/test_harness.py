@@ -182,7 +182,8 @@ def test_the_report_has_the_tables_and_the_plot(tiny_result, tmp_path):
         "Cached epoch",
     ):
         assert heading in text
-    assert "Skip2-LoRA (s2rt)" in text and "LoRA-All r=" in text and "Targets (edge profile, har" in text
+    assert "Skip2-LoRA (s2rt)" in text and "LoRA-All r=" in text and "Targets (edge profile, 2 epochs)" in text
+    assert "- har: cached epoch " in text and "its GEMM floor (target ≤ 3×)" in text and "cached epoch / GEMM floor |" in text
     report.plot([tiny_result], tmp_path / "results.png")
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(tmp_path / "results.png").stat().st_size > 10_000

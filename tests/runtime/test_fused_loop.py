@@ -152,3 +152,51 @@ def test_ft_last_keeps_its_state_file_layout():
     theta = head.parameters()["theta"].reshape(3, 6)  # [dW | db], one row per class
     np.testing.assert_array_equal(theta[:, :5], state["dW"])
     np.testing.assert_array_equal(theta[:, 5], state["db"])
+
+
+class Counting(Rows):
+    def __init__(self, X: np.ndarray, F: np.ndarray) -> None:
+        super().__init__(X, F)
+        self.calls = 0
+
+    def features(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.calls += 1
+        return super().features(idx)
+
+
+def test_an_epoch_where_the_frozen_shift_underflows_runs_again_exactly():
+    # F puts class 0 100 above the rest; the adapters start out pulling class 0 down by ~200,
+    # so exp(z - max F) underflows for every class: the fused loss must notice and redo the epoch
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(40, sum(SIZES))).astype(np.float32)
+    X[:, 0] = 1.0
+    F = np.zeros((40, CLASSES), np.float32)
+    F[:, 0] = 100.0
+    y = rng.integers(0, CLASSES, 40)
+    new, old = adapter_head(), adapter_head()
+    state = new.state_dict()
+    state["A.0"][:] = 0.0
+    state["A.0"][0, 0] = 1.0
+    state["B.0"][:] = 0.0
+    state["B.0"][0, 0] = -200.0 / 3.0  # scaling alpha / r = 3: class 0 loses 200
+    for h in (new, old):
+        h.load_state_dict(state)
+    source = Counting(X, F)
+    config = TrainConfig(epochs=2, batch_size=40, learning_rate=0.01)
+    report = train(new, source, y, config)
+    history = reference_train(old, Rows(X, F), y, config)
+    assert source.calls == 3  # epoch 1 twice (fast, then exact), epoch 2 exact
+    assert_same_state(new.state_dict(), old.state_dict())
+    np.testing.assert_allclose([e["train_loss"] for e in report.history], [e["train_loss"] for e in history], rtol=1e-5)
+    assert all(np.isfinite(e["train_loss"]) for e in report.history) and not report.diverged
+
+
+def test_within_range_the_frozen_shift_changes_nothing():
+    source, y = problem(Loss.SOFTMAX_CROSS_ENTROPY)
+    counting = Counting(source.X, source.F)
+    new, old = adapter_head(), adapter_head()
+    config = TrainConfig(epochs=3, batch_size=90, learning_rate=0.05)
+    train(new, counting, y, config)
+    reference_train(old, source, y, config)
+    assert counting.calls == 3  # no epoch ran twice
+    assert_same_state(new.state_dict(), old.state_dict())

@@ -19,16 +19,18 @@ SIZES, RANK, CLASSES = (6, 10), 4, 3
 
 
 class ArraySource:
-    """Serves rows of fixed arrays; optionally poisons X with inf on one call."""
+    """Serves rows of fixed arrays (one batch per call); optionally, on call `poison_call`, the
+    first sample asked for goes bad (its features inf) and stays bad, as it would in a cache."""
 
     def __init__(self, X: np.ndarray, F: np.ndarray, poison_call: int | None = None) -> None:
-        self.X, self.F, self.poison_call, self.calls = X, F, poison_call, 0
+        self.X, self.F, self.poison_call, self.calls, self.bad = X, F, poison_call, 0, -1
 
     def features(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.calls += 1
-        X = self.X[idx]
         if self.calls == self.poison_call:
-            X[0, 0] = np.inf
+            self.bad = idx[0]
+        X = self.X[idx]
+        X[idx == self.bad, 0] = np.inf
         return X, self.F[idx]
 
 
