@@ -106,9 +106,7 @@ def cached_epoch(bundle: Any, x: np.ndarray, y: np.ndarray, profile: Profile, ba
         per_epoch.append((time.thread_time() - t0) / epochs)
     epoch_s = median(per_epoch)
     floor_s = gemm_floor([t.size for t in bundle.taps], bundle.head.rank, bundle.head.num_outputs, len(x), batch_size)
-    phases = {
-        "cache_gather": report.time_features / epochs,
-        "decode": report.time_decode / epochs,
-        "steps": report.time_steps / epochs,
-    }
+    from s2lbench.methods_s2rt import step_phases
+
+    phases = {"cache_gather": report.time_features / epochs, **step_phases(report, epochs)}
     return {"epoch_s": epoch_s, "gemm_floor_s": floor_s, "ratio": epoch_s / floor_s, "phases_last_run_s": phases, "n": len(x)}

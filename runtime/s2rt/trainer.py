@@ -3,6 +3,11 @@
 The trainer never sees where features come from: a `FeatureSource` serves the fused
 tap rows X and frozen logits F for sample indices (from the Skip-Cache on a hit, from
 the frozen segment on a miss). Only the head's adapters are trained.
+
+The batch steps themselves live in `s2rt.fused`: the trainer hands them one chunk of an
+epoch at a time (a source with `features_into` writes cached rows straight into their
+buffers) and reads the batch losses once per epoch, for the history and the divergence
+guard.
 """
 
 from __future__ import annotations
