@@ -256,7 +256,7 @@ class SkipCache:
         for cols, factor, out in taps:
             if self.scales is not None:
                 factor *= float(self.scales.values[self.scales.tap_of(cols)])
-            np.multiply(self.taps[slots, cols], np.float32(factor), out=out)
+            np.multiply(self.taps[slots, cols], np.float32(factor), out=out, dtype=np.float32)  # NumPy 1 would pick float16
 
     def flush(self) -> None:
         if isinstance(self.storage, np.memmap):
