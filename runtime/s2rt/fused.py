@@ -186,8 +186,8 @@ class LoRASteps(_FusedSteps):
         work = {}
         tap_rows = [slice(t * r, (t + 1) * r) for t in range(len(form.cols))]  # each tap's rows of H^T and G^T
         for n in self._z:
-            HT, GT = np.empty((hidden, n), FLOAT), np.empty((hidden, n), FLOAT)
-            work[n] = (HT, HT.T, [HT[h] for h in tap_rows], GT, [GT[h] for h in tap_rows], self._z[n])
+            HT, GT, Z = np.empty((hidden, n), FLOAT), np.empty((hidden, n), FLOAT), self._z[n]
+            work[n] = (HT, HT.T, [HT[h] for h in tap_rows], GT, [GT[h].dot for h in tap_rows], Z, Z.dot)
         self._batch = []
         for b in range(layout.batches):
             rows = layout.in_chunk(b)
@@ -203,18 +203,20 @@ class LoRASteps(_FusedSteps):
         self.load_logits(F, y, first)
 
     def run(self, first: int, count: int, on_batch: Callable[[int], None] | None) -> None:
-        dot, A, B, BT, dA, dB = np.dot, self.A, self.B, self.BT, self.dA, self.dB
+        # GEMMs through bound ndarray.dot methods: the same C routine as np.dot without its
+        # Python-level dispatch, the same results
+        a_dots, b_dot, bt_dot, dA, dB = [a.dot for a in self.A], self.B.dot, self.BT.dot, self.dA, self.dB
         grad, update = self.loss.grad, self.optimizer.update
         for b in range(first, first + count):
-            xs, xts, HT, H, hts, GT, gts, Z = self._batch[b]
-            for a, xt, h in zip(A, xts, hts):
-                dot(a, xt, out=h)
-            dot(B, HT, out=Z)
+            xs, xts, HT, H, hts, GT, g_dots, Z, z_dot = self._batch[b]
+            for a_dot, xt, h in zip(a_dots, xts, hts):
+                a_dot(xt, h)
+            b_dot(HT, Z)
             grad(b, Z)
-            dot(Z, H, out=dB)
-            dot(BT, Z, out=GT)
-            for g, x, da in zip(gts, xs, dA):
-                dot(g, x, out=da)
+            z_dot(H, dB)
+            bt_dot(Z, GT)
+            for g_dot, x, da in zip(g_dots, xs, dA):
+                g_dot(x, da)
             update()
             if on_batch is not None:
                 on_batch(b)
@@ -231,8 +233,8 @@ class DenseSteps(_FusedSteps):
         self.x = np.ones((layout.chunk_rows, d + 1), FLOAT)  # the last column stays 1: the bias's input
         self._batch = []
         for b in range(layout.batches):
-            x = self.x[layout.in_chunk(b)]
-            self._batch.append((x, x.T, self._z[layout.size(b)]))
+            x, Z = self.x[layout.in_chunk(b)], self._z[layout.size(b)]
+            self._batch.append((x, x.T, Z, Z.dot))
 
     def into(self, n: int) -> TapTargets:
         return [(self.cols, 1.0, self.x[:n, :-1])] if self.x.shape[1] > 1 else []
@@ -243,13 +245,13 @@ class DenseSteps(_FusedSteps):
         self.load_logits(F, y, first)
 
     def run(self, first: int, count: int, on_batch: Callable[[int], None] | None) -> None:
-        dot, W, dW = np.dot, self.W, self.dW
+        w_dot, dW = self.W.dot, self.dW
         grad, update = self.loss.grad, self.optimizer.update
         for b in range(first, first + count):
-            x, xt, Z = self._batch[b]
-            dot(W, xt, out=Z)
+            x, xt, Z, z_dot = self._batch[b]
+            w_dot(xt, Z)
             grad(b, Z)
-            dot(Z, x, out=dW)
+            z_dot(x, dW)
             update()
             if on_batch is not None:
                 on_batch(b)

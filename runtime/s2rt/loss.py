@@ -121,10 +121,10 @@ class FusedSoftmaxCE:
         self._batch = []
         for b, Z in enumerate(zs):
             inner, rows = layout.in_chunk(b), layout.rows(b)
-            ones = np.full(C, sizes[b] / scale, np.float32)
+            ones = np.full(C, sizes[b] / scale, np.float32).dot
             mx = np.empty(Z.shape[1], np.float32)
             self._batch.append(
-                (FT[:, inner], mx, Z.reshape(-1), self.label_at[inner], self.pick[rows], ones, self.total[rows], self.onehot[:, inner])
+                (FT[:, inner], mx, Z.reshape(-1).take, self.label_at[inner], self.pick[rows], ones, self.total[rows], self.onehot[:, inner])
             )
 
     def load(self, y: np.ndarray, first: int) -> None:
@@ -138,14 +138,14 @@ class FusedSoftmaxCE:
             FT -= self.shift[:n]
 
     def grad(self, b: int, Z: np.ndarray) -> None:
-        FT, mx, zflat, label_at, pick, ones, total, onehot = self._batch[b]
+        FT, mx, take, label_at, pick, ones, total, onehot = self._batch[b]  # take, ones: bound methods
         Z += FT
         if self.exact:
             np.maximum.reduce(Z, axis=0, out=mx)
             Z -= mx
-        np.take(zflat, label_at, out=pick, mode="clip")
+        take(label_at, None, pick, "clip")  # the bound method: np.take adds a Python-level wrapper
         np.exp(Z, out=Z)
-        np.dot(ones, Z, out=total)
+        ones(Z, total)  # sum over the classes, times n_b / scale
         Z /= total
         Z -= onehot
 
