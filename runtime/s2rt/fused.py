@@ -17,7 +17,7 @@ A head opts in by describing itself with `fused_form()`: a `LoRAForm` (adapters 
 taps to the logits through a rank-r bottleneck) or a `DenseForm` (a dense matrix on one
 tap plus a bias). A head without one trains through `GenericSteps`: its own
 `forward_taps`/`backward`, one batch at a time, same chunks and same checks.
-Per batch, Skip2-LoRA with L taps costs 2L + 16 calls (L + 1 GEMMs forward, 6 for the
+Per batch, Skip2-LoRA with L taps costs 2L + 17 calls (L + 1 GEMMs forward, 6 for the
 softmax cross-entropy, L + 2 GEMMs backward, 8 for Adam); the old loop took about 37.
 """
 
