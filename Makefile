@@ -55,7 +55,7 @@ fleet-bench: $(FLEET_VENV)/.ready $(VENV)/.runtime
 
 # The runtime promises NumPy 1.23+: run its torch-free tests against the oldest NumPy.
 NUMPY1_VENV := .venv-numpy1
-NUMPY1_TESTS := $(addprefix tests/runtime/,test_bundle.py test_cache.py test_data.py test_state.py test_frozen.py test_session.py test_lora_init.py)
+NUMPY1_TESTS := $(addprefix tests/runtime/,test_bundle.py test_cache.py test_data.py test_state.py test_frozen.py test_session.py test_lora_init.py test_trainer.py test_fused_loop.py test_cache_budget.py)
 $(NUMPY1_VENV)/.ready: runtime/pyproject.toml
 	$(PYTHON) -m venv $(NUMPY1_VENV)
 	$(NUMPY1_VENV)/bin/pip install -q 'numpy==1.23.5' onnxruntime flatbuffers onnx pytest

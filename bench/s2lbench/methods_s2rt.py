@@ -40,15 +40,28 @@ def _runner(method: str):
         phases = {
             "frozen_forward": result.frozen_seconds,
             "cache_gather": max(report.time_features - result.frozen_seconds, 0.0),
-            "head_forward": report.time_forward,
-            "backward": report.time_backward,
-            "update": report.time_update,
+            **step_phases(report),
         }
         phases["other"] = max(seconds - sum(phases.values()), 0.0)
         hit_rate = result.hit_rate if model.method.uses_cache else None
         return RunResult(seconds, accuracy, loss, model.head.num_parameters, phases, hit_rate)
 
     return run
+
+
+# TrainReport's per-batch phase fields: the fused trainer's, then those of runtimes before it
+_PHASE_FIELDS = (
+    {"decode": "time_decode", "steps": "time_steps"},
+    {"head_forward": "time_forward", "backward": "time_backward", "update": "time_update"},
+)
+
+
+def step_phases(report: Any, per: float = 1.0) -> dict[str, float]:
+    """The trainer's time split after the feature gather, in whichever fields this runtime reports."""
+    for fields in _PHASE_FIELDS:
+        if all(hasattr(report, f) for f in fields.values()):
+            return {k: getattr(report, f) / per for k, f in fields.items()}
+    return {}
 
 
 def methods() -> list[Method]:

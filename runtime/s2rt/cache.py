@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +249,14 @@ class SkipCache:
         stored = self.taps[slots]
         x = stored.astype(np.float32, copy=False) if self.scales is None else self.scales.decode(stored)
         return x, self.logits[slots]
+
+    def gather_taps(self, slots: np.ndarray, taps: Sequence[tuple[slice, float, np.ndarray]]) -> None:
+        """For each (cols, factor, out): factor * the columns `cols` (within one tap) of the given
+        records, decoded to float32 straight into `out` (one gather and one multiply per tap)."""
+        for cols, factor, out in taps:
+            if self.scales is not None:
+                factor *= float(self.scales.values[self.scales.tap_of(cols)])
+            np.multiply(self.taps[slots, cols], np.float32(factor), out=out, dtype=np.float32)  # NumPy 1 would pick float16
 
     def flush(self) -> None:
         if isinstance(self.storage, np.memmap):

@@ -67,6 +67,13 @@ class TapScales:
         if self.fixed:
             values[:] = self.layout_scales
 
+    def tap_of(self, cols: slice) -> int:
+        """The tap whose columns hold `cols` (a slice of the fused row)."""
+        for t, own in enumerate(self.columns):
+            if own.start <= cols.start and cols.stop <= own.stop:
+                return t
+        raise ValueError(f"columns {cols.start}:{cols.stop} span more than one tap")
+
     # -- scale growth (scales chosen on the device) ----------------------------------------
     def grown(self, x: np.ndarray, count: int) -> np.ndarray | None:
         """New scales if the fused tap rows `x` exceed the current ones (None: they fit).

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
 from s2rt.cache import SkipCache, sample_keys
 from s2rt.frozen import FrozenModel
 
-PREFETCH_BYTES = 1 << 20  # features served per call when the trainer asks for many batches at once
+DECODE_BYTES = 64 << 20  # default bound on the decoded features of one chunk of an epoch
+DECODED_COPIES = 3  # float32 copies of a chunk alive at once: decoding, the served rows, the trainer's per-tap buffers
 FORWARD_ROWS = 128  # samples per frozen-segment run: bounds the backend's activation memory
 
 
@@ -18,14 +20,16 @@ class CachedFeatures:
 
     With `cache=None` every request runs the frozen segment (the "no Skip-Cache"
     baseline); otherwise a sample runs it once, the first time it is seen.
-    `prefetch_rows` tells the trainer how many rows to ask for in one call (about
-    PREFETCH_BYTES of float32 taps and logits), which saves a call per batch.
+    `prefetch_rows` tells the trainer how many rows to ask for in one call: the whole
+    epoch when its decoded float32 copies fit in `max_bytes` (default DECODE_BYTES),
+    else as many rows as do (the trainer rounds down to whole batches, at least one).
     """
 
-    def __init__(self, frozen: FrozenModel, x: np.ndarray, y: np.ndarray, cache: SkipCache | None) -> None:
+    def __init__(self, frozen: FrozenModel, x: np.ndarray, y: np.ndarray, cache: SkipCache | None, max_bytes: int | None = None) -> None:
         self.frozen = frozen
         width = sum(t.size for t in frozen.bundle.taps) + frozen.num_outputs
-        self.prefetch_rows = max(1, PREFETCH_BYTES // (4 * width))
+        budget = DECODE_BYTES if max_bytes is None else max_bytes
+        self.prefetch_rows = max(1, min(len(x), budget // (DECODED_COPIES * 4 * width)))
         self.x = frozen.check_input(x)
         self.y = y
         self.cache = cache
@@ -67,6 +71,19 @@ class CachedFeatures:
         missed = idx[miss]
         self.slots[missed] = self.cache.put(self.keys[missed], x[miss], f[miss], self.y[missed])
         return x, f
+
+    def features_into(self, idx: np.ndarray, taps: Sequence[tuple[slice, float, np.ndarray]]) -> np.ndarray | None:
+        """The trainer's fast path: when every sample of `idx` is cached, write factor * X[:, cols]
+        into each (cols, factor, out) straight from the cache records (decoding on the way) and
+        return F; otherwise None, having written nothing (then call `features`)."""
+        if self.cache is None:
+            return None
+        slots = self.slots[idx]
+        if (slots < 0).any():
+            return None
+        self.hits += len(idx)
+        self.cache.gather_taps(slots, taps)
+        return self.cache.logits[slots]
 
     @property
     def hit_rate(self) -> float:

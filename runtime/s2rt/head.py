@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from s2rt.errors import RuntimeInputError, StateError
+from s2rt.fused import LoRAForm
 
 FLOAT = np.float32
 
@@ -87,6 +88,10 @@ class AdapterHead:
     def grads(self) -> dict[str, np.ndarray]:
         """d loss / d theta from the last `backward`, same keys as `parameters()`."""
         return {"theta": self._grad}
+
+    def fused_form(self) -> LoRAForm:
+        """This head for the trainer's fused steps (s2rt.fused), with views into theta."""
+        return LoRAForm(tuple(self._x_cols), self.rank, self.scaling, self._split)
 
     def split_taps(self, X: np.ndarray) -> list[np.ndarray]:
         """Each tap's columns of the fused rows X (N x D) as its own contiguous float32 array."""

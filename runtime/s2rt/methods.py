@@ -24,6 +24,7 @@ import numpy as np
 
 from s2rt.bundle.model import Bundle
 from s2rt.errors import RuntimeInputError, StateError
+from s2rt.fused import DenseForm, LoRAForm
 from s2rt.head import FLOAT, AdapterHead
 
 
@@ -145,7 +146,12 @@ class LastTapLoRAHead(_LastTapHead):
             raise RuntimeInputError(f"initial A of the last tap: expected shape {(rank, tap_sizes[-1])}, found {np.shape(a_init)}")
         self.w["A"][...] = a_init
         self.scaling = float(alpha) / rank
+        self.rank = rank
         self._H = np.empty((0, rank), FLOAT)
+
+    def fused_form(self) -> LoRAForm:
+        r, d, c = self.rank, self.tap_width - self._last.start, self.num_outputs
+        return LoRAForm((self._last,), r, self.scaling, lambda flat: ([flat[: r * d].reshape(r, d)], flat[r * d :].reshape(c, r)))
 
     # forward: H = s x_L A^T, z = F + H B^T
     def forward_taps(self, xs: Sequence[np.ndarray], F: np.ndarray) -> np.ndarray:
@@ -164,10 +170,21 @@ class LastTapLoRAHead(_LastTapHead):
 
 
 class LastLayerHead(_LastTapHead):
-    """ft-last: z = F + x_L dW^T + db, i.e. the last layer's W + dW and b + db; both start at zero."""
+    """ft-last: z = F + x_L dW^T + db, i.e. the last layer's W + dW and b + db; both start at zero.
+
+    theta is [dW | db] (C x (d_L + 1)) row-major, so the fused steps treat it as one
+    matrix on [x_L, 1]."""
 
     def __init__(self, tap_sizes: tuple[int, ...], num_outputs: int) -> None:
         super().__init__(tap_sizes, num_outputs, {"dW": (num_outputs, tap_sizes[-1]), "db": (num_outputs,)})
+
+    def _views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        c, d = self._shapes["dW"]
+        W = flat.reshape(c, d + 1)
+        return {"dW": W[:, :d], "db": W[:, d]}
+
+    def fused_form(self) -> DenseForm:
+        return DenseForm(self._last, lambda flat: flat.reshape(self.num_outputs, -1))
 
     # backward: d dW = dz^T x_L, d db = sum over the batch of dz
     def backward(self, dz: np.ndarray) -> None:
@@ -183,6 +200,9 @@ class BiasHead(_LastTapHead):
 
     def __init__(self, tap_sizes: tuple[int, ...], num_outputs: int) -> None:
         super().__init__(tap_sizes, num_outputs, {"db": (num_outputs,)})
+
+    def fused_form(self) -> DenseForm:
+        return DenseForm(slice(self.tap_width, self.tap_width), lambda flat: flat.reshape(self.num_outputs, 1))
 
     def backward(self, dz: np.ndarray) -> None:
         self._kept_input()

@@ -260,7 +260,8 @@ class Model:
             capacity = budgeted_capacity(self.bundle, cache_capacity or len(samples.x), max_cache_mb)
             cache = SkipCache(self.bundle.cache, capacity, Path(cache_path) if cache_path else None, self.bundle.digest)
         start = time.perf_counter()
-        source = CachedFeatures(self.frozen, samples.x, samples.y, cache)
+        decode_bytes = None if max_cache_mb is None else int(max_cache_mb * MIB)  # the budget bounds the decoded chunks too
+        source = CachedFeatures(self.frozen, samples.x, samples.y, cache, max_bytes=decode_bytes)
         report = train(self.head, source, samples.y, config, progress=progress)
         seconds = time.perf_counter() - start
         if cache is not None:

@@ -3,13 +3,18 @@
 The trainer never sees where features come from: a `FeatureSource` serves the fused
 tap rows X and frozen logits F for sample indices (from the Skip-Cache on a hit, from
 the frozen segment on a miss). Only the head's adapters are trained.
+
+The batch steps themselves live in `s2rt.fused`: the trainer hands them one chunk of an
+epoch at a time (a source with `features_into` writes cached rows straight into their
+buffers) and reads the batch losses once per epoch, for the history and the divergence
+guard.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,6 +22,7 @@ import numpy as np
 
 from s2rt.bundle.model import Loss, Optimizer
 from s2rt.errors import RuntimeInputError
+from s2rt.fused import Layout, make_steps
 from s2rt.head import FLOAT
 from s2rt.loss import LOSSES
 from s2rt.methods import TrainableHead
@@ -76,9 +82,11 @@ class TrainConfig:
 
 @dataclass
 class TrainReport:
-    """What `train` did. The four phase times cover training batches only (time_forward
-    includes the loss and one rollback snapshot per epoch); validation and callbacks are
-    in `time_total` alone."""
+    """What `train` did. The three phase times cover training batches only:
+    `time_features` the feature source (cache gather, frozen forward on a miss),
+    `time_decode` laying each chunk out for the steps (per-tap buffers, loss constants),
+    `time_steps` the batch steps themselves (forward, loss, backward, update; one rollback
+    snapshot per epoch). Validation and callbacks are in `time_total` alone."""
 
     epochs_run: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -89,9 +97,8 @@ class TrainReport:
     n_train: int = 0
     n_val: int = 0
     time_features: float = 0.0
-    time_forward: float = 0.0
-    time_backward: float = 0.0
-    time_update: float = 0.0
+    time_decode: float = 0.0
+    time_steps: float = 0.0
     time_total: float = 0.0
 
 
@@ -113,17 +120,18 @@ def train(
     each finished epoch's history entry and a `close()` at the end. Early stopping
     (patience > 0) leaves the head at the epoch with the lowest validation loss. A
     non-finite loss or weight rolls head and optimizer back to the start of the
-    failing epoch and stops with `diverged=True`.
+    failing epoch (or of the epoch before, when the failing epoch's very first batch
+    already had a non-finite loss) and stops with `diverged=True`.
     """
     start = time.perf_counter()
     targets = prepare_targets(y, head.num_outputs, config.loss)
     rng = np.random.default_rng(config.seed)
     train_idx, val_idx = split_indices(targets, config.val_fraction, rng, stratify=config.loss == Loss.SOFTMAX_CROSS_ENTROPY)
-    run = _Run(head, source, targets, config, progress)
+    run = _Run(head, source, targets, config, progress, len(train_idx))
     report = TrainReport(n_train=len(train_idx), n_val=len(val_idx))
     listener = progress if isinstance(progress, EpochListener) else None
     try:
-        with np.errstate(over="ignore", invalid="ignore"):  # the divergence guard handles inf/NaN
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the divergence guard handles inf/NaN
             _epochs(run, rng, train_idx, val_idx, report, listener)
     finally:
         if listener is not None:
@@ -176,7 +184,7 @@ def _roll_back(run: _Run, report: TrainReport, why: str) -> None:
     """Restore the last epoch-start state known to give a finite loss; the report keeps
     only the epochs that state has seen."""
     _copy_into(run.head.parameters(), run.good[0])
-    run.optimizer.load_state_dict(run.good[1])
+    run.optimizer.restore(run.good[1])
     del report.history[run.good_epoch - 1 :]
     report.epochs_run = run.good_epoch - 1
     report.diverged = True
@@ -184,10 +192,13 @@ def _roll_back(run: _Run, report: TrainReport, why: str) -> None:
 
 
 class _Run:
-    """One training run's fixed parts (head, optimizer, data, loss) and its last good state.
+    """One training run's fixed parts (head, optimizer, batch steps, data) and its last good state.
 
-    The good state is taken at an epoch's start once its first batch gave a finite
-    loss, so a rollback never lands on weights that were never checked.
+    Losses are checked once per epoch, after its last batch. The state at an epoch's
+    start becomes the good state once that epoch's first batch is seen to have had a
+    finite loss, so a rollback never lands on weights that were never checked: when the
+    very first batch of an epoch is already non-finite, the rollback goes to the start
+    of the last epoch whose first batch was finite.
     """
 
     def __init__(
@@ -197,59 +208,80 @@ class _Run:
         targets: np.ndarray,
         config: TrainConfig,
         progress: ProgressCallback | None,
+        n_train: int,
     ) -> None:
         self.head, self.source, self.targets, self.config = head, source, targets, config
         self.progress = progress
         self.optimizer: StepOptimizer = make_optimizer(config.optimizer, head.parameters(), config.learning_rate)
-        self.loss_fn = LOSSES[config.loss]
+        bs = config.batch_size
+        prefetch = getattr(source, "prefetch_rows", 0)
+        per_chunk = -(-n_train // bs) if prefetch >= n_train else max(1, prefetch // bs)  # whole batches per features() call
+        self.layout = Layout(n_train, bs, per_chunk)
+        self.batch_sizes = np.array([self.layout.size(b) for b in range(self.layout.batches)], np.float64)
+        self.steps = make_steps(head, self.layout, config.loss, self.optimizer)
+        self.optimizer.plan(config.epochs * self.layout.batches)
         self.good_epoch = 1
         self.good = self._snapshot()
 
-    def _snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        return _copy(self.head.parameters()), self.optimizer.state_dict()
+    def _snapshot(self) -> tuple[dict[str, np.ndarray], tuple[int, list[np.ndarray]]]:
+        return _copy(self.head.parameters()), self.optimizer.snapshot()
 
     def epoch(self, epoch: int, order: np.ndarray, report: TrainReport) -> dict[str, float]:
-        head, source, targets, loss_fn = self.head, self.source, self.targets, self.loss_fn
-        step, grads, progress = self.optimizer.step, head.grads, self.progress
-        clock = time.perf_counter
-        bs = self.config.batch_size
-        batches = -(-len(order) // bs)
-        per_call = max(1, getattr(source, "prefetch_rows", 0) // bs)  # whole batches per features() call
-        t_feat = t_fwd = t_bwd = t_upd = total = 0.0
-        for first in range(0, batches, per_call):
-            # One features() call serves `per_call` batches; each tap is then split into its
-            # own contiguous array, so every batch below is a set of row slices (views).
+        at_start = self._snapshot()
+        self._pass(epoch, order, report)
+        if self.steps.unsure():  # the fast loss may have lost precision: this epoch again, exactly
+            _copy_into(self.head.parameters(), at_start[0])
+            self.optimizer.restore(at_start[1])
+            self.steps.make_exact()
+            self._pass(epoch, order, report)
+        losses, batches = self.steps.batch_losses(), self.layout.batches
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if not len(bad) or bad[0] > 0:  # the first batch's loss was finite: the start of this epoch is good
+            self.good, self.good_epoch = at_start, epoch
+        if len(bad):
+            b = int(bad[0])
+            raise _Diverged(f"loss became {float(losses[b])} at epoch {epoch}, batch {b + 1}/{batches}{_DIVERGED_HINT}")
+        return {"epoch": epoch, "train_loss": float(np.dot(losses, self.batch_sizes)) / len(order)}
+
+    def _pass(self, epoch: int, order: np.ndarray, report: TrainReport) -> None:
+        """The epoch's batch steps, chunk by chunk; the losses stay in the steps' buffers."""
+        layout, steps, source, targets, head = self.layout, self.steps, self.source, self.targets, self.head
+        clock, bs, batches = time.perf_counter, layout.batch_size, layout.batches
+        on_batch = self._progress(epoch) if self.progress is not None else None
+        t_feat = t_decode = t_steps = 0.0
+        fill: Callable[[np.ndarray, Any], np.ndarray | None] | None = getattr(source, "features_into", None)
+        for first in layout.chunks():
+            count = min(layout.per_chunk, batches - first)
             t0 = clock()
-            idx = order[first * bs : (first + per_call) * bs]
-            X, F = source.features(idx)
-            _check_batch(X, F, len(idx), head)
-            xs, ys = head.split_taps(X), targets[idx]
-            t_feat += clock() - t0
-            for b in range(first, min(first + per_call, batches)):
-                rows = slice((b - first) * bs, (b - first + 1) * bs)
+            idx = order[first * bs : (first + count) * bs]
+            into = steps.into(len(idx)) if fill is not None else None
+            F = fill(idx, into) if fill is not None and into is not None else None  # cached rows, decoded into the steps' buffers
+            if F is not None:
                 t1 = clock()
-                loss, dz = loss_fn(head.forward_taps([x[rows] for x in xs], F[rows]), ys[rows])
-                if not math.isfinite(loss):
-                    where = f"epoch {epoch}, batch {b + 1}/{batches}"
-                    raise _Diverged(f"loss became {loss} at {where}{_DIVERGED_HINT}")
-                if b == 0:
-                    self.good, self.good_epoch = self._snapshot(), epoch
-                t2 = clock()
-                head.backward(dz)
-                t3 = clock()
-                step(grads)
-                t4 = clock()
-                t_fwd += t2 - t1
-                t_bwd += t3 - t2
-                t_upd += t4 - t3
-                total += loss * len(dz)
-                if progress is not None:
-                    progress(epoch, self.config.epochs, b + 1, batches, loss)
+                steps.load_logits(F, targets[idx], first)
+            else:
+                X, F = source.features(idx)
+                _check_batch(X, F, len(idx), head)
+                t1 = clock()
+                steps.load(X, F, targets[idx], first)
+            t2 = clock()
+            steps.run(first, count, on_batch)
+            t3 = clock()
+            t_feat += t1 - t0
+            t_decode += t2 - t1
+            t_steps += t3 - t2
         report.time_features += t_feat
-        report.time_forward += t_fwd
-        report.time_backward += t_bwd
-        report.time_update += t_upd
-        return {"epoch": epoch, "train_loss": total / len(order)}
+        report.time_decode += t_decode
+        report.time_steps += t_steps
+
+    def _progress(self, epoch: int) -> Callable[[int], None]:
+        progress, steps, epochs, batches = self.progress, self.steps, self.config.epochs, self.layout.batches
+        assert progress is not None
+
+        def on_batch(b: int) -> None:
+            progress(epoch, epochs, b + 1, batches, steps.batch_loss(b))
+
+        return on_batch
 
 
 _DIVERGED_HINT = " (lower the learning rate, or check the features for NaN/inf)"

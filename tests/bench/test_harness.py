@@ -154,7 +154,7 @@ def test_a_profile_run_records_every_figure(tiny_result, tmp_path):
             assert m["lr"] in [g["lr"] for g in tuning["grid"]]
         assert m["speedup_vs_torch-ft-all"] > 0 and m["speedup_vs_peft-lora-all-matched"] > 0
     skip2 = w["methods"]["s2rt-skip2lora"]
-    assert set(skip2["phases_median"]) == {"frozen_forward", "cache_gather", "head_forward", "backward", "update", "other"}
+    assert set(skip2["phases_median"]) == {"frozen_forward", "cache_gather", "decode", "steps", "other"}
     assert skip2["hit_rate"] == 0.5  # two epochs: every sample misses once, then hits
     assert "hit_rate" not in w["methods"]["s2rt-skip2lora-nocache"]
     matched = w["matched_lora_rank"]
@@ -182,7 +182,8 @@ def test_the_report_has_the_tables_and_the_plot(tiny_result, tmp_path):
         "Cached epoch",
     ):
         assert heading in text
-    assert "Skip2-LoRA (s2rt)" in text and "LoRA-All r=" in text and "Targets (edge profile, har" in text
+    assert "Skip2-LoRA (s2rt)" in text and "LoRA-All r=" in text and "Targets (edge profile, 2 epochs)" in text
+    assert "- har: cached epoch " in text and "its GEMM floor (target ≤ 3×)" in text and "cached epoch / GEMM floor |" in text
     report.plot([tiny_result], tmp_path / "results.png")
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(tmp_path / "results.png").stat().st_size > 10_000
