@@ -27,7 +27,10 @@ class Branch:
 
     def apply(self, xs: list[np.ndarray]) -> np.ndarray:
         """The branch's contribution to the logits in NumPy (float64): the export's reference."""
-        h = sum(x.astype(np.float64) @ w.astype(np.float64).T for x, w in zip(xs, self.weights) if w is not None)
+        h = np.zeros((len(xs[0]), self.width))
+        for x, w in zip(xs, self.weights):
+            if w is not None:
+                h += x.astype(np.float64) @ w.astype(np.float64).T
         if self.bias is not None:
             h = h + self.bias
         if self.relu:

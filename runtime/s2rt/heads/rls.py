@@ -29,8 +29,8 @@ class RecursiveRidge:
     def from_gram(cls, gram: np.ndarray, cross: np.ndarray, lam: float, rows: int) -> RecursiveRidge:
         """The state after `rows` rows whose Phi^T Phi is `gram` and Phi^T T is `cross`."""
         out = cls(gram.shape[0], cross.shape[1], lam)
-        out.P = np.linalg.inv(gram + lam * np.eye(gram.shape[0]))
-        out.P = 0.5 * (out.P + out.P.T)
+        inverse = np.linalg.inv(gram + lam * np.eye(gram.shape[0]))
+        out.P = 0.5 * (inverse + inverse.T)
         out.beta = out.P @ cross
         out.rows = rows
         return out
