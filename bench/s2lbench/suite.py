@@ -3,18 +3,24 @@
 Per workload:
 1. learning rates: every method trains on 80% of the fine-tune set (seed 0) for each rate
    of its grid and keeps the one with the best accuracy on the other 20% (ties: lower loss);
-   or the rates come from another profile's results, so both profiles train alike;
+   while the best rate is at an edge of the rates tried, the grid grows by a half-decade
+   step on that side (within LR_LIMITS), so no method is held back by where its grid
+   stopped; the rates tried go into the JSON. Closed-form methods (oselm) have no rate.
+   Or the rates come from another profile's results, so both profiles train alike;
 2. timed rounds: `repeats` rounds, round k uses seed k (data order, adapter init) and runs
    every method once, in an order rotated by k; every run trains on the whole fine-tune
    set and is scored on the shifted test set;
 3. s2rt inference latency against plain onnxruntime, and a cached epoch against its GEMM floor;
-4. peak RSS of one run per method, each in its own process.
+4. peak RSS of one run per method, each in its own process;
+5. optionally (`long_factor`), FT-All and the nonlinear head again at long_factor times the
+   epochs with a cosine learning rate, so that neither side wins on step count alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 import sys
 import tempfile
@@ -24,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from s2lbench.context import Context
-from s2lbench.methods import Job, Method, RunResult, registry
+from s2lbench.methods import NO_LR, Job, Method, RunResult, registry
 from s2lbench.profiles import Profile, apply_torch
 from s2lbench.timing import mean_std, median, rotate
 from s2lbench.workloads import Workload, load, stratified_split
@@ -33,6 +39,8 @@ from s2lbench.workloads import Workload, load, stratified_split
 CNN_LATENCY_SCALE = 0.1
 # Peak RSS is measured for one method of each kind of process (each costs a fresh process).
 RSS_METHODS = ("s2rt-skip2lora", "s2rt-skip2lora-nocache", "torch-ft-all", "peft-lora-all-matched")
+LR_LIMITS = (1e-5, 1.0)  # the widest a learning-rate grid grows
+LONG_METHODS = ("torch-ft-all", "s2rt-skip2relu")
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,8 @@ class BenchConfig:
     epochs_by_kind: dict[str, int] = field(default_factory=dict)  # e.g. {"cnn": 5}
     grid_by_kind: dict[str, int] = field(default_factory=dict)  # grid_size per workload kind
     tap_pool_by_kind: dict[str, int] = field(default_factory=dict)  # s2conv --tap-pool (conv taps averaged to g x g)
+    long_factor: int = 0  # > 0: LONG_METHODS again at long_factor x the epochs, cosine learning rate
+    widen_grids: bool = True  # grow a grid while its best rate is at an edge
 
     def epochs_for(self, workload: Workload) -> int:
         return self.epochs_by_kind.get(workload.kind, self.epochs)
@@ -74,6 +84,7 @@ QUICK = BenchConfig(
     latency_batch_calls=100,
     floor_epochs=2,
     rss_methods=("s2rt-skip2lora",),
+    widen_grids=False,  # one rate per method keeps the slice under a minute
 )
 
 
@@ -100,19 +111,56 @@ def tune(
         if method.tune_as in out:
             out[method.name] = {"lr": out[method.tune_as]["lr"], "shared_with": method.tune_as}
             continue
-        scores = {}
+        if not method.lr_grid:
+            out[method.name] = {"lr": NO_LR, "closed_form": True, "grid": []}
+            continue
+        scores: dict[float, dict[str, float]] = {}
+        rates = list(grid(method, config.grid_for(workload)))
         try:
-            for lr in grid(method, config.grid_for(workload)):
-                result = method.run(Job(workload, train, val, epochs, config.batch_size, lr, 0, profile), context)
-                scores[lr] = {"val_accuracy": result.accuracy, "val_loss": result.loss}
+            while rates:
+                for lr in rates:
+                    result = method.run(Job(workload, train, val, epochs, config.batch_size, lr, 0, profile), context)
+                    scores[lr] = {"val_accuracy": result.accuracy, "val_loss": result.loss}
+                rates = widen(scores) if config.widen_grids else []
         except Exception as e:  # one method failing on one workload must not sink the benchmark
             failed[method.name] = f"{type(e).__name__}: {e}"
             log(f"  {method.name} failed on {workload.name}: {failed[method.name]}")
             continue
-        best = max(scores, key=lambda lr: (scores[lr]["val_accuracy"], -scores[lr]["val_loss"]))
-        out[method.name] = {"lr": best, "grid": [{"lr": lr, **s} for lr, s in scores.items()]}
-        log(f"  tune {method.name}: lr {best:g} (val acc {scores[best]['val_accuracy']:.3f})")
+        best = _best(scores)
+        tried = sorted(scores)
+        out[method.name] = {
+            "lr": best,
+            "grid": [{"lr": lr, **scores[lr]} for lr in tried],
+            "at_edge": best in (tried[0], tried[-1]) and len(tried) > 1,
+        }
+        log(f"  tune {method.name}: lr {best:g} of {', '.join(f'{lr:g}' for lr in tried)} (val acc {scores[best]['val_accuracy']:.3f})")
     return out
+
+
+def _best(scores: dict[float, dict[str, float]]) -> float:
+    return max(scores, key=lambda lr: (scores[lr]["val_accuracy"], -scores[lr]["val_loss"]))
+
+
+def widen(scores: dict[float, dict[str, float]]) -> list[float]:
+    """The next rate to try when the best so far is the lowest or highest tried: a
+    half-decade step (…, 1e-3, 3e-3, 1e-2, …) beyond it, within LR_LIMITS; else none."""
+    tried, best = sorted(scores), _best(scores)
+    if best == tried[0]:
+        step = half_decade(best, -1)
+    elif best == tried[-1]:
+        step = half_decade(best, +1)
+    else:
+        return []
+    return [step] if LR_LIMITS[0] <= step <= LR_LIMITS[1] and step not in scores else []
+
+
+def half_decade(lr: float, direction: int) -> float:
+    """The neighbour of lr on the 1-3-10 ladder (1e-3 -> 3e-3 -> 1e-2; down: 1e-3 -> 3e-4)."""
+    exponent = math.floor(math.log10(lr) + 1e-9)
+    ladder = [(m, exponent + k) for k in (-1, 0, 1) for m in (1, 3)]
+    here = min(range(len(ladder)), key=lambda i: abs(math.log10(ladder[i][0]) + ladder[i][1] - math.log10(lr)))
+    m, e = ladder[here + direction]
+    return float(f"{m}e{e}")
 
 
 def timed_rounds(
@@ -143,6 +191,36 @@ def timed_rounds(
     return runs
 
 
+def long_rounds(
+    workload: Workload, methods: list[Method], lrs: dict[str, float], context: Context, config: BenchConfig, profile: Profile
+) -> dict[str, Any]:
+    """LONG_METHODS at long_factor x the epochs, cosine learning rate from the tuned rate, seeds 0..repeats-1."""
+    epochs = config.epochs_for(workload) * config.long_factor
+    out: dict[str, Any] = {}
+    for method in methods:
+        if method.name not in LONG_METHODS or method.name not in lrs:
+            continue
+        runs = [
+            method.run(
+                Job(workload, workload.ft, workload.test, epochs, config.batch_size, lrs[method.name], seed, profile, "cosine"), context
+            )
+            for seed in range(config.repeats)
+        ]
+        acc_mean, acc_std = mean_std([r.accuracy for r in runs])
+        out[method.name] = {
+            "label": method.label,
+            "epochs": epochs,
+            "schedule": "cosine",
+            "lr": lrs[method.name],
+            "accuracy_mean": acc_mean,
+            "accuracy_std": acc_std,
+            "accuracy_all": [r.accuracy for r in runs],
+            "seconds_median": median([r.seconds for r in runs]),
+        }
+        log(f"  long {method.name}: {epochs} epochs cosine, acc {acc_mean:.3f}")
+    return out
+
+
 def summarise(runs: dict[str, list[dict[str, Any]]], methods: list[Method], lrs: dict[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for method in methods:
@@ -154,6 +232,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], methods: list[Method], lrs:
             "label": method.label,
             "family": method.family,
             "lr": lrs[method.name],
+            "closed_form": not method.lr_grid,
             "trainable": rs[0]["trainable"],
             "accuracy_mean": acc_mean,
             "accuracy_std": acc_std,
@@ -235,6 +314,8 @@ def run_workload(
         runs = timed_rounds(workload, methods, lrs, context, config, profile, failed)
         methods = [m for m in methods if m.name in runs]
         lap("timed_rounds")
+        long = long_rounds(workload, methods, lrs, context, config, profile) if config.long_factor else {}
+        lap("long_rounds")
         calls, batch_calls = max(50, int(config.latency_calls * scale)), max(50, int(config.latency_batch_calls * scale))
         latency = predict_latency(context.bundle(0), str(workload.onnx), workload.test.x, profile, calls, batch_calls)
         lap("latency")
@@ -258,6 +339,7 @@ def run_workload(
         "failed": failed,
         "methods": summarise(runs, methods, lrs),
         "runs": runs,
+        "long": long,
         "latency": latency,
         "cached_epoch": floor,
         "rss": rss,
