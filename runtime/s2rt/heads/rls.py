@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+SYMMETRIZE_EVERY = 64  # rows between re-symmetrizations of P
+
 
 class RecursiveRidge:
     def __init__(self, dim: int, outputs: int, lam: float) -> None:
@@ -24,6 +26,7 @@ class RecursiveRidge:
         self.P = np.eye(dim) / self.lam
         self.beta = np.zeros((dim, outputs))
         self.rows = 0
+        self._since_symmetric = 0
 
     @classmethod
     def from_gram(cls, gram: np.ndarray, cross: np.ndarray, lam: float, rows: int) -> RecursiveRidge:
@@ -42,12 +45,15 @@ class RecursiveRidge:
         phi_p = phi @ self.P  # k x dim
         s = phi_p @ phi.T
         s[np.diag_indices_from(s)] += 1.0
-        gain = np.linalg.solve(s, phi_p).T  # dim x k: P Phi^T S^-1 (S and P symmetric)
+        gain = (phi_p / s[0, 0]).T if len(phi) == 1 else np.linalg.solve(s, phi_p).T  # dim x k: P Phi^T S^-1
         self.beta += gain @ (target - phi @ self.beta)
         self.P -= gain @ phi_p
-        self.P += self.P.T  # keep P symmetric against rounding drift
-        self.P *= 0.5
         self.rows += len(phi)
+        self._since_symmetric += len(phi)
+        if self._since_symmetric >= SYMMETRIZE_EVERY:  # rounding drift makes P slowly asymmetric
+            self.P += self.P.T
+            self.P *= 0.5
+            self._since_symmetric = 0
 
 
 def ridge_solve(gram: np.ndarray, cross: np.ndarray, lam: float) -> np.ndarray:
