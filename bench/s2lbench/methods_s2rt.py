@@ -19,7 +19,7 @@ S2RT_METHODS = {
     "lora-last": ("s2rt-lora-last", "LoRA-Last (s2rt)", ADAPTER_GRID),
     "ft-last": ("s2rt-ft-last", "FT-Last (s2rt)", ADAPTER_GRID),
     "ft-bias": ("s2rt-ft-bias", "FT-Bias, last layer (s2rt)", ADAPTER_GRID),
-    "skip2relu": ("s2rt-skip2relu", "Skip2-ReLU r=16, standardized taps (s2rt)", ADAPTER_GRID),
+    "skip2relu": ("s2rt-skip2relu", "Skip2-ReLU r=32, standardized taps (s2rt)", ADAPTER_GRID),
     "oselm": ("s2rt-oselm", "OS-ELM ridge, one pass (s2rt)", CLOSED_FORM),
     "oselm-rf": ("s2rt-oselm-rf", "OS-ELM, 1024 random ReLU features (s2rt)", CLOSED_FORM),
 }

@@ -6,7 +6,7 @@ features (the fused tap row X and the frozen logits F), with the `AdapterHead` i
     lora-last  LoRA on the last tap only:            z = F + s (x_L A^T) B^T
     ft-last    the last layer fine-tuned:            z = F + x_L dW^T + db
     ft-bias    the last layer's bias fine-tuned:     z = F + db
-    skip2relu  per tap A_l -> ReLU -> B_l on standardized taps, r=16 (`s2rt.heads.nonlinear`)
+    skip2relu  per tap A_l -> ReLU -> B_l on standardized taps, r=32 (`s2rt.heads.nonlinear`)
     oselm      closed-form ridge on standardized taps to the logit residual (`s2rt.heads.oselm`)
     oselm-rf   the same with 1,024 random ReLU features of the standardized taps
 

@@ -222,7 +222,7 @@ def test_cli_trains_every_method_and_refuses_a_mismatched_init(tmp_path):
         "lora-last": 2 * (5 + 3),
         "ft-last": 3 * 5 + 3,
         "ft-bias": 3,
-        "skip2relu": 16 * 11 + 2 * 16 + 3 * 2 * 16,  # A, c, B (r = 16)
+        "skip2relu": 32 * 11 + 2 * 32 + 3 * 2 * 32,  # A, c, B (r = 32)
         "oselm": (11 + 1) * 3,  # beta over [u, 1]
         "oselm-rf": (11 + 1 + 1024) * 3,
     }

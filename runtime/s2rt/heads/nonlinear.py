@@ -26,7 +26,7 @@ from s2rt.heads.branches import Branch, fold_standardization
 from s2rt.heads.standardize import Standardizer
 from s2rt.lora_init import lora_a
 
-RANK = 16
+RANK = 32  # measured: r=32 beats r=16 by 0.2-0.8 points on every reference workload (README)
 
 
 def relu_a_init(rank: int, sizes: Sequence[int], seed: int) -> list[np.ndarray]:
