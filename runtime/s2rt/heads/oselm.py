@@ -160,19 +160,20 @@ class OSELMHead:
         q = acc.held_phi @ v
         wy, wf = v.T @ acc.cross_y, v.T @ acc.cross_f
         scale = float(np.trace(acc.gram)) / len(e)
-        best: tuple[float, float, float, float] | None = None  # (acc, -loss, kappa, lam)
+        kappas = np.array(KAPPAS)[:, None, None]
         rows = np.arange(len(acc.held_y))
+        best: tuple[float, float, float, float] | None = None  # (acc, -loss, kappa, lam)
         for tau in LAMBDAS:
             lam = tau * scale
             d = (1.0 / np.maximum(e + lam, lam))[:, None]
             gy, gf = q @ (d * wy), acc.held_f - q @ (d * wf)
-            for kappa in KAPPAS:
-                z = gf + kappa * gy
-                z -= z.max(axis=1, keepdims=True)
-                loss = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[rows, acc.held_y]))
-                accuracy = float(np.mean(z.argmax(axis=1) == acc.held_y))
-                if best is None or (accuracy, -loss) > best[:2]:
-                    best = (accuracy, -loss, kappa, lam)
+            z = gf + kappas * gy  # every kappa at once: K x N x C
+            z -= z.max(axis=2, keepdims=True)
+            losses = np.mean(np.log(np.exp(z).sum(axis=2)) - z[:, rows, acc.held_y], axis=1)
+            accuracies = np.mean(z.argmax(axis=2) == acc.held_y, axis=1)
+            for k, kappa in enumerate(KAPPAS):
+                if best is None or (accuracies[k], -losses[k]) > best[:2]:
+                    best = (float(accuracies[k]), -float(losses[k]), kappa, lam)
         assert best is not None
         return best[2], best[3], {"val_loss": -best[1], "val_accuracy": best[0]}
 
