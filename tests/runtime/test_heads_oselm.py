@@ -152,3 +152,9 @@ def test_oselm_has_no_gradient_step():
     head = OSELMHead((5, 7), 3)
     with pytest.raises(RuntimeInputError, match="closed form"):
         head.backward(np.zeros((2, 3), np.float32))
+
+
+def test_too_few_samples_are_named():
+    X, F, y = data(n=6)
+    with pytest.raises(RuntimeInputError, match="oselm needs at least 10 labelled samples .* got 6"):
+        OSELMHead((5, 7), 3).fit(ArraySource(X, F), y, np.arange(6), np.arange(0), TrainConfig())

@@ -40,6 +40,7 @@ RF_STREAM = 1 << 20  # lora_a tap_index of R (b: RF_STREAM + 1): far beyond any 
 KAPPAS = tuple(2.0**k for k in range(-1, 9))
 LAMBDAS = tuple(10.0**k for k in range(-6, 2))  # times mean(diag(Phi^T Phi))
 HOLDOUT = 0.2
+MIN_SAMPLES = 10
 
 
 def random_features(k: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,6 +127,10 @@ class OSELMHead:
             raise RuntimeInputError("oselm fits classifiers: the bundle's loss must be softmax cross-entropy, this one is MSE")
         start = time.perf_counter()
         report = TrainReport(n_train=len(train_idx), n_val=len(val_idx))
+        if len(train_idx) < MIN_SAMPLES:
+            raise RuntimeInputError(
+                f"oselm needs at least {MIN_SAMPLES} labelled samples (it picks kappa and lambda on a held-out part), got {len(train_idx)}"
+            )
         if len(val_idx):
             fit_idx, held_idx, final_idx = train_idx, val_idx, train_idx
         else:
