@@ -93,3 +93,24 @@ def test_a_method_without_a_graph_form_is_named(har, tmp_path):
     model.save_adapters(tmp_path / "bias.npz")
     with pytest.raises(ConversionError, match="ft-bias adapters cannot be exported yet"):
         export_file(read_bundle(path), tmp_path / "bias.npz", tmp_path / "t.onnx")
+
+
+@pytest.mark.parametrize("backend", ["onnx", "tflite"])
+def test_cnn_feature_map_taps_export_with_a_nonlinear_head(tmp_path, backend):
+    """digits_cnn with 2x2-pooled conv taps (C x 2 x 2, flattened in the graph): skip2relu and oselm-rf."""
+    path = tmp_path / "cnn.s2l"
+    write_bundle(convert(MODELS / "digits_cnn.onnx", ConvertOptions(tap_pool=2, backend=backend)), path)
+    bundle = read_bundle(path)
+    assert any(len(t.shape) > 1 for t in bundle.taps)
+    data = load_samples(MODELS / "data" / "digits_ft.npz", bundle.input, bundle.head.num_outputs)
+    x = data.x[200:240]
+    for method in ("skip2relu", "oselm-rf"):
+        model = Model.open(path, method=method)
+        model.fine_tune(Samples(data.x[:200], data.y[:200]), TrainConfig(epochs=3, batch_size=16, learning_rate=0.01))
+        model.save_adapters(tmp_path / f"{method}.npz")
+        suffixes = (".onnx", ".tflite") if backend == "onnx" else (".tflite",)
+        for suffix in suffixes:
+            out = tmp_path / f"{method}{suffix}"
+            export_file(bundle, tmp_path / f"{method}.npz", out)
+            got = run_onnx(out.read_bytes(), x) if suffix == ".onnx" else run_tflite(out.read_bytes(), x)
+            assert_close(got, {"logits": model.logits(x)}, 1e-4)
