@@ -158,3 +158,22 @@ def test_too_few_samples_are_named():
     X, F, y = data(n=6)
     with pytest.raises(RuntimeInputError, match="oselm needs at least 10 labelled samples .* got 6"):
         OSELMHead((5, 7), 3).fit(ArraySource(X, F), y, np.arange(6), np.arange(0), TrainConfig())
+
+
+def test_the_model_learns_one_sample_at_a_time_after_oselm():
+    model = Model(tiny_bundle(tiny_weights()), method="oselm")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
+    model.fine_tune(Samples(x[:60], y[:60]), TrainConfig())
+    before = model.head.beta.copy()
+    for i in range(60, 120):
+        model.learn(x[i : i + 1], y[i : i + 1])
+    assert not np.array_equal(model.head.beta, before)
+    taps, F = model.frozen.run(x)
+    s = model.head.standardizer
+    phi = model.head.phi(((taps - s.mean) * s.inv_std).astype(np.float32)).astype(np.float64)
+    target = model.head.kappa * (np.eye(3)[y] - 1 / 3) - F
+    np.testing.assert_allclose(model.head.beta, batch_ridge(phi, target, model.head.lam), rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeInputError, match="skip2lora cannot learn sample by sample"):
+        Model(tiny_bundle(tiny_weights())).learn(x[:1], y[:1])
