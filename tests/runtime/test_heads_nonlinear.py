@@ -168,3 +168,12 @@ def test_state_without_statistics_is_refused():
 def test_shapes_are_checked():
     with pytest.raises(RuntimeInputError, match="initial A must be 4 x d_l"):
         Skip2ReLUHead((3, 2), 4, 2, [np.zeros((4, 3), np.float32)])
+
+
+def test_statistics_come_from_the_training_split_only():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(50, 11)).astype(np.float32)
+    X[40:] += 100.0  # what validation holds must not move the statistics
+    head = Skip2ReLUHead((6, 5), 4, 3, relu_a_init(4, (6, 5), 0))
+    head.prepare(ArraySource(X, X[:, :3]), np.arange(40))
+    np.testing.assert_allclose(head.standardizer.mean, X[:40].mean(axis=0), rtol=1e-5, atol=1e-6)

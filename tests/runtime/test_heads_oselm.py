@@ -177,3 +177,9 @@ def test_the_model_learns_one_sample_at_a_time_after_oselm():
     np.testing.assert_allclose(model.head.beta, batch_ridge(phi, target, model.head.lam), rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeInputError, match="skip2lora cannot learn sample by sample"):
         Model(tiny_bundle(tiny_weights())).learn(x[:1], y[:1])
+
+
+def test_a_regression_bundle_is_refused_by_name():
+    X, F, y = data(n=40)
+    with pytest.raises(RuntimeInputError, match="oselm fits classifiers.*MSE"):
+        OSELMHead((5, 7), 3).fit(ArraySource(X, F), y, np.arange(40), np.arange(0), TrainConfig(loss="MSE"))
