@@ -48,6 +48,8 @@ def config_from(args: argparse.Namespace) -> Any:
         changes["repeats"] = args.repeats
     if args.no_rss:
         changes["rss_methods"] = ()
+    if args.long_factor:
+        changes["long_factor"] = args.long_factor
     return dataclasses.replace(config, **changes)
 
 
@@ -133,6 +135,9 @@ def parser() -> argparse.ArgumentParser:
         target.add_argument("--epochs", type=int, help="fine-tuning epochs (default 20; 5 for CNNs)")
         target.add_argument("--repeats", type=int, help="timed runs per method (default 5)")
         target.add_argument("--no-rss", action="store_true", help="skip the per-method peak-RSS processes")
+        target.add_argument(
+            "--long-factor", type=int, help="also run FT-All and skip2relu at this many times the epochs, cosine learning rate"
+        )
         target.add_argument("--out", help="output directory (default bench/results, quick: bench/results/quick)")
     w = sub.add_parser("worker", help="one profile (run in a process started with the profile's environment)")
     w.add_argument("--profile", required=True)

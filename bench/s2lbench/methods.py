@@ -18,8 +18,11 @@ from s2lbench.profiles import Profile
 from s2lbench.workloads import Data, Workload
 
 # Learning-rate grids (Adam everywhere): full fine-tuning wants smaller steps than adapters.
+# They are where the search starts: `suite.tune` widens a grid while its best rate is at an edge.
 FT_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 ADAPTER_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
+CLOSED_FORM = ()  # no learning rate (oselm): nothing to tune
+NO_LR = 0.01  # what a closed-form method is handed as its (unused) rate
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Job:
     lr: float
     seed: int
     profile: Profile
+    schedule: str = "constant"  # or "cosine": the learning rate decays per epoch to 0 (the longer budget)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from s2lbench.methods import ADAPTER_GRID, Job, Method, RunResult, score
+from s2lbench.methods import ADAPTER_GRID, CLOSED_FORM, Job, Method, RunResult, score
 
 # s2rt method name (s2rt.methods) -> (benchmark name, label, learning-rate grid)
 S2RT_METHODS = {
@@ -19,6 +19,9 @@ S2RT_METHODS = {
     "lora-last": ("s2rt-lora-last", "LoRA-Last (s2rt)", ADAPTER_GRID),
     "ft-last": ("s2rt-ft-last", "FT-Last (s2rt)", ADAPTER_GRID),
     "ft-bias": ("s2rt-ft-bias", "FT-Bias, last layer (s2rt)", ADAPTER_GRID),
+    "skip2relu": ("s2rt-skip2relu", "Skip2-ReLU r=32, standardized taps (s2rt)", ADAPTER_GRID),
+    "oselm": ("s2rt-oselm", "OS-ELM ridge, one pass (s2rt)", CLOSED_FORM),
+    "oselm-rf": ("s2rt-oselm-rf", "OS-ELM, 1024 random ReLU features (s2rt)", CLOSED_FORM),
 }
 
 
@@ -30,7 +33,14 @@ def _runner(method: str):
         from s2rt.trainer import TrainConfig
 
         model = Model(context.bundle(job.seed), threads=job.profile.s2rt_threads, method=method)
-        config = TrainConfig(epochs=job.epochs, batch_size=job.batch_size, learning_rate=job.lr, optimizer=Optimizer.ADAM, seed=job.seed)
+        config = TrainConfig(
+            epochs=job.epochs,
+            batch_size=job.batch_size,
+            learning_rate=job.lr,
+            optimizer=Optimizer.ADAM,
+            seed=job.seed,
+            **({"lr_schedule": job.schedule} if job.schedule != "constant" else {}),
+        )
         samples = Samples(job.train.x, job.train.y)
         start = time.perf_counter()
         result = model.fine_tune(samples, config)

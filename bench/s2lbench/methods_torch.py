@@ -9,6 +9,7 @@ trainable-parameter count is nearest to Skip2-LoRA's, the paper's counterpart.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -73,7 +74,10 @@ def train_torch(model: Any, job: Job, make_optimizer: Callable[[list[Any], float
     loss_fn = torch.nn.functional.cross_entropy
     model.train()
     start = time.perf_counter()
-    for order in orders:
+    for epoch, order in enumerate(orders):
+        if job.schedule == "cosine":  # per epoch, as s2rt's TrainConfig.lr_schedule
+            for group in optimizer.param_groups:
+                group["lr"] = job.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / job.epochs))
         for idx in order.split(job.batch_size):
             optimizer.zero_grad()
             loss_fn(model(x[idx]), y[idx]).backward()

@@ -16,6 +16,11 @@ SKIP2 = "s2rt-skip2lora"
 LORA_ALL = "peft-lora-all-matched"
 LORA_R4 = "peft-lora-all"
 FT_ALL = "torch-ft-all"
+# Issue 14: heads that train from the cache alone against full fine-tuning.
+CACHE_HEADS = ("s2rt-skip2lora", "s2rt-skip2relu", "s2rt-oselm", "s2rt-oselm-rf")
+OSELM = ("s2rt-oselm", "s2rt-oselm-rf")
+TARGET_HEAD_GAP = 0.005
+TARGET_HEAD_SPEEDUP = 4.0
 
 REPRODUCE = "make bench  # both profiles; or: .venv/bin/python bench/run.py --profiles edge"
 
@@ -50,14 +55,98 @@ def method_table(w: dict[str, Any]) -> list[str]:
     ]
     for name, m in methods.items():
         label = m["label"].replace("Skip2-LoRA's params", f"r={r}, Skip2-LoRA's params") if r else m["label"]
+        lr = _lr(m, w.get("tuning", {}).get(name, {}))
         lines.append(
-            f"| {label} | {m['trainable']:,} | {m['lr']:g} | {m['accuracy_mean']:.3f} ± {m['accuracy_std']:.3f} "
+            f"| {label} | {m['trainable']:,} | {lr} | {m['accuracy_mean']:.3f} ± {m['accuracy_std']:.3f} "
             f"| {_ms(m['seconds_median'])} | {_speedup(m, f'speedup_vs_{LORA_ALL}')} | {_speedup(m, f'speedup_vs_{LORA_R4}')} "
             f"| {_speedup(m, f'speedup_vs_{FT_ALL}')} | {_rss(w.get('rss', {}), name)} |"
         )
     notes = {m["note"] for m in methods.values() if m.get("note")}
     lines += [f"\n{note}." for note in sorted(notes)]
     lines += [f"\nNot run: {name}: {why if len(why) < 200 else why.rsplit('. ', 1)[-1]}" for name, why in w.get("failed", {}).items()]
+    return lines
+
+
+def _lr(m: dict[str, Any], tuning: dict[str, Any]) -> str:
+    """The chosen rate, the range the (widened) grid covered, and a flag if it still ended at an edge."""
+    if m.get("closed_form") or tuning.get("closed_form"):
+        return "closed form"
+    tried = [g["lr"] for g in tuning.get("grid", [])]
+    span = f" ({min(tried):g}–{max(tried):g})" if len(tried) > 1 else ""
+    edge = " edge" if tuning.get("best_at_edge") else ""
+    return f"{m['lr']:g}{span}{edge}"
+
+
+def heads_table(result: dict[str, Any]) -> list[str]:
+    """Shifted-test accuracy of the cache-only heads and FT-All per workload, speed-up vs FT-All, and the
+    longer cosine budget when it was run."""
+    ws = {n: w for n, w in result["workloads"].items() if FT_ALL in w["methods"] and any(h in w["methods"] for h in CACHE_HEADS)}
+    if not ws:
+        return []
+    names = list(ws)
+    lines = [
+        f"Heads from the cache vs FT-All ({result['profile']} profile; accuracy mean of the seeds, in brackets speed-up vs FT-All):",
+        "",
+        "| method | " + " | ".join(f"{n} ({ws[n]['epochs']} ep)" for n in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for key in (*CACHE_HEADS, FT_ALL):
+        if not any(key in w["methods"] for w in ws.values()):
+            continue
+        cells = []
+        for n in names:
+            m = ws[n]["methods"].get(key)
+            cells.append("–" if m is None else f"{m['accuracy_mean']:.3f} ({_speedup(m, f'speedup_vs_{FT_ALL}')})")
+        label = next((ws[n]["methods"][key]["label"] for n in names if key in ws[n]["methods"]), key)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for key in (FT_ALL, "s2rt-skip2relu"):
+        longs = [ws[n].get("long", {}).get(key) for n in names]
+        if any(longs):
+            label = next(x["label"] for x in longs if x)
+            cells = ["–" if x is None else f"{x['accuracy_mean']:.3f} ({x['epochs']} ep, {_ms(x['seconds_median'])} ms)" for x in longs]
+            lines.append(f"| {label}, cosine, longer | " + " | ".join(cells) + " |")
+    return lines + ["", *head_targets(ws)]
+
+
+def head_targets(ws: dict[str, dict[str, Any]]) -> list[str]:
+    """Issue 14's targets, head by head: within TARGET_HEAD_GAP of FT-All everywhere, above it on
+    three workloads, TARGET_HEAD_SPEEDUP faster; and OS-ELM against Skip2-LoRA r=4."""
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    def acc(w: dict[str, Any], key: str) -> float:
+        return float(w["methods"][key]["accuracy_mean"])
+
+    lines = []
+    for head in CACHE_HEADS[1:]:
+        if not all(head in w["methods"] for w in ws.values()):
+            continue
+        gaps = {n: acc(w, head) - acc(w, FT_ALL) for n, w in ws.items()}
+        speed = {n: w["methods"][head].get(f"speedup_vs_{FT_ALL}", 0.0) for n, w in ws.items()}
+        within, beats = all(g >= -TARGET_HEAD_GAP for g in gaps.values()), sum(g > 0 for g in gaps.values())
+        fast = min(speed.values()) >= TARGET_HEAD_SPEEDUP
+        lines.append(
+            f"- {head.removeprefix('s2rt-')} minus FT-All: "
+            + ", ".join(f"{n} {gaps[n] * 100:+.2f} pt ({speed[n]:.1f}× faster)" for n in ws)
+            + f". Within {TARGET_HEAD_GAP * 100:.1f} pt everywhere: {mark(within)}; above on {beats} of {len(ws)} (≥ 3): "
+            f"{mark(beats >= min(3, len(ws)))}; ≥ {TARGET_HEAD_SPEEDUP:.0f}× faster: {mark(fast)}"
+        )
+    wins = []
+    for n, w in ws.items():
+        m = w["methods"]
+        if SKIP2 not in m:
+            continue
+        ok = [k for k in OSELM if k in m and acc(w, k) >= acc(w, SKIP2) and m[k]["seconds_median"] < m[SKIP2]["seconds_median"]]
+        wins.append((n, ok))
+    if wins:
+        good = sum(bool(ok) for _, ok in wins)
+        lines.append(
+            "- OS-ELM in one pass at least as accurate as Skip2-LoRA r=4 at the bench's epochs, and faster "
+            "(bench/one_pass.py compares with 20 epochs on the CNNs too): "
+            + ", ".join(f"{n} {'yes (' + ', '.join(k.removeprefix('s2rt-') for k in ok) + ')' if ok else 'no'}" for n, ok in wins)
+            + f" (target ≥ 4 of 5: {mark(good >= min(4, len(wins)))})"
+        )
     return lines
 
 
@@ -216,6 +305,10 @@ def markdown(results: list[dict[str, Any]], plot_name: str | None = "results.png
     if plot_name:
         lines += [f"![accuracy vs fine-tune time]({plot_name})", ""]
     lines += ["## Summary", "", *summary_table(results), ""]
+    for result in results:
+        block = heads_table(result)
+        if block:
+            lines += [*block, ""]
     for result in results:
         lines += profile_section(result)
     return "\n".join(lines).rstrip() + "\n"

@@ -3,12 +3,18 @@
 Per workload:
 1. learning rates: every method trains on 80% of the fine-tune set (seed 0) for each rate
    of its grid and keeps the one with the best accuracy on the other 20% (ties: lower loss);
-   or the rates come from another profile's results, so both profiles train alike;
+   while the best rate is at an edge of the rates tried, the grid grows by one of its own
+   steps on that side (`lr_grid`, at most `grid_extend` times), so no method is held back by
+   where its grid stopped; the rates tried, and whether the best still sits on an edge, go
+   into the JSON. Closed-form methods (oselm) have no rate.
+   Or the rates come from another profile's results, so both profiles train alike;
 2. timed rounds: `repeats` rounds, round k uses seed k (data order, adapter init) and runs
    every method once, in an order rotated by k; every run trains on the whole fine-tune
    set and is scored on the shifted test set;
 3. s2rt inference latency against plain onnxruntime, and a cached epoch against its GEMM floor;
-4. peak RSS of one run per method, each in its own process.
+4. peak RSS of one run per method, each in its own process;
+5. optionally (`long_factor`), FT-All and the nonlinear head again at long_factor times the
+   epochs with a cosine learning rate, so that neither side wins on step count alone.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 
 from s2lbench import lr_grid
 from s2lbench.context import Context
-from s2lbench.methods import Job, Method, RunResult, registry
+from s2lbench.methods import NO_LR, Job, Method, RunResult, registry
 from s2lbench.profiles import Profile, apply_torch
 from s2lbench.timing import mean_std, median, rotate
 from s2lbench.workloads import Workload, load, stratified_split
@@ -34,6 +40,9 @@ from s2lbench.workloads import Workload, load, stratified_split
 CNN_LATENCY_SCALE = 0.1
 # Peak RSS is measured for one method of each kind of process (each costs a fresh process).
 RSS_METHODS = ("s2rt-skip2lora", "s2rt-skip2lora-nocache", "torch-ft-all", "peft-lora-all-matched")
+LONG_METHODS = ("torch-ft-all", "s2rt-skip2relu")
+# Left out unless named in --methods: 1-3 s a run (its 1,265-wide ridge), it alone would stretch `make bench` by minutes.
+OPT_IN = ("s2rt-oselm-rf",)
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ class BenchConfig:
     repeats: int = 5  # timed runs per method; seeds 0..repeats-1
     val_fraction: float = 0.2  # of the fine-tune set, for picking learning rates
     grid_size: int | None = None  # use only the middle of each grid (quick slice)
-    grid_extend: int = 2  # steps the grid may grow while its best rate sits on an edge (lr_grid)
+    grid_extend: int = 4  # steps the grid may grow while its best rate sits on an edge (lr_grid)
     rank: int = 4
     alpha: float = 8.0
     max_ft: int | None = None  # subsample the splits (quick slice)
@@ -57,6 +66,7 @@ class BenchConfig:
     epochs_by_kind: dict[str, int] = field(default_factory=dict)  # e.g. {"cnn": 5}
     grid_by_kind: dict[str, int] = field(default_factory=dict)  # grid_size per workload kind
     tap_pool_by_kind: dict[str, int] = field(default_factory=dict)  # s2conv --tap-pool (conv taps averaged to g x g)
+    long_factor: int = 0  # > 0: LONG_METHODS again at long_factor x the epochs, cosine learning rate
 
     def epochs_for(self, workload: Workload) -> int:
         return self.epochs_by_kind.get(workload.kind, self.epochs)
@@ -76,7 +86,7 @@ QUICK = BenchConfig(
     latency_batch_calls=100,
     floor_epochs=2,
     rss_methods=("s2rt-skip2lora",),
-    grid_extend=0,
+    grid_extend=0,  # one rate per method keeps the slice under a minute
 )
 
 
@@ -102,6 +112,9 @@ def tune(
     for method in sorted(methods, key=lambda m: m.tune_as is not None):
         if method.tune_as in out:
             out[method.name] = {"lr": out[method.tune_as]["lr"], "shared_with": method.tune_as}
+            continue
+        if not method.lr_grid:
+            out[method.name] = {"lr": NO_LR, "closed_form": True, "grid": []}
             continue
 
         def evaluate(lr: float, method: Method = method) -> dict[str, float]:
@@ -148,6 +161,36 @@ def timed_rounds(
     return runs
 
 
+def long_rounds(
+    workload: Workload, methods: list[Method], lrs: dict[str, float], context: Context, config: BenchConfig, profile: Profile
+) -> dict[str, Any]:
+    """LONG_METHODS at long_factor x the epochs, cosine learning rate from the tuned rate, seeds 0..repeats-1."""
+    epochs = config.epochs_for(workload) * config.long_factor
+    out: dict[str, Any] = {}
+    for method in methods:
+        if method.name not in LONG_METHODS or method.name not in lrs:
+            continue
+        runs = [
+            method.run(
+                Job(workload, workload.ft, workload.test, epochs, config.batch_size, lrs[method.name], seed, profile, "cosine"), context
+            )
+            for seed in range(config.repeats)
+        ]
+        acc_mean, acc_std = mean_std([r.accuracy for r in runs])
+        out[method.name] = {
+            "label": method.label,
+            "epochs": epochs,
+            "schedule": "cosine",
+            "lr": lrs[method.name],
+            "accuracy_mean": acc_mean,
+            "accuracy_std": acc_std,
+            "accuracy_all": [r.accuracy for r in runs],
+            "seconds_median": median([r.seconds for r in runs]),
+        }
+        log(f"  long {method.name}: {epochs} epochs cosine, acc {acc_mean:.3f}")
+    return out
+
+
 def summarise(runs: dict[str, list[dict[str, Any]]], methods: list[Method], lrs: dict[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for method in methods:
@@ -159,6 +202,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], methods: list[Method], lrs:
             "label": method.label,
             "family": method.family,
             "lr": lrs[method.name],
+            "closed_form": not method.lr_grid,
             "trainable": rs[0]["trainable"],
             "accuracy_mean": acc_mean,
             "accuracy_std": acc_std,
@@ -241,6 +285,8 @@ def run_workload(
         runs = timed_rounds(workload, methods, lrs, context, config, profile, failed)
         methods = [m for m in methods if m.name in runs]
         lap("timed_rounds")
+        long = long_rounds(workload, methods, lrs, context, config, profile) if config.long_factor else {}
+        lap("long_rounds")
         calls, batch_calls = max(50, int(config.latency_calls * scale)), max(50, int(config.latency_batch_calls * scale))
         latency = predict_latency(context.bundle(0), str(workload.onnx), workload.test.x, profile, calls, batch_calls)
         lap("latency")
@@ -264,6 +310,7 @@ def run_workload(
         "failed": failed,
         "methods": summarise(runs, methods, lrs),
         "runs": runs,
+        "long": long,
         "latency": latency,
         "cached_epoch": floor,
         "rss": rss,
@@ -275,7 +322,7 @@ def run_workload(
 def select_methods(config: BenchConfig) -> list[Method]:
     available = registry()
     if config.methods is None:
-        return list(available.values())
+        return [m for name, m in available.items() if name not in OPT_IN]
     unknown = [m for m in config.methods if m not in available]
     if unknown:
         raise KeyError(f"unknown or unavailable methods {unknown}; available: {', '.join(available)}")

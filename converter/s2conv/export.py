@@ -4,7 +4,10 @@ The bundle's ONNX frozen segment plus, per tap l, one MatMul by W_l^T and an Add
 
     z = F + sum_l x_l W_l^T,    W_l = (alpha / rank) B_l A_l   (C x d_l)
 
-then the source model's output activation (softmax, log-softmax) re-applied. The result
+then the source model's output activation (softmax, log-softmax) re-applied. Heads that
+cannot fold into one matrix per tap (skip2relu, oselm-rf: `s2rt.heads.branches`) add their
+branches instead: per branch MatMuls by the taps, a bias, a Relu and a MatMul to the
+logits, the taps' standardization folded into the first MatMul. The result
 equals `s2rt predict`'s tuned logits (`Model.logits`), activation applied; written as
 .onnx, or as .tflite through the TFLite emitter; a bundle with only a TFLite segment gets
 the same ops appended to that segment (`s2conv.tflite.tuned`). For devices that only
@@ -23,7 +26,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from s2rt.bundle.model import Bundle, OutputActivation, SegmentBackend
 from s2rt.errors import ConversionError
-from s2rt.state import load_adapters
+from s2rt.heads.branches import Branch
+from s2rt.methods import get_method
+from s2rt.state import load_adapters, load_state
 
 from s2conv.version import PRODUCER, __version__
 
@@ -53,8 +58,12 @@ def export_file(bundle: Bundle, adapters_path: str | Path, output: str | Path, o
     (.onnx or .tflite, by suffix); returns the bytes written."""
     path = Path(output)
     fmt = ExportFormat.for_path(path)
-    adapters, _ = load_adapters(adapters_path, bundle)
-    data = tuned_bytes(bundle, adapters, fmt, output_name)
+    _, meta = load_state(adapters_path, bundle)
+    if get_method(meta["method"]).family == "skip2lora":
+        adapters, _ = load_adapters(adapters_path, bundle)
+        data = tuned_bytes(bundle, adapters, fmt, output_name)
+    else:
+        data = tuned_bytes(bundle, head_branches(bundle, adapters_path), fmt, output_name)
     try:
         path.write_bytes(data)
     except OSError as e:
@@ -63,12 +72,29 @@ def export_file(bundle: Bundle, adapters_path: str | Path, output: str | Path, o
     return len(data)
 
 
-def tuned_bytes(bundle: Bundle, adapters: Adapters, fmt: ExportFormat, output_name: str | None = None) -> bytes:
+def head_branches(bundle: Bundle, adapters_path: str | Path) -> list[Branch]:
+    """The graph form of a non-skip2lora adapter file's head (`export_branches`)."""
+    arrays, meta = load_state(adapters_path, bundle)
+    method = get_method(meta["method"])
+    head = method.make_head(bundle)
+    export = getattr(head, "export_branches", None)
+    if export is None:
+        raise ConversionError(
+            f"{adapters_path}: {method.name} adapters cannot be exported yet; export skip2lora, skip2relu or oselm adapters"
+        )
+    head.load_state_dict(arrays)
+    return list(export())
+
+
+def tuned_bytes(bundle: Bundle, adapters: Adapters | Sequence[Branch], fmt: ExportFormat, output_name: str | None = None) -> bytes:
     """The tuned model file: built on the ONNX segment when the bundle has one (and emitted
-    as TFLite for .tflite), else on the TFLite segment (.tflite only)."""
+    as TFLite for .tflite), else on the TFLite segment (.tflite only). `adapters`: skip2lora's
+    per-tap (A, B) pairs, or any head's branches."""
     kinds = {s.backend for s in bundle.segments}
+    branches = [b for b in adapters if isinstance(b, Branch)]
+    pairs = [p for p in adapters if not isinstance(p, Branch)]
     if SegmentBackend.ONNX in kinds:
-        tuned = tuned_model(bundle, adapters, output_name)
+        tuned = tuned_model(bundle, pairs, output_name) if not branches else tuned_model_branches(bundle, branches, output_name)
         if fmt is ExportFormat.ONNX:
             return tuned.SerializeToString()
         from s2conv.tflite import onnx_to_tflite
@@ -85,20 +111,45 @@ def tuned_bytes(bundle: Bundle, adapters: Adapters, fmt: ExportFormat, output_na
     activation = {OutputActivation.SOFTMAX: "softmax", OutputActivation.LOG_SOFTMAX: "log_softmax"}.get(bundle.output_activation)
     name = output_name or ACTIVATION_OUTPUTS.get(bundle.output_activation, "logits")
     taps = [t.name for t in bundle.taps]
-    return tuned_tflite(bytes(segment.model), taps, segment.logits_output, delta_weights(bundle, adapters), activation, name)
+    if not branches:
+        branches = [plain_branch(w, i, len(taps)) for i, w in enumerate(delta_weights(bundle, pairs))]
+    return tuned_tflite(bytes(segment.model), taps, segment.logits_output, branches, activation, name)
+
+
+def plain_branch(weight: np.ndarray, tap: int, taps: int) -> Branch:
+    """x_tap W^T straight onto the logits: a skip2lora tap as a branch."""
+    return Branch(tuple(weight if t == tap else None for t in range(taps)), None, False, None)
 
 
 def tuned_model(bundle: Bundle, adapters: Adapters, output_name: str | None = None) -> onnx.ModelProto:
     """The frozen segment with the adapters folded into one MatMul per tap; one output."""
+    model, graph, total, name = _tuned_start(bundle, output_name)
+    weights = delta_weights(bundle, adapters)
+    for index, (tap, weight) in enumerate(zip(bundle.taps, weights)):
+        total = _add_tap(graph, tap.name, len(tap.shape), weight, total, index)
+    return _tuned_finish(bundle, model, total, name)
+
+
+def tuned_model_branches(bundle: Bundle, branches: Sequence[Branch], output_name: str | None = None) -> onnx.ModelProto:
+    """The frozen segment plus each branch's MatMuls, bias, Relu and output MatMul; one output."""
+    model, graph, total, name = _tuned_start(bundle, output_name)
+    flat: dict[int, str] = {}
+    for b, branch in enumerate(branches):
+        total = _add_branch(graph, bundle, branch, total, b, flat)
+    return _tuned_finish(bundle, model, total, name)
+
+
+def _tuned_start(bundle: Bundle, output_name: str | None) -> tuple[onnx.ModelProto, onnx.GraphProto, str, str]:
     model = _onnx_segment(bundle)
     graph = model.graph
     frozen_logits = bundle.segment(SegmentBackend.ONNX).logits_output
     name = output_name or _default_output_name(graph, frozen_logits, bundle.output_activation)
     _free_name(graph, name)
-    weights = delta_weights(bundle, adapters)
-    total = frozen_logits
-    for index, (tap, weight) in enumerate(zip(bundle.taps, weights)):
-        total = _add_tap(graph, tap.name, len(tap.shape), weight, total, index)
+    return model, graph, frozen_logits, name
+
+
+def _tuned_finish(bundle: Bundle, model: onnx.ModelProto, total: str, name: str) -> onnx.ModelProto:
+    graph = model.graph
     activation = ACTIVATION_OPS.get(bundle.output_activation)
     if activation is None:
         graph.node.append(helper.make_node("Identity", [total], [name], name=f"{PREFIX}/output"))
@@ -168,6 +219,42 @@ def _add_tap(graph: onnx.GraphProto, tap: str, rank: int, weight: np.ndarray, to
     graph.node.append(helper.make_node("MatMul", [source, weight_name], [delta], name=f"{PREFIX}/matmul.{index}"))
     graph.node.append(helper.make_node("Add", [total, delta], [summed], name=f"{PREFIX}/add.{index}"))
     return summed
+
+
+def _add_branch(graph: onnx.GraphProto, bundle: Bundle, branch: Branch, total: str, b: int, flat: dict[int, str]) -> str:
+    """total + out(act(sum_l flatten(x_l) W_l^T + bias)); returns the new total's name."""
+    name = f"{PREFIX}.branch.{b}"
+    summed = ""
+    for t, (tap, weight) in enumerate(zip(bundle.taps, branch.weights)):
+        if weight is None:
+            continue
+        source = flat.get(t, tap.name)
+        if len(tap.shape) != 1 and t not in flat:
+            source = flat[t] = f"{PREFIX}.flat.{t}"
+            graph.node.append(helper.make_node("Flatten", [tap.name], [source], name=f"{PREFIX}/flatten.{t}", axis=1))
+        part = _matmul(graph, source, weight, f"{name}.tap.{t}")
+        if summed:
+            graph.node.append(helper.make_node("Add", [summed, part], [f"{part}.sum"], name=f"{PREFIX}/{name}.add.{t}"))
+            part = f"{part}.sum"
+        summed = part
+    if branch.bias is not None:
+        graph.initializer.append(numpy_helper.from_array(branch.bias.astype(np.float32), f"{name}.bias"))
+        graph.node.append(helper.make_node("Add", [summed, f"{name}.bias"], [f"{name}.biased"], name=f"{PREFIX}/{name}.bias"))
+        summed = f"{name}.biased"
+    if branch.relu:
+        graph.node.append(helper.make_node("Relu", [summed], [f"{name}.relu"], name=f"{PREFIX}/{name}.relu"))
+        summed = f"{name}.relu"
+    if branch.out is not None:
+        summed = _matmul(graph, summed, branch.out, f"{name}.out")
+    graph.node.append(helper.make_node("Add", [total, summed], [f"{name}.total"], name=f"{PREFIX}/{name}.total"))
+    return f"{name}.total"
+
+
+def _matmul(graph: onnx.GraphProto, source: str, weight: np.ndarray, name: str) -> str:
+    """source @ weight^T (weight: k x d) as a MatMul by an initializer; returns the product's name."""
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.T, dtype=np.float32), f"{name}.W"))
+    graph.node.append(helper.make_node("MatMul", [source, f"{name}.W"], [name], name=f"{PREFIX}/{name}"))
+    return name
 
 
 def _normalise_input(graph: onnx.GraphProto, bundle: Bundle) -> None:

@@ -26,6 +26,7 @@ from s2rt.methods import DEFAULT_METHOD, METHODS
 from s2rt.progress import make_progress
 from s2rt.serve.commands import add_client, add_serve
 from s2rt.session import Model
+from s2rt.trainer import LR_SCHEDULES
 from s2rt.trust import ENV_VAR, open_trusted, signer_of, trusted_keys_from
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -67,6 +68,12 @@ def _add_train(sub: Subparsers) -> None:
         type=int_at_least(0),
         default=0,
         help="early stop after this many epochs without validation gain; 0 = off (needs --val-fraction)",
+    )
+    train.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default="constant",
+        help="cosine: the learning rate decays to 0 over the epochs (default: constant)",
     )
     train.add_argument(
         "--method",
@@ -156,6 +163,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         val_fraction=args.val_fraction,
         patience=args.patience,
+        lr_schedule=args.lr_schedule,
     )
     progress = None if args.quiet or args.json else make_progress()
     result = model.fine_tune(
@@ -194,6 +202,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     if r.diverged:
         text += f"\nwarning: {r.message}"
+    elif r.message:
+        text += f"\n{r.message}"
     _emit(args, {**metrics, "output": args.output}, text)
     return 0
 

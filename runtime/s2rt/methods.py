@@ -6,6 +6,9 @@ features (the fused tap row X and the frozen logits F), with the `AdapterHead` i
     lora-last  LoRA on the last tap only:            z = F + s (x_L A^T) B^T
     ft-last    the last layer fine-tuned:            z = F + x_L dW^T + db
     ft-bias    the last layer's bias fine-tuned:     z = F + db
+    skip2relu  per tap A_l -> ReLU -> B_l on standardized taps, r=32 (`s2rt.heads.nonlinear`)
+    oselm      closed-form ridge on standardized taps to the logit residual (`s2rt.heads.oselm`)
+    oselm-rf   the same with 1,024 random ReLU features of the standardized taps
 
 The last tap is the classifier's input x_L and F = W x_L + b, so ft-last is exactly
 fine-tuning the last layer (W + dW, b + db) without needing W, and lora-last is LoRA on
@@ -26,6 +29,9 @@ from s2rt.bundle.model import Bundle
 from s2rt.errors import RuntimeInputError, StateError
 from s2rt.fused import DenseForm, LoRAForm
 from s2rt.head import FLOAT, AdapterHead
+from s2rt.heads.nonlinear import RANK as RELU_RANK
+from s2rt.heads.nonlinear import Skip2ReLUHead, relu_a_init
+from s2rt.heads.oselm import RANDOM_FEATURES, OSELMHead
 
 
 class TrainableHead(Protocol):
@@ -235,6 +241,15 @@ def _lora_last(bundle: Bundle) -> LastTapLoRAHead:
     return LastTapLoRAHead(_tap_sizes(bundle), h.rank, h.alpha, h.num_outputs, h.a_init[-1])
 
 
+def _skip2relu(bundle: Bundle) -> Skip2ReLUHead:
+    sizes = _tap_sizes(bundle)
+    return Skip2ReLUHead(sizes, RELU_RANK, bundle.head.num_outputs, relu_a_init(RELU_RANK, sizes, bundle.head.seed))
+
+
+def _oselm(features: int) -> Callable[[Bundle], OSELMHead]:
+    return lambda b: OSELMHead(_tap_sizes(b), b.head.num_outputs, features, b.head.seed)
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -249,6 +264,19 @@ METHODS: dict[str, Method] = {
             lambda b: LastLayerHead(_tap_sizes(b), b.head.num_outputs),
         ),
         Method("ft-bias", "the last layer's bias fine-tuned", True, "ft-bias", lambda b: BiasHead(_tap_sizes(b), b.head.num_outputs)),
+        Method(
+            "skip2relu", f"per tap A_l -> ReLU -> B_l (r={RELU_RANK}) on standardized taps, Skip-Cache on", True, "skip2relu", _skip2relu
+        ),
+        Method(
+            "oselm", "closed-form ridge (one pass, no learning rate) on standardized taps to the logit residual", True, "oselm", _oselm(0)
+        ),
+        Method(
+            "oselm-rf",
+            f"oselm with {RANDOM_FEATURES} random ReLU features of the standardized taps",
+            True,
+            "oselm-rf",
+            _oselm(RANDOM_FEATURES),
+        ),
     )
 }
 DEFAULT_METHOD = "skip2lora"

@@ -269,6 +269,14 @@ class Model:
         records = cache.capacity if cache is not None else 0
         return FineTuneResult(report, seconds, source.hits, source.misses, source.frozen_seconds, records)
 
+    def learn(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Learn labelled samples at once, one exact step (an oselm head after `fine_tune`: recursive least squares)."""
+        learn = getattr(self.head, "learn", None)
+        if learn is None:
+            raise RuntimeInputError(f"{self.method.name} cannot learn sample by sample; fine-tune with method='oselm' first")
+        taps, frozen_logits = self.frozen.run(x)
+        learn(taps, frozen_logits, np.asarray(y))
+
 
 def budgeted_capacity(bundle: Bundle, records: int, max_cache_mb: float | None) -> int:
     """`records`, or fewer if that many do not fit in `max_cache_mb` MiB."""

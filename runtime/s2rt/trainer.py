@@ -40,6 +40,9 @@ class FeatureSource(Protocol):
         ...
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
@@ -63,6 +66,10 @@ class TrainConfig:
             "stop after this many epochs without a lower validation loss and restore the best weights (0: off; needs val_fraction > 0)"
         ),
     )
+    lr_schedule: str = field(
+        default="constant",
+        metadata=_help("constant, or cosine: the learning rate decays per epoch as 0.5 (1 + cos(pi (epoch - 1) / epochs))"),
+    )
 
     def __post_init__(self) -> None:
         for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("patience", 0)):
@@ -72,6 +79,7 @@ class TrainConfig:
         _require("learning_rate", lr, _is_real(lr) and 0 < lr < math.inf, "a finite number > 0")
         _require("val_fraction", vf, _is_real(vf) and 0 <= vf < 1, "a number in [0, 1)")
         _require("shuffle", self.shuffle, isinstance(self.shuffle, bool), "True or False")
+        _require("lr_schedule", self.lr_schedule, self.lr_schedule in LR_SCHEDULES, " or ".join(LR_SCHEDULES))
         object.__setattr__(self, "optimizer", _enum(Optimizer, "optimizer", self.optimizer))
         object.__setattr__(self, "loss", _enum(Loss, "loss", self.loss))
         if self.patience and not self.val_fraction:
@@ -127,12 +135,39 @@ def train(
     targets = prepare_targets(y, head.num_outputs, config.loss)
     rng = np.random.default_rng(config.seed)
     train_idx, val_idx = split_indices(targets, config.val_fraction, rng, stratify=config.loss == Loss.SOFTMAX_CROSS_ENTROPY)
+    listener = progress if isinstance(progress, EpochListener) else None
+    fit = getattr(head, "fit", None)
+    if fit is not None:  # a closed-form head (oselm): one pass over the features instead of epochs
+        return _fit(fit, source, targets, train_idx, val_idx, config, listener, start)
+    prepare = getattr(head, "prepare", None)
+    if prepare is not None:  # statistics a head needs before its first step (skip2relu's standardization)
+        prepare(source, train_idx)
     run = _Run(head, source, targets, config, progress, len(train_idx))
     report = TrainReport(n_train=len(train_idx), n_val=len(val_idx))
-    listener = progress if isinstance(progress, EpochListener) else None
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the divergence guard handles inf/NaN
             _epochs(run, rng, train_idx, val_idx, report, listener)
+    finally:
+        if listener is not None:
+            listener.close()
+    report.time_total = time.perf_counter() - start
+    return report
+
+
+def _fit(
+    fit: Any,
+    source: FeatureSource,
+    targets: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: TrainConfig,
+    listener: EpochListener | None,
+    start: float,
+) -> TrainReport:
+    try:
+        report: TrainReport = fit(source, targets, train_idx, val_idx, config)
+        if listener is not None:
+            listener.epoch_end(1, 1, report.history[-1])
     finally:
         if listener is not None:
             listener.close()
@@ -151,6 +186,8 @@ def _epochs(
     config, params = run.config, run.head.parameters()
     best_loss, best_params, waited = math.inf, None, 0
     for epoch in range(1, config.epochs + 1):
+        if config.lr_schedule == "cosine":
+            run.optimizer.lr = config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / config.epochs))
         order = rng.permutation(train_idx) if config.shuffle else train_idx
         try:
             entry = run.epoch(epoch, order, report) | _validate(run, val_idx)

@@ -216,7 +216,16 @@ def test_cli_trains_every_method_and_refuses_a_mismatched_init(tmp_path):
         counts[name] = result["trainable_parameters"]
         evaluated = s2rt("eval", bundle, "--adapters", tmp_path / f"{name}.npz", "--data", tmp_path / "d.npz", "--json")
         assert evaluated.returncode == 0, evaluated.stderr
-    assert counts == {"skip2lora": 2 * 11 + 3 * 2 * 2, "skiplora": 34, "lora-last": 2 * (5 + 3), "ft-last": 3 * 5 + 3, "ft-bias": 3}
+    assert counts == {
+        "skip2lora": 2 * 11 + 3 * 2 * 2,
+        "skiplora": 34,
+        "lora-last": 2 * (5 + 3),
+        "ft-last": 3 * 5 + 3,
+        "ft-bias": 3,
+        "skip2relu": 32 * 11 + 2 * 32 + 3 * 2 * 32,  # A, c, B (r = 32)
+        "oselm": (11 + 1) * 3,  # beta over [u, 1]
+        "oselm-rf": (11 + 1 + 1024) * 3,
+    }
     bad = s2rt(
         "train", bundle, "--data", tmp_path / "d.npz", "--method", "ft-last", "--init", tmp_path / "ft-bias.npz", "-o", tmp_path / "x.npz"
     )

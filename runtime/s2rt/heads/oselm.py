@@ -1,0 +1,282 @@
+"""oselm / oselm-rf: a closed-form ridge head to the logit residual, no epochs, no learning rate.
+
+    u   = (x - mean) / std                            (standardized fused tap row)
+    phi = [u, 1]                 (oselm)   or   [u, 1, relu(R u + b)]   (oselm-rf, K random features)
+    z   = F + phi beta,   beta = argmin ||phi beta - T||^2 + lam ||beta||^2,   T = kappa (onehot - 1/C) - F
+
+The target is what the frozen logits F miss: kappa times a centred one-hot, minus F. R (K x D)
+and b (K) are drawn from the bundle's seed with `lora_a`'s SplitMix64 rule (streams beyond
+the taps' indices), so they are regenerated on every device, never stored.
+
+`fit` (the trainer's closed-form hook) reads the cache twice, in chunks: once for the
+standardization, once to accumulate Phi^T Phi and Phi^T T in float64 (the one learning
+pass). kappa and lam are picked on the validation split (the trainer's, or 20% of the
+training split held out here) from one eigendecomposition of the fit part's Gram matrix:
+every (lam, kappa) pair then costs two small GEMMs. The final beta is the ridge solution
+over all training rows. That batch solution is, by the matrix inversion lemma, exactly
+what recursive least squares reaches (`s2rt.heads.rls`, tested); `learn` continues from
+it by RLS, one sample or chunk at a time (OS-ELM's online sequential phase).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from s2rt.bundle.model import Loss
+from s2rt.errors import RuntimeInputError, StateError
+from s2rt.head import FLOAT
+from s2rt.heads.branches import Branch, fold_standardization
+from s2rt.heads.rls import RecursiveRidge, ridge_solve
+from s2rt.heads.standardize import Standardizer, chunks
+from s2rt.lora_init import lora_a
+
+RANDOM_FEATURES = 1024  # oselm-rf
+RF_STREAM = 1 << 20  # lora_a tap_index of R (b: RF_STREAM + 1): far beyond any tap index
+KAPPAS = tuple(2.0**k for k in range(-1, 9))
+LAMBDAS = tuple(10.0**k for k in range(-6, 2))  # times mean(diag(Phi^T Phi))
+HOLDOUT = 0.2
+MIN_SAMPLES = 10
+
+
+def random_features(k: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """R (k x width), unit-variance rows on standardized inputs, and b in [-1, 1): from the seed."""
+    r = lora_a(k, width, seed, RF_STREAM) * np.float32(math.sqrt(3.0))
+    b = lora_a(1, k, seed, RF_STREAM + 1)[0] * np.float32(math.sqrt(k))
+    return r, b
+
+
+class OSELMHead:
+    def __init__(self, tap_sizes: Sequence[int], num_outputs: int, features: int = 0, seed: int = 0) -> None:
+        self.tap_sizes = tuple(int(d) for d in tap_sizes)
+        if not self.tap_sizes or min(self.tap_sizes) < 1 or num_outputs < 1 or features < 0:
+            raise RuntimeInputError(f"oselm needs taps of positive size and outputs; got {self.tap_sizes}, {num_outputs}")
+        self.tap_width = sum(self.tap_sizes)
+        self.num_outputs = num_outputs
+        self.features = features
+        self.dim = self.tap_width + 1 + features
+        self._theta = np.zeros(self.dim * num_outputs, FLOAT)
+        self._grad = np.zeros_like(self._theta)
+        self.beta = self._theta.reshape(self.dim, num_outputs)
+        self.kappa, self.lam = 1.0, 1.0
+        self.standardizer = Standardizer(self.tap_width)
+        self._rf = random_features(features, self.tap_width, seed) if features else None
+        self._gram: tuple[np.ndarray, np.ndarray, int] | None = None  # for `learn`: Phi^T Phi, Phi^T T, rows
+        self._rls: RecursiveRidge | None = None
+
+    @property
+    def num_parameters(self) -> int:
+        return self._theta.size
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {"theta": self._theta}
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        return {"theta": self._grad}
+
+    # -- features ----------------------------------------------------------------------
+    def phi(self, u: np.ndarray) -> np.ndarray:
+        """[u, 1, relu(R u + b)] (N x dim) float32 for standardized rows u."""
+        out = np.empty((len(u), self.dim), FLOAT)
+        out[:, : self.tap_width] = u
+        out[:, self.tap_width] = 1.0
+        if self._rf is not None:
+            r, b = self._rf
+            h = np.dot(u, r.T)
+            h += b
+            np.maximum(h, 0, out=out[:, self.tap_width + 1 :])
+        return out
+
+    def split_taps(self, X: np.ndarray) -> list[np.ndarray]:
+        return [self.standardizer.apply(np.asarray(X, dtype=FLOAT), slice(0, self.tap_width))]
+
+    def forward_taps(self, us: Sequence[np.ndarray], F: np.ndarray) -> np.ndarray:
+        z = np.dot(self.phi(us[0]), self.beta)
+        z += F
+        return z
+
+    def forward(self, X: np.ndarray, F: np.ndarray) -> np.ndarray:
+        return self.forward_taps(self.split_taps(X), F)
+
+    def backward(self, dz: np.ndarray) -> None:
+        raise RuntimeInputError("oselm has no gradient step: it is solved in closed form by `fit` (s2rt train --method oselm)")
+
+    def delta_logits(self, X: np.ndarray) -> np.ndarray:
+        return np.dot(self.phi(self.split_taps(X)[0]), self.beta)
+
+    def residual_target(self, F: np.ndarray, y: np.ndarray, kappa: float | None = None) -> np.ndarray:
+        """kappa (onehot(y) - 1/C) - F, float64."""
+        t = np.full((len(y), self.num_outputs), -1.0 / self.num_outputs)
+        t[np.arange(len(y)), y] += 1.0
+        t *= self.kappa if kappa is None else kappa
+        t -= F
+        return t
+
+    # -- the trainer's closed-form hook --------------------------------------------------
+    def fit(self, source: object, targets: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, config: Any) -> Any:
+        """Standardize, accumulate the Gram matrix in one pass, pick kappa and lam on
+        validation, solve. Returns the trainer's `TrainReport` (one "epoch")."""
+        from s2rt.trainer import TrainReport, split_indices  # the trainer imports the methods
+
+        if config.loss != Loss.SOFTMAX_CROSS_ENTROPY:
+            raise RuntimeInputError("oselm fits classifiers: the bundle's loss must be softmax cross-entropy, this one is MSE")
+        start = time.perf_counter()
+        report = TrainReport(n_train=len(train_idx), n_val=len(val_idx))
+        if len(train_idx) < MIN_SAMPLES:
+            raise RuntimeInputError(
+                f"oselm needs at least {MIN_SAMPLES} labelled samples (it picks kappa and lambda on a held-out part), got {len(train_idx)}"
+            )
+        if len(val_idx):
+            fit_idx, held_idx, final_idx = train_idx, val_idx, train_idx
+        else:
+            inner = np.random.default_rng(config.seed)
+            fit_pos, held_pos = split_indices(targets[train_idx], HOLDOUT, inner, stratify=True)
+            fit_idx, held_idx, final_idx = train_idx[fit_pos], train_idx[held_pos], train_idx
+        self.standardizer.fit(source, final_idx, self.tap_sizes)
+        t0 = time.perf_counter()
+        acc = _Accumulator(self, source, targets, fit_idx, held_idx)
+        report.time_features = acc.seconds_features
+        kappa, lam, val = self._select(acc)
+        gram, cy, cf = acc.gram, acc.cross_y, acc.cross_f
+        if not len(val_idx):  # the held-out part trains the final solution too
+            gram, cy, cf = gram + acc.held_gram, cy + acc.held_cross_y, cf + acc.held_cross_f
+        self.kappa, self.lam = kappa, lam
+        cross = kappa * cy - cf
+        beta = ridge_solve(gram, cross, lam)
+        if not np.all(np.isfinite(beta)):
+            raise RuntimeInputError("oselm: the ridge solution is not finite (check the features for NaN/inf)")
+        self.beta[...] = beta
+        self._gram, self._rls = (gram, cross, len(final_idx)), None
+        report.time_steps = time.perf_counter() - t0 - acc.seconds_features  # the solve: its one "step"
+        report.epochs_run, report.best_epoch = 1, 1
+        report.history = [{"epoch": 1, "train_loss": acc.fit_loss(beta, kappa), **val}]
+        report.message = f"closed form: kappa={kappa:g}, lambda={lam:.3g} picked on {len(held_idx)} validation samples"
+        report.time_total = time.perf_counter() - start
+        return report
+
+    def _select(self, acc: _Accumulator) -> tuple[float, float, dict[str, float]]:
+        """(kappa, lam, validation metrics) with the best validation accuracy (ties: lower loss)."""
+        e, v = np.linalg.eigh(acc.gram)
+        q = acc.held_phi @ v
+        wy, wf = v.T @ acc.cross_y, v.T @ acc.cross_f
+        scale = float(np.trace(acc.gram)) / len(e)
+        kappas = np.array(KAPPAS)[:, None, None]
+        rows = np.arange(len(acc.held_y))
+        best: tuple[float, float, float, float] | None = None  # (acc, -loss, kappa, lam)
+        for tau in LAMBDAS:
+            lam = tau * scale
+            d = (1.0 / np.maximum(e + lam, lam))[:, None]
+            gy, gf = q @ (d * wy), acc.held_f - q @ (d * wf)
+            z = gf + kappas * gy  # every kappa at once: K x N x C
+            z -= z.max(axis=2, keepdims=True)
+            losses = np.mean(np.log(np.exp(z).sum(axis=2)) - z[:, rows, acc.held_y], axis=1)
+            accuracies = np.mean(z.argmax(axis=2) == acc.held_y, axis=1)
+            for k, kappa in enumerate(KAPPAS):
+                if best is None or (accuracies[k], -losses[k]) > best[:2]:
+                    best = (float(accuracies[k]), -float(losses[k]), kappa, lam)
+        assert best is not None
+        return best[2], best[3], {"val_loss": -best[1], "val_accuracy": best[0]}
+
+    # -- online: one RLS step per labelled sample -----------------------------------------
+    def learn(self, X: np.ndarray, F: np.ndarray, y: np.ndarray) -> None:
+        """Update beta with labelled rows by recursive least squares (after `fit`)."""
+        if self._rls is None:
+            if self._gram is None:
+                raise RuntimeInputError("oselm.learn: fit the head first (its kappa, lambda and Gram matrix come from fit)")
+            gram, cross, rows = self._gram
+            self._rls = RecursiveRidge.from_gram(gram, cross, self.lam, rows)
+        u = self.split_taps(X)[0]
+        self._rls.update(self.phi(u).astype(np.float64), self.residual_target(np.asarray(F, np.float64), np.asarray(y)))
+        self.beta[...] = self._rls.beta
+
+    # -- export and state ------------------------------------------------------------------
+    def export_branches(self) -> list[Branch]:
+        """The linear part (taps and bias, standardization folded in) and, for oselm-rf, a ReLU branch."""
+        s, d = self.standardizer, self.tap_width
+        bounds = np.cumsum((0, *self.tap_sizes))
+        cols = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        w, shift = fold_standardization(self.beta[:d].T, s.mean, s.inv_std)
+        out = [Branch(tuple(w[:, c].astype(np.float32) for c in cols), (shift + self.beta[d]).astype(np.float32), False, None)]
+        if self._rf is not None:
+            r, b = self._rf
+            wr, shift_r = fold_standardization(r, s.mean, s.inv_std)
+            weights = tuple(wr[:, c].astype(np.float32) for c in cols)
+            out.append(Branch(weights, (shift_r + b).astype(np.float32), True, self.beta[d + 1 :].T.copy()))
+        return out
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """`beta` ((D + 1 + K) x C), the standardization `mean`, `std` and `ridge` = [kappa, lambda]."""
+        return {"beta": self.beta.copy(), "ridge": np.array([self.kappa, self.lam], np.float32)} | self.standardizer.state()
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        names = {"beta", "ridge", "mean", "std"}
+        if set(state) != names:
+            missing, extra = sorted(names - set(state)), sorted(set(state) - names)
+            raise StateError(f"adapter state arrays: missing {missing}, unexpected {extra}")
+        for name, shape in (("beta", self.beta.shape), ("ridge", (2,))):
+            if np.shape(state[name]) != shape:
+                raise StateError(f"adapter state array {name}: expected shape {shape}, found {np.shape(state[name])}")
+            if not np.all(np.isfinite(state[name])):
+                raise StateError(f"adapter state array {name} holds NaN or inf")
+        self.standardizer.set(state["mean"], state["std"])
+        self.beta[...] = state["beta"]
+        self.kappa, self.lam = (float(v) for v in state["ridge"])
+        self._gram = self._rls = None
+
+
+class _Accumulator:
+    """One chunked pass: Phi^T Phi, Phi^T Y0 and Phi^T F (float64) of the fit rows and of
+    the held-out rows separately; the held-out rows' Phi, F and labels are kept for selection."""
+
+    def __init__(self, head: OSELMHead, source: object, targets: np.ndarray, fit_idx: np.ndarray, held_idx: np.ndarray) -> None:
+        dim, c = head.dim, head.num_outputs
+        self.gram, self.cross_y, self.cross_f = np.zeros((dim, dim)), np.zeros((dim, c)), np.zeros((dim, c))
+        self.held_gram, self.held_cross_y, self.held_cross_f = np.zeros((dim, dim)), np.zeros((dim, c)), np.zeros((dim, c))
+        self.sq_y = self.sq_yf = self.sq_f = 0.0
+        self.rows = len(fit_idx)
+        held_phi, held_f = [], []
+        self.seconds_features = 0.0
+        order = np.concatenate([fit_idx, held_idx])
+        is_held = np.zeros(len(order), bool)
+        is_held[len(fit_idx) :] = True
+        at = 0
+        clock = time.perf_counter
+        for part, X, F in chunks(source, order):
+            t0 = clock()
+            phi = head.phi(head.split_taps(X)[0]).astype(np.float64)
+            F64 = F.astype(np.float64)
+            y0 = head.residual_target(np.zeros_like(F64), targets[part], kappa=1.0)
+            held = is_held[at : at + len(part)]
+            at += len(part)
+            self.seconds_features += clock() - t0
+            for mask, g, cy, cf in (
+                (~held, self.gram, self.cross_y, self.cross_f),
+                (held, self.held_gram, self.held_cross_y, self.held_cross_f),
+            ):
+                if mask.any():
+                    p = phi[mask]
+                    g += p.T @ p
+                    cy += p.T @ y0[mask]
+                    cf += p.T @ F64[mask]
+            if (~held).any():
+                self.sq_y += float(np.vdot(y0[~held], y0[~held]))
+                self.sq_yf += float(np.vdot(y0[~held], F64[~held]))
+                self.sq_f += float(np.vdot(F64[~held], F64[~held]))
+            if held.any():
+                held_phi.append(phi[held])
+                held_f.append(F64[held])
+        self.held_phi = np.concatenate(held_phi) if held_phi else np.zeros((0, dim))
+        self.held_f = np.concatenate(held_f) if held_f else np.zeros((0, c))
+        self.held_y = targets[held_idx]
+
+    def fit_loss(self, beta: np.ndarray, kappa: float) -> float:
+        """Mean squared residual ||Phi beta - T||^2 / (rows * C) on the fit rows, from the sums."""
+        cross = kappa * self.cross_y - self.cross_f
+        t2 = kappa * kappa * self.sq_y - 2 * kappa * self.sq_yf + self.sq_f
+        sse = float(np.vdot(beta, self.gram @ beta)) - 2 * float(np.vdot(beta, cross)) + t2
+        return max(sse, 0.0) / max(self.rows * beta.shape[1], 1)

@@ -1,0 +1,185 @@
+"""OS-ELM (s2rt.heads.oselm) and recursive least squares (s2rt.heads.rls): RLS in chunks and
+one sample at a time equals the batch ridge solution (numpy.linalg.solve); `fit` equals the
+ridge solution over the standardized taps for the kappa and lambda it picked; random
+features come back from the seed; online `learn` equals refitting with the new sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers.tiny import tiny_bundle, tiny_weights
+from s2rt.data import Samples
+from s2rt.errors import RuntimeInputError
+from s2rt.heads.oselm import KAPPAS, OSELMHead, random_features
+from s2rt.heads.rls import RecursiveRidge
+from s2rt.heads.standardize import safe_std
+from s2rt.session import Model
+from s2rt.trainer import TrainConfig, split_indices
+
+
+class ArraySource:
+    def __init__(self, X: np.ndarray, F: np.ndarray, prefetch_rows: int = 13) -> None:
+        self.X, self.F, self.prefetch_rows = X, F, prefetch_rows
+
+    def features(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.X[idx], self.F[idx]
+
+
+def problem(n=60, dim=9, outputs=4, seed=0):
+    rng = np.random.default_rng(seed)
+    phi = rng.normal(size=(n, dim)) * rng.uniform(0.1, 10, size=dim)
+    return phi, rng.normal(size=(n, outputs))
+
+
+def batch_ridge(phi, target, lam):
+    return np.linalg.solve(phi.T @ phi + lam * np.eye(phi.shape[1]), phi.T @ target)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 60])
+@pytest.mark.parametrize("lam", [1e-3, 1.0, 50.0])
+def test_rls_in_chunks_equals_the_batch_ridge_solution(chunk, lam):
+    phi, target = problem()
+    rls = RecursiveRidge(phi.shape[1], target.shape[1], lam)
+    for start in range(0, len(phi), chunk):
+        rls.update(phi[start : start + chunk], target[start : start + chunk])
+    want = batch_ridge(phi, target, lam)
+    np.testing.assert_allclose(rls.beta, want, rtol=1e-7, atol=1e-9 * np.abs(want).max())
+    np.testing.assert_allclose(rls.P, np.linalg.inv(phi.T @ phi + lam * np.eye(phi.shape[1])), rtol=1e-6, atol=1e-12)
+    assert rls.rows == len(phi)
+
+
+def test_one_sample_updates_after_a_batch_start_equal_the_batch_solution():
+    phi, target = problem(n=80)
+    start = RecursiveRidge.from_gram(phi[:50].T @ phi[:50], phi[:50].T @ target[:50], 0.5, 50)
+    for i in range(50, 80):
+        start.update(phi[i], target[i])
+    np.testing.assert_allclose(start.beta, batch_ridge(phi, target, 0.5), rtol=1e-8, atol=1e-10)
+    assert start.rows == 80
+
+
+def test_rls_refuses_a_non_positive_lambda():
+    with pytest.raises(ValueError, match="lambda must be > 0"):
+        RecursiveRidge(3, 2, 0.0)
+
+
+def data(n=150, sizes=(5, 7), classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    centres = rng.normal(size=(classes, sum(sizes))) * 2
+    X = (centres[y] + rng.normal(size=(n, sum(sizes)))) * np.arange(1, sum(sizes) + 1) + 3.0
+    X[:, 2] = 4.0  # a constant feature: std 1, contributes nothing
+    F = rng.normal(size=(n, classes))
+    return X.astype(np.float32), F.astype(np.float32), y
+
+
+def reference_fit(head: OSELMHead, X, F, y, idx, kappa, lam):
+    """What fit must give for (kappa, lam): ridge over [u, 1(, relu(R u + b))] of the rows idx, float64."""
+    x = X[idx].astype(np.float64)
+    mean = x.mean(axis=0)
+    std = safe_std(x.std(axis=0), head.tap_sizes)
+    u = ((X[idx] - mean.astype(np.float32)) * (1 / std.astype(np.float32))).astype(np.float32)
+    phi = head.phi(u).astype(np.float64)
+    onehot = np.eye(head.num_outputs)[y[idx]] - 1.0 / head.num_outputs
+    return batch_ridge(phi, kappa * onehot - F[idx].astype(np.float64), lam)
+
+
+@pytest.mark.parametrize("features", [0, 32])
+@pytest.mark.parametrize("val_fraction", [0.0, 0.25])
+def test_fit_is_the_ridge_solution_for_the_picked_kappa_and_lambda(features, val_fraction):
+    X, F, y = data()
+    head = OSELMHead((5, 7), 3, features, seed=3)
+    config = TrainConfig(seed=2, val_fraction=val_fraction)
+    train_idx, val_idx = split_indices(y, val_fraction, np.random.default_rng(2), stratify=True)
+    report = head.fit(ArraySource(X, F), y, train_idx, val_idx, config)
+    assert head.kappa in KAPPAS and head.lam > 0
+    want = reference_fit(head, X, F, y, train_idx, head.kappa, head.lam)
+    np.testing.assert_allclose(head.beta, want, rtol=2e-4, atol=2e-5 * np.abs(want).max())
+    assert report.epochs_run == 1 and 0 <= report.history[0]["val_accuracy"] <= 1
+    assert f"kappa={head.kappa:g}" in report.message
+    z = head.forward(X, F)
+    assert np.mean(z.argmax(axis=1) == y) > np.mean(F.argmax(axis=1) == y) + 0.3  # it learned the classes
+
+
+def test_learn_one_sample_equals_refitting_with_it():
+    X, F, y = data(n=120)
+    head = OSELMHead((5, 7), 3, 0)
+    train = np.arange(100)
+    head.fit(ArraySource(X, F), y, train, np.arange(0), TrainConfig())
+    kappa, lam = head.kappa, head.lam
+    for i in range(100, 104):
+        head.learn(X[i : i + 1], F[i : i + 1], y[i : i + 1])
+    s = head.standardizer  # learn keeps the fit's standardization: the reference uses it too
+    u = ((X[:104] - s.mean) * s.inv_std).astype(np.float32)
+    phi = head.phi(u).astype(np.float64)
+    target = kappa * (np.eye(3)[y[:104]] - 1 / 3) - F[:104]
+    np.testing.assert_allclose(head.beta, batch_ridge(phi, target, lam), rtol=1e-4, atol=1e-5)
+
+
+def test_learn_before_fit_is_refused():
+    head = OSELMHead((5, 7), 3, 0)
+    X, F, y = data(n=4)
+    with pytest.raises(RuntimeInputError, match="fit the head first"):
+        head.learn(X, F, y)
+
+
+def test_random_features_come_back_from_the_seed():
+    r, b = random_features(64, 12, 5)
+    r2, b2 = random_features(64, 12, 5)
+    np.testing.assert_array_equal(r, r2)
+    np.testing.assert_array_equal(b, b2)
+    assert not np.array_equal(r, random_features(64, 12, 6)[0])
+    assert abs(float(np.var(r)) * 12 - 1.0) < 0.2  # unit-variance rows on standardized taps
+    assert b.min() >= -1 and b.max() < 1
+
+
+def test_the_model_trains_oselm_in_one_pass_and_round_trips_its_state(tmp_path):
+    model = Model(tiny_bundle(tiny_weights()), method="oselm")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
+    before = np.mean(model.classify(x)[0] == y)
+    result = model.fine_tune(Samples(x, y), TrainConfig(epochs=20))
+    assert result.report.epochs_run == 1 and (result.cache_misses, result.cache_hits) == (96, 96)  # statistics, then Gram
+    assert np.mean(model.classify(x)[0] == y) > before + 0.2
+    model.save_adapters(tmp_path / "o.npz")
+    again = Model(tiny_bundle(tiny_weights()))
+    again.load_adapters(tmp_path / "o.npz")
+    assert again.method.name == "oselm"
+    np.testing.assert_array_equal(again.logits(x), model.logits(x))
+
+
+def test_oselm_has_no_gradient_step():
+    head = OSELMHead((5, 7), 3)
+    with pytest.raises(RuntimeInputError, match="closed form"):
+        head.backward(np.zeros((2, 3), np.float32))
+
+
+def test_too_few_samples_are_named():
+    X, F, y = data(n=6)
+    with pytest.raises(RuntimeInputError, match="oselm needs at least 10 labelled samples .* got 6"):
+        OSELMHead((5, 7), 3).fit(ArraySource(X, F), y, np.arange(6), np.arange(0), TrainConfig())
+
+
+def test_the_model_learns_one_sample_at_a_time_after_oselm():
+    model = Model(tiny_bundle(tiny_weights()), method="oselm")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
+    model.fine_tune(Samples(x[:60], y[:60]), TrainConfig())
+    before = model.head.beta.copy()
+    for i in range(60, 120):
+        model.learn(x[i : i + 1], y[i : i + 1])
+    assert not np.array_equal(model.head.beta, before)
+    taps, F = model.frozen.run(x)
+    s = model.head.standardizer
+    phi = model.head.phi(((taps - s.mean) * s.inv_std).astype(np.float32)).astype(np.float64)
+    target = model.head.kappa * (np.eye(3)[y] - 1 / 3) - F
+    np.testing.assert_allclose(model.head.beta, batch_ridge(phi, target, model.head.lam), rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeInputError, match="skip2lora cannot learn sample by sample"):
+        Model(tiny_bundle(tiny_weights())).learn(x[:1], y[:1])
+
+
+def test_a_regression_bundle_is_refused_by_name():
+    X, F, y = data(n=40)
+    with pytest.raises(RuntimeInputError, match="oselm fits classifiers.*MSE"):
+        OSELMHead((5, 7), 3).fit(ArraySource(X, F), y, np.arange(40), np.arange(0), TrainConfig(loss="MSE"))
