@@ -4,6 +4,7 @@ memory (the audit: one 200 MB PUT took RSS from 117 to 724 MB, two at once to 1,
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,4 +69,8 @@ def test_an_upload_under_a_raised_limit_goes_through_a_file(serve, tiny_file, ha
     assert big.status_code == 422 and big.json()["error"] == "invalid_bundle"  # read from the file and refused
     deployed = d.client.put("/v1/bundle", content=har_bundle.read_bytes())
     assert deployed.status_code == 200 and deployed.json()["bundle_digest"] == read_bundle(har_bundle).digest
-    assert not list((tmp_path / "state" / "uploads").iterdir())
+    # the spooled file goes once the request is over, which is just after its answer is sent
+    uploads, deadline = tmp_path / "state" / "uploads", time.monotonic() + 10
+    while list(uploads.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not list(uploads.iterdir())
