@@ -30,7 +30,28 @@ from s2rt.fused import LoRAForm
 FLOAT = np.float32
 
 
-class AdapterHead:
+class FlatParameters:
+    """A head whose trainable numbers are one flat float32 vector `_theta` (its gradient
+    `_grad`), with named views into it: what the optimizers and the state files see."""
+
+    _theta: np.ndarray
+    _grad: np.ndarray
+
+    @property
+    def num_parameters(self) -> int:
+        return self._theta.size
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The trainable weights as one flat array; update it in place."""
+        return {"theta": self._theta}
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        """d loss / d theta from the last `backward`, same keys as `parameters()`."""
+        return {"theta": self._grad}
+
+
+class AdapterHead(FlatParameters):
     """The fused Skip2-LoRA head; `forward` keeps X and H for the next `backward`.
 
     X (N x D) is the fused tap row [x_1 ... x_L], F (N x C) the frozen logits, both float32.
@@ -76,18 +97,6 @@ class AdapterHead:
             start += self.rank * d
         return views, flat[start:].reshape(self.num_outputs, -1)
 
-    @property
-    def num_parameters(self) -> int:
-        return self._theta.size
-
-    def parameters(self) -> dict[str, np.ndarray]:
-        """The trainable weights as one flat array; update it in place."""
-        return {"theta": self._theta}
-
-    @property
-    def grads(self) -> dict[str, np.ndarray]:
-        """d loss / d theta from the last `backward`, same keys as `parameters()`."""
-        return {"theta": self._grad}
 
     def fused_form(self) -> LoRAForm:
         """This head for the trainer's fused steps (s2rt.fused), with views into theta."""

@@ -28,7 +28,7 @@ import numpy as np
 from s2rt.bundle.model import Bundle
 from s2rt.errors import RuntimeInputError, StateError
 from s2rt.fused import DenseForm, LoRAForm
-from s2rt.head import FLOAT, AdapterHead
+from s2rt.head import FLOAT, AdapterHead, FlatParameters
 from s2rt.heads.nonlinear import RANK as RELU_RANK
 from s2rt.heads.nonlinear import Skip2ReLUHead, relu_a_init
 from s2rt.heads.oselm import RANDOM_FEATURES, OSELMHead
@@ -63,7 +63,7 @@ class TrainableHead(Protocol):
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None: ...
 
 
-class _LastTapHead:
+class _LastTapHead(FlatParameters):
     """Trainable numbers in one flat vector (like `AdapterHead`), named views into it.
     Reads only the last tap's columns of the fused row: `split_taps` gives that one
     contiguous array, `forward_taps` takes it (the trainer's fast path), `forward` takes
@@ -90,17 +90,6 @@ class _LastTapHead:
             views[name] = flat[start : start + size].reshape(shape)
             start += size
         return views
-
-    @property
-    def num_parameters(self) -> int:
-        return self._theta.size
-
-    def parameters(self) -> dict[str, np.ndarray]:
-        return {"theta": self._theta}
-
-    @property
-    def grads(self) -> dict[str, np.ndarray]:
-        return {"theta": self._grad}
 
     def last_tap(self, X: np.ndarray) -> np.ndarray:
         return X[:, self._last]

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from s2rt.errors import RuntimeInputError, StateError
-from s2rt.head import FLOAT
+from s2rt.head import FLOAT, FlatParameters
 from s2rt.heads.branches import Branch, fold_standardization
 from s2rt.heads.standardize import Standardizer
 from s2rt.lora_init import lora_a
@@ -33,7 +33,7 @@ def relu_a_init(rank: int, sizes: Sequence[int], seed: int) -> list[np.ndarray]:
     return [lora_a(rank, d, seed, t) * np.float32(np.sqrt(3.0)) for t, d in enumerate(sizes)]
 
 
-class Skip2ReLUHead:
+class Skip2ReLUHead(FlatParameters):
     def __init__(self, tap_sizes: Sequence[int], rank: int, num_outputs: int, a_init: Sequence[np.ndarray]) -> None:
         self.tap_sizes = tuple(int(d) for d in tap_sizes)
         if not self.tap_sizes or min(self.tap_sizes) < 1 or rank < 1 or num_outputs < 1:
@@ -67,17 +67,6 @@ class Skip2ReLUHead:
             start += self.rank * d
         hidden = len(self.tap_sizes) * self.rank
         return views, flat[start : start + hidden], flat[start + hidden :].reshape(self.num_outputs, hidden)
-
-    @property
-    def num_parameters(self) -> int:
-        return self._theta.size
-
-    def parameters(self) -> dict[str, np.ndarray]:
-        return {"theta": self._theta}
-
-    @property
-    def grads(self) -> dict[str, np.ndarray]:
-        return {"theta": self._grad}
 
     # -- the trainer's hook: statistics of the training split, once -------------------
     def prepare(self, source: object, train_idx: np.ndarray) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from s2rt.bundle.model import Loss
 from s2rt.errors import RuntimeInputError, StateError
-from s2rt.head import FLOAT
+from s2rt.head import FLOAT, FlatParameters
 from s2rt.heads.branches import Branch, fold_standardization
 from s2rt.heads.rls import RecursiveRidge, ridge_solve
 from s2rt.heads.standardize import Standardizer, chunks
@@ -50,7 +50,7 @@ def random_features(k: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarr
     return r, b
 
 
-class OSELMHead:
+class OSELMHead(FlatParameters):
     def __init__(self, tap_sizes: Sequence[int], num_outputs: int, features: int = 0, seed: int = 0) -> None:
         self.tap_sizes = tuple(int(d) for d in tap_sizes)
         if not self.tap_sizes or min(self.tap_sizes) < 1 or num_outputs < 1 or features < 0:
@@ -67,17 +67,6 @@ class OSELMHead:
         self._rf = random_features(features, self.tap_width, seed) if features else None
         self._gram: tuple[np.ndarray, np.ndarray, int] | None = None  # for `learn`: Phi^T Phi, Phi^T T, rows
         self._rls: RecursiveRidge | None = None
-
-    @property
-    def num_parameters(self) -> int:
-        return self._theta.size
-
-    def parameters(self) -> dict[str, np.ndarray]:
-        return {"theta": self._theta}
-
-    @property
-    def grads(self) -> dict[str, np.ndarray]:
-        return {"theta": self._grad}
 
     # -- features ----------------------------------------------------------------------
     def phi(self, u: np.ndarray) -> np.ndarray:
