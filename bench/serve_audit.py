@@ -27,20 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "models"
-
-
-def convert_har(out: Path) -> Path:
-    sys.path[:0] = [str(ROOT / "runtime"), str(ROOT / "converter")]
-    from s2conv import ConvertOptions, convert
-    from s2rt.bundle import write_bundle
-
-    labels = tuple((MODELS / "data" / "har_labels.txt").read_text().split())
-    path = out / "har.s2l"
-    write_bundle(convert(MODELS / "har_mlp.onnx", ConvertOptions(labels=labels)), path)
-    return path
+from serve_load import ROOT, convert_har  # the same HAR bundle as the load benchmark (bench/ is on sys.path as a script)
 
 
 def start(bundle: Path, state: Path, log: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
