@@ -32,7 +32,7 @@ from s2rt.serve.app import Limits, create_app
 from s2rt.serve.connections import Deadlines, guarded_protocol
 from s2rt.serve.logs import setup_logging
 from s2rt.serve.service import Service, ServiceConfig
-from s2rt.trust import trusted_keys_from
+from s2rt.trust import load_trusted_keys, trusted_keys_from
 
 log = logging.getLogger("s2rt.serve")
 
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         cache_capacity=args.cache_capacity,
         trusted_keys=trusted_keys_from(args.trusted_key),
         allow_unsigned_deploy=args.allow_unsigned_deploy,
+        fleet_keys=load_trusted_keys(args.fleet_key or ()),
     )
     access = Access(bool(tokens), args.uds is not None, args.allow_unauthenticated_control)
     for warning in access.warnings():
