@@ -67,8 +67,10 @@ class Client:
             return _UnixConnection(self.uds, self.timeout)
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
-    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, str, bytes]:
-        headers = {"accept": "application/json"}
+    def request(
+        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None, extra: dict[str, str] | None = None
+    ) -> tuple[int, str, bytes]:
+        headers = {"accept": "application/json", **(extra or {})}
         if content_type:
             headers["content-type"] = content_type
         if self.token:
@@ -84,10 +86,10 @@ class Client:
         finally:
             conn.close()
 
-    def call(self, method: str, path: str, payload: Any = None, *, raw: bytes | None = None) -> Any:
-        """JSON in (or raw bytes), JSON out; ClientError with the daemon's message on an error status."""
+    def call(self, method: str, path: str, payload: Any = None, *, raw: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+        """JSON in (or raw bytes, with extra `headers`), JSON out; ClientError with the daemon's message on an error status."""
         if raw is not None:
-            status, kind, data = self.request(method, path, raw, "application/octet-stream")
+            status, kind, data = self.request(method, path, raw, "application/octet-stream", headers)
         elif payload is not None:
             status, kind, data = self.request(method, path, json.dumps(payload).encode(), "application/json")
         else:
