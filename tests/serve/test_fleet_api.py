@@ -6,6 +6,7 @@ keeps its result as a downloadable version (`commit: always`)."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from helpers.daemon import wait_job
 from helpers.keys import test_key
 from helpers.tiny import tiny_bundle
 from s2rt.bundle import Bundle
+from s2rt.cli import main
 from s2rt.serve.fleet_signing import KEY_HEADER, SIGNATURE_HEADER, adapter_file, sign, verify
 from s2rt.trust import open_trusted
 
@@ -158,3 +160,14 @@ def test_tiny_bundle_round_trip_of_the_signing_helpers():
     data = adapter_file(adapters(bundle, 7), bundle)
     headers = sign(data, bundle.digest, FLEET)
     assert verify(data, bundle.digest, headers[SIGNATURE_HEADER], headers[KEY_HEADER], (FLEET.public_key,)) == FLEET.public_key
+
+
+def test_the_client_trains_from_a_version_and_keeps_the_result(member, har_bundle, capsys):
+    bundle = open_trusted(har_bundle)
+    data = adapter_file(adapters(bundle, 8), bundle)
+    version = post(member, data, sign(data, bundle.digest, FLEET)).json()["version"]
+    capsys.readouterr()
+    args = ["client", "--url", member.url, "train", "--from-version", str(version), "--commit-always", "--epochs", "2", "--wait"]
+    assert main(args) == 0
+    job = json.loads(capsys.readouterr().out)
+    assert job["start_version"] == version and job["options"]["commit"] == "always" and job["result"]["version"] == version + 1
