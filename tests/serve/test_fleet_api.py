@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from helpers.daemon import wait_job
 from helpers.keys import test_key
-from helpers.tiny import tiny_bundle
 from s2rt.bundle import Bundle
 from s2rt.cli import main
-from s2rt.serve.fleet_signing import KEY_HEADER, SIGNATURE_HEADER, adapter_file, sign, verify
+from s2rt.serve.fleet_signing import SIGNATURE_HEADER, adapter_file, sign
 from s2rt.trust import open_trusted
 
 FLEET, STRANGER = test_key(5), test_key(6)
@@ -155,13 +154,6 @@ def test_start_from_an_unknown_version_is_refused_by_name(member):
     assert bad.status_code == 422 and "start_from" in bad.json()["field"], bad.text
 
 
-def test_tiny_bundle_round_trip_of_the_signing_helpers():
-    bundle = tiny_bundle()
-    data = adapter_file(adapters(bundle, 7), bundle)
-    headers = sign(data, bundle.digest, FLEET)
-    assert verify(data, bundle.digest, headers[SIGNATURE_HEADER], headers[KEY_HEADER], (FLEET.public_key,)) == FLEET.public_key
-
-
 def test_the_client_trains_from_a_version_and_keeps_the_result(member, har_bundle, capsys):
     bundle = open_trusted(har_bundle)
     data = adapter_file(adapters(bundle, 8), bundle)
@@ -171,3 +163,11 @@ def test_the_client_trains_from_a_version_and_keeps_the_result(member, har_bundl
     assert main(args) == 0
     job = json.loads(capsys.readouterr().out)
     assert job["start_version"] == version and job["options"]["commit"] == "always" and job["result"]["version"] == version + 1
+
+
+def test_a_malformed_signature_header_is_refused_by_name(member, har_bundle):
+    bundle = open_trusted(har_bundle)
+    data = adapter_file(adapters(bundle, 9), bundle)
+    headers = {**sign(data, bundle.digest, FLEET), SIGNATURE_HEADER: "zz"}
+    refused = post(member, data, headers)
+    assert refused.status_code == 403 and f"{SIGNATURE_HEADER}: expected 128 hex digits, got 2 characters" in refused.json()["message"]

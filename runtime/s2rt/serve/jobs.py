@@ -1,9 +1,12 @@
 """Fine-tune jobs: one at a time, in a worker thread, while predictions keep being answered.
 
-A job trains a copy of the active adapters on a snapshot of the stored samples, minus
-the held-out split (`gate.held_out`). When the run ends, the new adapters are committed
-and activated only if `gate.AccuracyGate` accepts them: held-out accuracy not worse than
-the version active at that moment; otherwise the active version stays and the job says why.
+A job trains a copy of the active adapters (or of the bundle's initial head, or of a
+stored version: `start_from`) on a snapshot of the stored samples, minus the held-out
+split (`gate.held_out`); `examples` is how many it trains on. When the run ends, the new
+adapters are committed and activated only if `gate.AccuracyGate` accepts them: held-out
+accuracy not worse than the version active at that moment; otherwise the active version
+stays and the job says why. With `commit: always` (a fleet round, `serve.fleet`) the new
+adapters are committed either way, as an inactive version when the gate refuses them.
 Job records live in the database: a job that was running when the daemon died is
 reported as interrupted after the restart.
 """
