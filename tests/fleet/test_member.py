@@ -180,3 +180,29 @@ def test_a_good_round_trains_in_the_daemon_from_the_global_version_and_replies_a
         assert not np.allclose(b, b0)  # trained, not echoed
     history = daemon.client.call("GET", "/v1/adapters")["history"]
     assert (1 in history) == bool(reply.content["metrics"]["global-activated"])  # activated only through the gate
+
+
+def test_the_aggregated_adapters_of_one_round_reach_the_daemon_in_the_next(daemon):
+    h = BUNDLE.head
+    strategy = SignedAdapterStrategy(
+        GlobalSigner(BUNDLE, FLEET), Aggregation.EXACT, h.rank, len(BUNDLE.taps), min_available_nodes=1, min_train_nodes=1
+    )
+    strategy.current = [(a.copy(), np.zeros((h.num_outputs, h.rank), np.float32)) for a in h.a_init]
+    config = ConfigRecord({"bundle-digest": BUNDLE.digest, "local-epochs": 2, "learning-rate": 0.05})
+    arrays, sent = to_record(strategy.current), []
+    for server_round in (1, 2):
+        sent.append(from_record(arrays, len(BUNDLE.taps)))
+        (message,) = strategy.configure_train(server_round, arrays, config, OneNode())  # type: ignore[arg-type]
+        reply = train_round(message, context(daemon))
+        aggregated, metrics = strategy.aggregate_train(server_round, [reply])
+        assert aggregated is not None and metrics is not None and metrics[EXAMPLES] == reply.content["metrics"][EXAMPLES]
+        arrays = aggregated
+    # versions: 1 the global of round 1, 2 its local result, 3 the global of round 2 (round 1's aggregate), 4 its result
+    assert versions(daemon) == [0, 1, 2, 3, 4]
+    assert [daemon.client.call("GET", f"/v1/jobs/{n}")["start_version"] for n in (1, 2)] == [1, 3]
+    for version, expected in ((1, sent[0]), (3, sent[1])):
+        got = np.load(io.BytesIO(daemon.client.call("GET", f"/v1/adapters/{version}/download")), allow_pickle=False)
+        for t, (a, b) in enumerate(expected):
+            np.testing.assert_array_equal(got[f"A.{t}"], a)
+            np.testing.assert_array_equal(got[f"B.{t}"], b)
+    assert not all(np.allclose(b, 0) for _, b in sent[1])  # round 2 starts from the trained aggregate, not the initial head
