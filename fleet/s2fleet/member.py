@@ -36,7 +36,7 @@ from s2fleet.apps import EXAMPLES, to_record
 from s2fleet.signing import GLOBAL_FILE, GLOBAL_KEY, GLOBAL_SIGNATURE
 
 DEFAULT_URL = "http://127.0.0.1:8470"
-POLL_SECONDS = 0.2
+POLL_SECONDS = (0.02, 0.5)  # first and longest wait between job polls: a short job is seen at once, a long one polled rarely
 TRAINED = ("succeeded", "rejected")  # rejected: the gate kept the active version, the trained one is stored anyway
 
 
@@ -99,12 +99,13 @@ def _train(daemon: Client, version: int, config: Any, timeout: float) -> dict[st
     if "learning-rate" in config:
         options["learning_rate"] = float(config["learning-rate"])
     job: dict[str, Any] = daemon.call("POST", "/v1/jobs", options)
-    deadline = time.monotonic() + timeout
+    deadline, wait = time.monotonic() + timeout, POLL_SECONDS[0]
     while job["state"] == "running":
         if time.monotonic() > deadline:
             daemon.call("POST", f"/v1/jobs/{job['id']}/cancel")
             raise RoundRefused(f"job {job['id']} did not finish within daemon-job-timeout {timeout:g} s; cancelled")
-        time.sleep(POLL_SECONDS)
+        time.sleep(wait)
+        wait = min(2 * wait, POLL_SECONDS[1])
         job = daemon.call("GET", f"/v1/jobs/{job['id']}")
     if job["state"] not in TRAINED or "version" not in (job["result"] or {}):
         raise RoundRefused(f"job {job['id']} {job['state']}: {job['message']}")
