@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.daemon import wait_job
+from helpers.daemon import ROOT, wait_job
 from helpers.keys import test_key
 from s2rt.bundle import Bundle
 from s2rt.cli import main
@@ -171,3 +174,10 @@ def test_a_malformed_signature_header_is_refused_by_name(member, har_bundle):
     headers = {**sign(data, bundle.digest, FLEET), SIGNATURE_HEADER: "zz"}
     refused = post(member, data, headers)
     assert refused.status_code == 403 and f"{SIGNATURE_HEADER}: expected 128 hex digits, got 2 characters" in refused.json()["message"]
+
+
+def test_a_missing_fleet_key_file_stops_the_start_naming_the_flag(har_bundle, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime")}
+    args = [str(har_bundle), "--state-dir", str(tmp_path / "s"), "--port", "0", "--fleet-key", str(tmp_path / "none.pub")]
+    out = subprocess.run([sys.executable, "-m", "s2rt", "serve", *args], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and f"--fleet-key {tmp_path / 'none.pub'}: no such public key file" in out.stderr, out.stderr
