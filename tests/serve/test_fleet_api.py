@@ -104,7 +104,7 @@ def test_a_verified_version_is_stored_not_activated_and_downloads_unchanged(memb
     body = imported.json()
     assert body["version"] == 1 and not body["activated"] and body["active"] == 0 and body["signed_by"] == FLEET.key_id
     info = member.client.get("/v1/adapters/1").json()
-    assert info["loadable"] and not info["active"]
+    assert info["loadable"] and not info["active"] and info["origin"] == "fleet" and info["fleet_round"] == 3
     got = arrays_of(member.client.get("/v1/adapters/1/download").content)
     for t, (a, b) in enumerate(sent):
         np.testing.assert_array_equal(got[f"A.{t}"], a)

@@ -49,7 +49,8 @@ def import_version(service: Service, data: bytes, signature: str | None, key_id:
         raise ApiError(403, "bad_signature", str(e), "signature") from None
     adapters, meta = _parse(service, data, deployment.bundle)
     head = deployment.head(adapters)
-    origin = {"origin": "fleet", "fleet_key": key.key_id, "fleet_round": meta.get("round")}
+    round_ = meta.get("round")
+    origin = {"origin": "fleet", "fleet_key": key.key_id, "fleet_round": round_ if type(round_) is int else None}
     with service.jobs.exclusive("activating an imported version") if activate else contextlib.nullcontext():
         gate = _gate(service, deployment, head) if activate else _stored_only
         result = service.swap_in(deployment, head, gate, commit_always=True, **origin)

@@ -159,6 +159,8 @@ class VersionInfoModel(BaseModel):
     metrics: dict[str, Any]
     job: int | None
     parent: int | None
+    origin: str | None = Field(None, description="where the version came from: 'fleet' for an imported global version")
+    fleet_round: int | None = Field(None, description="the fleet round of an imported global version, when its file names one")
     loadable: bool
     error: str | None
 
