@@ -55,6 +55,8 @@ class VersionInfo:
             "metrics": self.meta.get("metrics", {}),
             "job": self.meta.get("job"),
             "parent": self.meta.get("parent"),
+            "origin": self.meta.get("origin"),
+            "fleet_round": self.meta.get("fleet_round"),
             "loadable": self.error is None,
             "error": self.error,
         }

@@ -1,7 +1,7 @@
 """Who may change what the daemon serves: the control endpoints and the guard in front of them.
 
 Control endpoints deploy a bundle (whose ONNX onnxruntime then parses inside the
-daemon), start or cancel fine-tune jobs, and activate or roll back adapter versions.
+daemon), start or cancel fine-tune jobs, import, activate or roll back adapter versions.
 On TCP loopback every local user and process can connect, so there they need a bearer
 token (`--token-file`, checked by `BearerAuth` for every endpoint) unless the operator
 opts out with `--allow-unauthenticated-control`. The Unix socket is mode 0600: only the
@@ -25,6 +25,7 @@ CONTROL: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("POST", re.compile(r"/v1/jobs/[^/]+/cancel")),
     ("POST", re.compile(r"/v1/adapters/[^/]+/activate")),
     ("POST", re.compile(r"/v1/adapters/rollback")),
+    ("POST", re.compile(r"/v1/adapters")),  # import a signed global version (fleet)
 )
 OPEN_WRITES = frozenset({("POST", "/v1/predict"), ("POST", "/v1/predict/npy"), ("POST", "/v1/samples")})
 

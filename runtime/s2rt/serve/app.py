@@ -28,6 +28,8 @@ from s2rt.errors import RuntimeInputError
 from s2rt.serve import schemas as s
 from s2rt.serve.access import Access, ControlGuard
 from s2rt.serve.errors import ApiError, disk_full, not_found
+from s2rt.serve.fleet import import_version as import_version_of
+from s2rt.serve.fleet_signing import KEY_HEADER, SIGNATURE_HEADER
 from s2rt.serve.jobs import JobOptions
 from s2rt.serve.middleware import BearerAuth, BodyLimit, Options, RequestMetrics
 from s2rt.serve.service import Service, store_call
@@ -40,6 +42,7 @@ WRITES: dict[int | str, dict[str, Any]] = {507: {"model": s.ErrorResponse, "desc
 UPLOADS = "/v1/bundle"
 RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 Id = Annotated[int, Path(ge=0, le=s.MAX_ID)]
+ACTIVATE_IMPORT = "activate it if the accuracy gate accepts it on this device's held-out samples (default: store only)"
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,17 @@ def _adapters(app: FastAPI, service: Service) -> None:
         serving = service.serving
         store, active = serving.deployment.adapters, serving.version
         return {"active": active, "history": list(store.history), "versions": [v.describe(active) for v in store.versions()]}
+
+    @app.post("/v1/adapters", response_model=s.Imported, status_code=201, tags=["adapters"], openapi_extra=RAW_BODY, responses=WRITES)
+    async def import_version(
+        request: Request,
+        activate: Annotated[bool, Query(description=ACTIVATE_IMPORT)] = False,
+    ) -> dict[str, Any]:
+        """Import a global adapter version (an adapter .npz) signed by a fleet key (--fleet-key): headers
+        x-s2l-fleet-signature and x-s2l-fleet-key. Stored as a new version; activated only on request and through the gate."""
+        body = await request.body()
+        signature, key_id = request.headers.get(SIGNATURE_HEADER), request.headers.get(KEY_HEADER)
+        return dict(await run_in_threadpool(import_version_of, service, body, signature, key_id, activate))
 
     @app.get("/v1/adapters/{version}", response_model=s.VersionInfoModel, tags=["adapters"])
     def version(version: Id) -> dict[str, Any]:

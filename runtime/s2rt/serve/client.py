@@ -67,8 +67,10 @@ class Client:
             return _UnixConnection(self.uds, self.timeout)
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
-    def request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, str, bytes]:
-        headers = {"accept": "application/json"}
+    def request(
+        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None, extra: dict[str, str] | None = None
+    ) -> tuple[int, str, bytes]:
+        headers = {"accept": "application/json", **(extra or {})}
         if content_type:
             headers["content-type"] = content_type
         if self.token:
@@ -84,10 +86,10 @@ class Client:
         finally:
             conn.close()
 
-    def call(self, method: str, path: str, payload: Any = None, *, raw: bytes | None = None) -> Any:
-        """JSON in (or raw bytes), JSON out; ClientError with the daemon's message on an error status."""
+    def call(self, method: str, path: str, payload: Any = None, *, raw: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+        """JSON in (or raw bytes, with extra `headers`), JSON out; ClientError with the daemon's message on an error status."""
         if raw is not None:
-            status, kind, data = self.request(method, path, raw, "application/octet-stream")
+            status, kind, data = self.request(method, path, raw, "application/octet-stream", headers)
         elif payload is not None:
             status, kind, data = self.request(method, path, json.dumps(payload).encode(), "application/json")
         else:
@@ -150,7 +152,12 @@ def add_client_commands(sub: Subparsers) -> None:
         a.add_argument(flag, type=kind)
     a.add_argument("--optimizer", choices=["sgd", "adam"])
     a.add_argument("--no-check", action="store_true", help="activate without the held-out accuracy check")
-    a.add_argument("--from-initial", action="store_true", help="start from the bundle's initial head, not the active adapters")
+    start = a.add_mutually_exclusive_group()
+    start.add_argument("--from-initial", action="store_true", help="start from the bundle's initial head, not the active adapters")
+    start.add_argument("--from-version", type=int_at_least(0), metavar="N", help="start from adapter version N, not the active one")
+    a.add_argument(
+        "--commit-always", action="store_true", help="keep the trained adapters as a version even when the accuracy check rejects them"
+    )
     a.add_argument("--wait", action="store_true", help="wait for the job to end and print its final state")
     a.set_defaults(special=_train)
     a = action("download", "download an adapter version (.npz)")
@@ -232,7 +239,8 @@ def _train(client: Client, args: argparse.Namespace) -> Any:
         "seed": args.seed,
         "val_fraction": args.val_fraction,
         "check_accuracy": False if args.no_check else None,
-        "start_from": "initial" if args.from_initial else None,
+        "start_from": "initial" if args.from_initial else args.from_version,
+        "commit": "always" if args.commit_always else None,
     }
     job = client.call("POST", "/v1/jobs", {k: v for k, v in options.items() if v is not None})
     while args.wait and job["state"] == "running":

@@ -66,6 +66,13 @@ def add_serve(sub: Subparsers) -> None:
         "repeatable; also read from $S2RT_TRUSTED_KEYS",
     )
     p.add_argument(
+        "--fleet-key",
+        action="append",
+        metavar="PUB",
+        help="accept global adapter versions (POST /v1/adapters, from a fleet server) signed by this public key "
+        "(a .pub file or a folder of them); repeatable; without it imports are refused",
+    )
+    p.add_argument(
         "--allow-unsigned-deploy",
         action="store_true",
         help="accept uploaded bundles (PUT /v1/bundle) without a --trusted-key to check them against; "

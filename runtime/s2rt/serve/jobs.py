@@ -1,9 +1,12 @@
 """Fine-tune jobs: one at a time, in a worker thread, while predictions keep being answered.
 
-A job trains a copy of the active adapters on a snapshot of the stored samples, minus
-the held-out split (`gate.held_out`). When the run ends, the new adapters are committed
-and activated only if `gate.AccuracyGate` accepts them: held-out accuracy not worse than
-the version active at that moment; otherwise the active version stays and the job says why.
+A job trains a copy of the active adapters (or of the bundle's initial head, or of a
+stored version: `start_from`) on a snapshot of the stored samples, minus the held-out
+split (`gate.held_out`); `examples` is how many it trains on. When the run ends, the new
+adapters are committed and activated only if `gate.AccuracyGate` accepts them: held-out
+accuracy not worse than the version active at that moment; otherwise the active version
+stays and the job says why. With `commit: always` (a fleet round, `serve.fleet`) the new
+adapters are committed either way, as an inactive version when the gate refuses them.
 Job records live in the database: a job that was running when the daemon died is
 reported as interrupted after the restart.
 """
@@ -25,12 +28,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from s2rt.bundle import Optimizer
-from s2rt.errors import S2LError
+from s2rt.errors import S2LError, StateError
 from s2rt.features import CachedFeatures
 from s2rt.head import AdapterHead
 from s2rt.serve.errors import ApiError, conflict, disk_full, not_found
 from s2rt.serve.gate import AccuracyGate, held_out
 from s2rt.state import Adapters
+from s2rt.store import UnknownVersionError
 from s2rt.trainer import TrainConfig, evaluate, train
 
 if TYPE_CHECKING:
@@ -51,7 +55,8 @@ class JobOptions:
     seed: int = 0
     val_fraction: float = 0.2
     check_accuracy: bool = True
-    start_from: str = "active"
+    start_from: str | int = "active"  # "active", "initial" or a version number (e.g. an imported global version)
+    commit: str = "accepted"  # "always": keep the trained adapters as a new version even when the gate keeps the active one
 
 
 class JobCancelled(Exception):
@@ -67,7 +72,9 @@ class Plan:
     x_val: np.ndarray
     y_val: np.ndarray
     start: Adapters
+    start_version: int
     check_accuracy: bool
+    commit_always: bool
 
 
 class Job:
@@ -132,8 +139,9 @@ class JobRunner:
                 "options": asdict(options),
                 "created_utc": _now(),
                 "finished_utc": None,
-                "start_version": serving.version if options.start_from == "active" else 0,
+                "start_version": plan.start_version,
                 "n_train": len(plan.y_train),
+                "examples": len(plan.y_train),
                 "n_val": len(plan.y_val),
                 "progress": {"epoch": 0, "epochs": plan.config.epochs, "batch": 0, "batches": 0, "fraction": 0.0},
                 "loss": None,
@@ -182,7 +190,7 @@ class JobRunner:
             )
         except S2LError as e:
             raise ApiError(422, "invalid_input", str(e)) from None
-        start = deployment.adapters.initial() if options.start_from == "initial" else serving.head.per_tap()
+        start_version, start = _start(serving, options.start_from)
         return Plan(
             deployment,
             config,
@@ -191,7 +199,9 @@ class JobRunner:
             samples.x[val],
             samples.y[val],
             [(a.copy(), b.copy()) for a, b in start],
+            start_version,
             options.check_accuracy,
+            options.commit == "always",
         )
 
     # -- running -----------------------------------------------------------------------
@@ -209,9 +219,13 @@ class JobRunner:
                 state, message, result = "rejected", f"training diverged: {report.message}; the active version stays", None
             else:
                 gate = AccuracyGate(head, val_src, plan.y_val, len(plan.y_train), plan.config.batch_size, plan.check_accuracy)
-                result = self.service.swap_in(deployment, head, gate, job=job.id, epochs=report.epochs_run)
+                result = self.service.swap_in(
+                    deployment, head, gate, plan.commit_always, job=job.id, epochs=report.epochs_run, start=plan.start_version
+                )
                 state = "succeeded" if result["accepted"] else "rejected"
                 message = result["reason"]
+                if not result["accepted"] and "version" in result:
+                    message += f"; the trained adapters are kept as version {result['version']} (not active)"
         except JobCancelled:
             state, message, result = "cancelled", f"cancelled ({job.cancel_reason}); the active version stays", None
         except S2LError as e:
@@ -335,6 +349,20 @@ class _Listener:
 
     def close(self) -> None:
         pass
+
+
+def _start(serving: Serving, start_from: str | int) -> tuple[int, Adapters]:
+    """The version a job starts from and its adapters: the active one, the bundle's initial head, or a stored version."""
+    store = serving.deployment.adapters
+    if start_from == "active":
+        return serving.version, serving.head.per_tap()
+    number = 0 if start_from == "initial" else int(start_from)
+    try:
+        return number, store.load(number)
+    except UnknownVersionError as e:
+        raise not_found(str(e), "start_from") from None
+    except StateError as e:
+        raise conflict(f"start_from: {e}", "start_from") from None
 
 
 def _finite(v: Any) -> Any:

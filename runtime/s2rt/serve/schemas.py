@@ -117,7 +117,16 @@ class TrainRequest(Strict):
         0.2, ge=0, lt=1, allow_inf_nan=False, description="share of samples held out (fixed by content); > 0 unless check_accuracy is false"
     )
     check_accuracy: StrictBool = Field(True, description="activate only if held-out accuracy is not worse than the active version's")
-    start_from: Literal["active", "initial"] = Field("active", description="continue the active adapters or start afresh")
+    start_from: Literal["active", "initial"] | Annotated[StrictInt, Field(ge=0, le=MAX_ID)] = Field(
+        "active",
+        description="continue the active adapters, start afresh from the bundle's initial head, or start from this adapter "
+        "version (e.g. a global version imported with POST /v1/adapters)",
+    )
+    commit: Literal["accepted", "always"] = Field(
+        "accepted",
+        description="accepted: keep the trained adapters only if the accuracy gate activates them; always: keep them as a new "
+        "version either way (a fleet member downloads and sends it), activating it only if the gate accepts it",
+    )
 
 
 class JobInfo(BaseModel):
@@ -130,6 +139,7 @@ class JobInfo(BaseModel):
     start_version: int
     n_train: int
     n_val: int
+    examples: int = Field(0, description="samples the job trains on (n_train): a fleet update's weight")
     progress: dict[str, Any]
     loss: float | None
     val_accuracy: float | None
@@ -149,6 +159,8 @@ class VersionInfoModel(BaseModel):
     metrics: dict[str, Any]
     job: int | None
     parent: int | None
+    origin: str | None = Field(None, description="where the version came from: 'fleet' for an imported global version")
+    fleet_round: int | None = Field(None, description="the fleet round of an imported global version, when its file names one")
     loadable: bool
     error: str | None
 
@@ -161,6 +173,16 @@ class VersionList(BaseModel):
 
 class Activated(BaseModel):
     active: int
+
+
+class Imported(BaseModel):
+    version: int = Field(description="the stored version's number")
+    active: int = Field(description="the version active after the import")
+    activated: bool
+    reason: str
+    signed_by: str = Field(description="the fleet key id that signed it")
+    val_accuracy: float | None = None
+    active_val_accuracy: float | None = None
 
 
 class Deployed(BaseModel):

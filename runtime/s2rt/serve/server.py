@@ -26,13 +26,14 @@ from typing import Any
 
 import uvicorn
 
-from s2rt.errors import RuntimeInputError
+from s2rt.bundle.signing import PublicKey
+from s2rt.errors import KeyFileError, RuntimeInputError
 from s2rt.serve.access import Access
 from s2rt.serve.app import Limits, create_app
 from s2rt.serve.connections import Deadlines, guarded_protocol
 from s2rt.serve.logs import setup_logging
 from s2rt.serve.service import Service, ServiceConfig
-from s2rt.trust import trusted_keys_from
+from s2rt.trust import load_trusted_keys, trusted_keys_from
 
 log = logging.getLogger("s2rt.serve")
 
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         cache_capacity=args.cache_capacity,
         trusted_keys=trusted_keys_from(args.trusted_key),
         allow_unsigned_deploy=args.allow_unsigned_deploy,
+        fleet_keys=fleet_keys(args.fleet_key),
     )
     access = Access(bool(tokens), args.uds is not None, args.allow_unauthenticated_control)
     for warning in access.warnings():
@@ -121,6 +123,13 @@ def _signals_end_quietly() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def fleet_keys(paths: list[str] | None) -> tuple[PublicKey, ...]:
+    try:
+        return load_trusted_keys(paths or ())
+    except KeyFileError as e:
+        raise KeyFileError(f"--fleet-key {e}") from None
 
 
 def read_tokens(path: Path) -> tuple[bytes, ...]:

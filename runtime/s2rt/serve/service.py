@@ -64,6 +64,7 @@ class ServiceConfig:
     cache_capacity: int = 20_000
     trusted_keys: tuple[PublicKey, ...] = ()  # when set, only bundles signed by one of them are served (s2rt.trust)
     allow_unsigned_deploy: bool = False  # without trusted keys, accept uploaded bundles anyway (unsigned or unverifiable)
+    fleet_keys: tuple[PublicKey, ...] = ()  # who may sign imported global adapter versions (s2rt.serve.fleet); none: imports off
 
 
 class Deployment:
@@ -214,19 +215,26 @@ class Service:
             return number
 
     def swap_in(
-        self, deployment: Deployment, head: AdapterHead, decide: Callable[[Serving], dict[str, Any]], **meta: Any
+        self,
+        deployment: Deployment,
+        head: AdapterHead,
+        decide: Callable[[Serving], dict[str, Any]],
+        commit_always: bool = False,
+        **meta: Any,
     ) -> dict[str, Any]:
-        """Commit and activate `head` if `decide(current serving)` accepts it; atomic with respect to other swaps."""
+        """Commit and activate `head` if `decide(current serving)` accepts it (with `commit_always`, commit it
+        as a new inactive version otherwise); atomic with respect to other swaps."""
         with self._swap:
             current = self.serving
             if current.deployment is not deployment:
                 return {"accepted": False, "reason": "the bundle was replaced while the job ran"}
             verdict = decide(current)
-            if verdict["accepted"]:
+            if verdict["accepted"] or commit_always:
                 number = deployment.adapters.commit(head.per_tap(), parent=current.version, metrics=verdict["metrics"], **meta)
+                verdict["version"] = number
+            if verdict["accepted"]:
                 adapters = deployment.adapters.activate(number)
                 self.serving = Serving(deployment, deployment.head(adapters), number)
-                verdict["version"] = number
             return verdict
 
     # -- deploy ------------------------------------------------------------------------
