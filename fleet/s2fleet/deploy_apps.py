@@ -1,0 +1,127 @@
+"""The Flower apps for a real deployment (SuperLink + SuperNodes, `flwr run`).
+
+The simulation (`s2fleet.simulate`) hands the apps Python objects; a deployment can only
+hand them text: the ServerApp reads its settings from the run config (`flwr run -c`,
+defaults in fleet/deploy/pyproject.toml), each ClientApp from its SuperNode's node config
+(`flower-supernode --node-config 'bundle="..." data="..."'`). Paths are on the machine
+of the process that reads them: the ServerApp's on the fleet server, each ClientApp's on
+its device.
+
+Run config (server):
+    bundle          the bundle the fleet trains (its digest is sent with every round)
+    rounds          training rounds
+    local-epochs    epochs each device trains per round
+    learning-rate   the devices' learning rate
+    aggregation     fedavg | exact | damped
+    step            the server step size for damped
+    min-nodes       devices a round waits for
+    out             where the final global adapters go (.npz, `A.l`/`B.l` per tap, plus
+                    `initial.A.l`/`initial.B.l`); a JSON report beside it (`.json`)
+    test            optional test samples (.npz x, y) scored after each round
+
+Node config (device):
+    bundle          the bundle this device serves; a round for another is refused
+    data            this device's own samples (.npz x, y); they never leave the device
+    partition-id    optional, seeds the device's shuffling
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from s2rt.data import Samples
+from s2rt.session import Model
+
+from s2fleet.aggregate import Adapters, Aggregation
+from s2fleet.apps import AdapterStrategy, DeviceData, client_app as make_client_app, run_rounds
+from s2fleet.device import global_accuracy
+
+SERVER_KEYS = ("bundle", "rounds", "local-epochs", "learning-rate", "aggregation", "step", "min-nodes", "out")
+DEVICE_KEYS = ("bundle", "data")
+
+
+def _require(config: Any, keys: tuple[str, ...], where: str) -> None:
+    missing = [k for k in keys if k not in config or config[k] in ("", None)]
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(missing)} (expected keys {', '.join(keys)})")
+
+
+def load_samples(path: str | os.PathLike[str], model: Model) -> Samples:
+    """`x`, `y` from an .npz, shaped for the bundle's input."""
+    shape = model.bundle.input.shape
+    with np.load(path, allow_pickle=False) as f:
+        if "x" not in f or "y" not in f:
+            raise ValueError(f"{path}: expected arrays x and y, found {sorted(f.keys())}")
+        return Samples(f["x"].astype(np.float32).reshape(-1, *shape), f["y"].astype(np.int64))
+
+
+# -- device side -----------------------------------------------------------------------
+def _device_load(context: Context) -> tuple[Model, Samples]:
+    node = context.node_config
+    _require(node, DEVICE_KEYS, "node config (flower-supernode --node-config)")
+    model = Model.open(str(node["bundle"]))
+    return model, load_samples(str(node["data"]), model)
+
+
+client_app: ClientApp = make_client_app(DeviceData(_device_load))
+
+
+# -- server side -----------------------------------------------------------------------
+def adapter_arrays(adapters: Adapters, prefix: str = "") -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for t, (a, b) in enumerate(adapters):
+        out[f"{prefix}A.{t}"], out[f"{prefix}B.{t}"] = a, b
+    return out
+
+
+def _write(path: Path, initial: Adapters, final: Adapters, report: dict[str, Any]) -> None:
+    """The npz and its JSON report, each written aside then renamed: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(partial, **adapter_arrays(final), **adapter_arrays(initial, "initial."))
+    report_path, report_partial = path.with_suffix(".json"), path.with_suffix(".json.partial")
+    report_partial.write_text(json.dumps(report, indent=2))
+    os.replace(report_partial, report_path)
+    os.replace(partial, path)
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = context.run_config
+    _require(config, SERVER_KEYS, "run config (flwr run --run-config)")
+    model = Model.open(str(config["bundle"]))
+    model.reset_adapters()
+    initial: Adapters = model.head.per_tap()  # type: ignore[attr-defined]
+    nodes = int(config["min-nodes"])
+    strategy = AdapterStrategy(
+        Aggregation(str(config["aggregation"])),
+        model.bundle.head.rank,
+        len(model.bundle.taps),
+        step=float(config["step"]),
+        min_train_nodes=nodes,
+        min_available_nodes=nodes,
+        fraction_evaluate=0.0,
+    )
+    evaluate = None
+    if str(config.get("test", "")):
+        test = load_samples(str(config["test"]), model)
+        evaluate = lambda adapters: global_accuracy(model, adapters, test.x, test.y)  # noqa: E731
+    settings = {
+        "bundle-digest": model.bundle.digest,
+        "local-epochs": int(config["local-epochs"]),
+        "learning-rate": float(config["learning-rate"]),
+    }
+    curve = run_rounds(grid, strategy, initial, int(config["rounds"]), settings, evaluate)
+    final = strategy.current if strategy.current is not None else initial
+    report = {"rounds": int(config["rounds"]), "accuracy": curve, "refused": strategy.refused, "bundle-digest": model.bundle.digest}
+    _write(Path(str(config["out"])), initial, final, report)
