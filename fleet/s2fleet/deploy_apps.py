@@ -17,11 +17,11 @@ Run config (server):
     min-nodes       devices a round waits for
     out             where the final global adapters go (.npz, `A.l`/`B.l` per tap, plus
                     `initial.A.l`/`initial.B.l`); a JSON report beside it (`.json`)
-    test            optional test samples (.npz x, y) scored after each round
+    test            optional test samples (.npz x, y or .csv) scored after each round
 
 Node config (device):
     bundle          the bundle this device serves; a round for another is refused
-    data            this device's own samples (.npz x, y); they never leave the device
+    data            this device's own samples (.npz x, y or .csv); they never leave the device
     partition-id    optional, seeds the device's shuffling
 """
 
@@ -36,11 +36,12 @@ import numpy as np
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from s2rt.data import Samples
+from s2rt.data import Samples, load_samples
 from s2rt.session import Model
 
 from s2fleet.aggregate import Adapters, Aggregation
-from s2fleet.apps import AdapterStrategy, DeviceData, client_app as make_client_app, run_rounds
+from s2fleet.apps import AdapterStrategy, DeviceData, run_rounds
+from s2fleet.apps import client_app as make_client_app
 from s2fleet.device import global_accuracy
 
 SERVER_KEYS = ("bundle", "rounds", "local-epochs", "learning-rate", "aggregation", "step", "min-nodes", "out")
@@ -53,13 +54,9 @@ def _require(config: Any, keys: tuple[str, ...], where: str) -> None:
         raise ValueError(f"{where}: missing {', '.join(missing)} (expected keys {', '.join(keys)})")
 
 
-def load_samples(path: str | os.PathLike[str], model: Model) -> Samples:
-    """`x`, `y` from an .npz, shaped for the bundle's input."""
-    shape = model.bundle.input.shape
-    with np.load(path, allow_pickle=False) as f:
-        if "x" not in f or "y" not in f:
-            raise ValueError(f"{path}: expected arrays x and y, found {sorted(f.keys())}")
-        return Samples(f["x"].astype(np.float32).reshape(-1, *shape), f["y"].astype(np.int64))
+def labelled(path: str | os.PathLike[str], model: Model) -> Samples:
+    """`x`, `y` from an .npz or .csv, checked against the bundle as `s2rt train` checks them."""
+    return load_samples(path, model.bundle.input, model.bundle.head.num_outputs, require_labels=True)
 
 
 # -- device side -----------------------------------------------------------------------
@@ -67,7 +64,7 @@ def _device_load(context: Context) -> tuple[Model, Samples]:
     node = context.node_config
     _require(node, DEVICE_KEYS, "node config (flower-supernode --node-config)")
     model = Model.open(str(node["bundle"]))
-    return model, load_samples(str(node["data"]), model)
+    return model, labelled(str(node["data"]), model)
 
 
 client_app: ClientApp = make_client_app(DeviceData(_device_load))
@@ -85,7 +82,8 @@ def _write(path: Path, initial: Adapters, final: Adapters, report: dict[str, Any
     """The npz and its JSON report, each written aside then renamed: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, **adapter_arrays(final), **adapter_arrays(initial, "initial."))
+    arrays = {**adapter_arrays(final), **adapter_arrays(initial, "initial.")}
+    np.savez(partial, **arrays)  # type: ignore[arg-type]  # numpy stubs mistake **arrays for allow_pickle
     report_path, report_partial = path.with_suffix(".json"), path.with_suffix(".json.partial")
     report_partial.write_text(json.dumps(report, indent=2))
     os.replace(report_partial, report_path)
@@ -114,8 +112,9 @@ def main(grid: Grid, context: Context) -> None:
     )
     evaluate = None
     if str(config.get("test", "")):
-        test = load_samples(str(config["test"]), model)
-        evaluate = lambda adapters: global_accuracy(model, adapters, test.x, test.y)  # noqa: E731
+        test = labelled(str(config["test"]), model)
+        x, y = test.x, np.asarray(test.y)
+        evaluate = lambda adapters: global_accuracy(model, adapters, x, y)  # noqa: E731
     settings = {
         "bundle-digest": model.bundle.digest,
         "local-epochs": int(config["local-epochs"]),
