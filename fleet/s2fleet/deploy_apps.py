@@ -16,12 +16,15 @@ Run config (server):
     step            the server step size for damped
     min-nodes       devices a round waits for
     out             where the final global adapters go (.npz, `A.l`/`B.l` per tap, plus
-                    `initial.A.l`/`initial.B.l`); a JSON report beside it (`.json`)
+                    `initial.A.l`/`initial.B.l`); a JSON report beside it (`.json`): the
+                    test accuracy per round, the devices' mean accuracy on their own
+                    samples per round, refusals
     test            optional test samples (.npz x, y or .csv) scored after each round
 
 Node config (device):
     bundle          the bundle this device serves; a round for another is refused
     data            this device's own samples (.npz x, y or .csv); they never leave the device
+    adapters        optional: where each round's global adapters are stored (s2rt state file)
     partition-id    optional, seeds the device's shuffling
 """
 
@@ -33,14 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from s2rt.data import Samples, load_samples
 from s2rt.session import Model
+from s2rt.state import save_adapters
 
 from s2fleet.aggregate import Adapters, Aggregation
-from s2fleet.apps import AdapterStrategy, DeviceData, run_rounds
+from s2fleet.apps import EXAMPLES, AdapterStrategy, DeviceData, from_record, to_record
 from s2fleet.apps import client_app as make_client_app
 from s2fleet.device import global_accuracy
 
@@ -68,6 +72,25 @@ def _device_load(context: Context) -> tuple[Model, Samples]:
 
 
 client_app: ClientApp = make_client_app(DeviceData(_device_load))
+
+
+@client_app.evaluate()
+def receive(message: Message, context: Context) -> Message:
+    """The global adapters after a round: scored on this device's samples and, with node
+    config `adapters`, stored there as an s2rt adapter state file (the device's copy of
+    the current global version)."""
+    model, samples = _device_load(context)
+    config = message.content["config"]
+    digest = str(config["bundle-digest"])
+    if digest != model.bundle.digest:
+        raise RuntimeError(f"refused: the version is for bundle {digest[:16]}, this device serves {model.bundle.digest[:16]}")
+    adapters = from_record(message.content["arrays"], len(model.bundle.taps))
+    accuracy = global_accuracy(model, adapters, samples.x, np.asarray(samples.y))
+    target = str(context.node_config.get("adapters", ""))
+    if target:
+        save_adapters(target, adapters, model.bundle, source="fleet", server_round=int(config["server-round"]), local_accuracy=accuracy)
+    metrics = MetricRecord({EXAMPLES: len(samples.x), "local-accuracy": accuracy})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=message)
 
 
 # -- server side -----------------------------------------------------------------------
@@ -108,19 +131,37 @@ def main(grid: Grid, context: Context) -> None:
         step=float(config["step"]),
         min_train_nodes=nodes,
         min_available_nodes=nodes,
-        fraction_evaluate=0.0,
+        fraction_evaluate=1.0,  # every device receives each round's global adapters
+        min_evaluate_nodes=nodes,
     )
-    evaluate = None
-    if str(config.get("test", "")):
-        test = labelled(str(config["test"]), model)
-        x, y = test.x, np.asarray(test.y)
-        evaluate = lambda adapters: global_accuracy(model, adapters, x, y)  # noqa: E731
-    settings = {
-        "bundle-digest": model.bundle.digest,
-        "local-epochs": int(config["local-epochs"]),
-        "learning-rate": float(config["learning-rate"]),
-    }
-    curve = run_rounds(grid, strategy, initial, int(config["rounds"]), settings, evaluate)
+    curve: list[float] = []
+    scored = str(config.get("test", ""))
+    test = labelled(scored, model) if scored else None
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if test is None:
+            return None
+        curve.append(global_accuracy(model, from_record(arrays, strategy.taps), test.x, np.asarray(test.y)))
+        return MetricRecord({"accuracy": curve[-1]})
+
+    settings = ConfigRecord(
+        {"bundle-digest": model.bundle.digest, "local-epochs": int(config["local-epochs"]), "learning-rate": float(config["learning-rate"])}
+    )
+    strategy.current = initial
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=to_record(initial),
+        num_rounds=int(config["rounds"]),
+        train_config=settings,
+        evaluate_config=settings,
+        evaluate_fn=evaluate,
+    )
     final = strategy.current if strategy.current is not None else initial
-    report = {"rounds": int(config["rounds"]), "accuracy": curve, "refused": strategy.refused, "bundle-digest": model.bundle.digest}
+    report = {
+        "rounds": int(config["rounds"]),
+        "accuracy": curve,
+        "device-accuracy": {r: m.get("local-accuracy") for r, m in result.evaluate_metrics_clientapp.items()},
+        "refused": strategy.refused,
+        "bundle-digest": model.bundle.digest,
+    }
     _write(Path(str(config["out"])), initial, final, report)

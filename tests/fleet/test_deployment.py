@@ -2,7 +2,8 @@
 an SQLite state file, three SuperNodes (each with its own key and its own shard of HAR),
 two rounds submitted with `flwr run`. The ServerApp writes the global adapters it
 aggregated; they have the bundle's shapes, moved from the initial ones, and score no worse.
-A SuperNode whose key was never registered is refused.
+Every device receives each round's global version and stores it as an s2rt adapter state
+file. A SuperNode whose key was never registered is refused.
 
 Every process the test starts is stopped in a `finally`, also when an assertion fails.
 Needs the fleet extra (flwr): `make test` runs it in .venv-fleet (marked slow: about a minute).
@@ -33,6 +34,7 @@ from s2fleet.partition import partition
 from s2rt.bundle import write_bundle
 from s2rt.data import Samples
 from s2rt.session import Model
+from s2rt.state import load_adapters
 
 # flwr's import calls click functions that click now deprecates (the suite turns warnings into errors)
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:'click\\.utils\\..*' is deprecated:DeprecationWarning")]
@@ -221,7 +223,9 @@ def test_two_rounds_through_a_tls_superlink_with_authenticated_supernodes(tmp_pa
             env=env,
         )  # fmt: skip
 
-    nodes = [supernode(f"supernode{k}", keys[k][0], f'bundle="{bundle}" data="{data[k]}" partition-id={k}') for k in range(DEVICES)]
+    received = [tmp_path / f"device{k}" / "global.npz" for k in range(DEVICES)]  # each device's copy of the global version
+    configs = [f'bundle="{bundle}" data="{data[k]}" adapters="{received[k]}" partition-id={k}' for k in range(DEVICES)]
+    nodes = [supernode(f"supernode{k}", keys[k][0], configs[k]) for k in range(DEVICES)]
     stranger = supernode("stranger", keys[DEVICES][0], f'bundle="{bundle}" data="{data[0]}"')
 
     out = tmp_path / "server" / "global.npz"
@@ -253,6 +257,15 @@ def test_two_rounds_through_a_tls_superlink_with_authenticated_supernodes(tmp_pa
     # the rounds ran as they would in one process: round 2 started from round 1's aggregate on every device
     for got, want in zip(delta(final), delta(same_rounds_in_one_process(bundle, data))):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+    # every device holds the final global version, as an adapter state file s2rt loads
+    for path in received:
+        adapters, meta = load_adapters(path, model.bundle)
+        assert meta["source"] == "fleet" and meta["server_round"] == ROUNDS
+        for (a, b), (want_a, want_b) in zip(adapters, final):
+            np.testing.assert_allclose(a, want_a, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(b, want_b, rtol=1e-6, atol=1e-7)
+    assert sorted(report["device-accuracy"]) == [str(r) for r in range(1, ROUNDS + 1)]
 
     # the unregistered device was refused at activation and gave up
     wait_for(lambda: stranger.poll() is not None, 60, "the unregistered SuperNode to give up", [logs / "stranger.log"])
