@@ -3,7 +3,8 @@ an SQLite state file, three SuperNodes (each with its own key and its own shard 
 two rounds submitted with `flwr run`. The ServerApp writes the global adapters it
 aggregated; they have the bundle's shapes, moved from the initial ones, and score no worse.
 Every device receives each round's global version and stores it as an s2rt adapter state
-file. A SuperNode whose key was never registered is refused.
+file. A SuperNode whose key was never registered is refused. The SQLite state outlives the SuperLink:
+restarted on it, the SuperLink lets a registered device back in.
 
 Every process the test starts is stopped in a `finally`, also when an assertion fails.
 Needs the fleet extra (flwr): `make test` runs it in .venv-fleet (marked slow: about a minute).
@@ -181,25 +182,34 @@ def flwr(procs: Processes, *args: str, timeout: float = 60) -> subprocess.Comple
     return subprocess.run([str(BIN / "flwr"), *args], env=procs.env, cwd=procs.logs, capture_output=True, text=True, timeout=timeout)
 
 
+def start_superlink(procs: Processes, name: str, tls_files: tuple[Path, Path, Path], database: Path, port: int) -> subprocess.Popen:
+    """TLS on every API, only registered SuperNodes, state in an SQLite file; every API on loopback."""
+    ca, cert, key = tls_files
+    superlink = procs.start(
+        name,
+        [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+         "--enable-supernode-auth", "--database", str(database), "--disable-runtime-dependency-installation",
+         "--host", "127.0.0.1", "--port", str(port),
+         "--fleet-api-address", f"127.0.0.1:{free_port()}", "--control-api-address", f"127.0.0.1:{free_port()}"],
+    )  # fmt: skip
+    log = procs.logs / f"{name}.log"
+    wait_for(lambda: listening(port) or superlink.poll() is not None, 60, f"the SuperLink ({name})", [log])
+    assert superlink.poll() is None, log.read_text()
+    return superlink
+
+
 def test_two_rounds_through_a_tls_superlink_with_authenticated_supernodes(tmp_path: Path, procs: Processes):
     bundle = tmp_path / "har.s2l"
     write_bundle(convert(MODELS / "har_mlp.onnx", ConvertOptions(rank=8)), bundle)
     data, test = shards(tmp_path)
-    ca, cert, key = tls(tmp_path / "tls")
-    link, fleet_grpc, control_grpc = free_port(), free_port(), free_port()
+    tls_files = tls(tmp_path / "tls")
+    ca = tls_files[0]
+    link = free_port()
     logs = procs.logs
 
     # the fleet server: TLS on every API, only registered SuperNodes, state in an SQLite file
     database = tmp_path / "superlink.db"
-    superlink = procs.start(
-        "superlink",
-        [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
-         "--enable-supernode-auth", "--database", str(database), "--disable-runtime-dependency-installation",
-         "--host", "127.0.0.1", "--port", str(link),
-         "--fleet-api-address", f"127.0.0.1:{fleet_grpc}", "--control-api-address", f"127.0.0.1:{control_grpc}"],
-    )  # fmt: skip
-    wait_for(lambda: listening(link) or superlink.poll() is not None, 60, "the SuperLink", [logs / "superlink.log"])
-    assert superlink.poll() is None, (logs / "superlink.log").read_text()
+    superlink = start_superlink(procs, "superlink", tls_files, database, link)
 
     home = Path(procs.env["FLWR_HOME"])
     home.mkdir(exist_ok=True)
@@ -213,11 +223,11 @@ def test_two_rounds_through_a_tls_superlink_with_authenticated_supernodes(tmp_pa
         done = flwr(procs, "supernode", "register", str(public), LINK)
         assert done.returncode == 0, done.stdout + done.stderr
 
-    def supernode(name: str, private: Path, config: str) -> subprocess.Popen:
+    def supernode(name: str, private: Path, config: str, port: int = link) -> subprocess.Popen:
         env = dict(procs.env, FLWR_HOME=str(tmp_path / f"home-{name}"))
         return procs.start(
             name,
-            [str(BIN / "flower-supernode"), "--root-certificates", str(ca), "--superlink", f"127.0.0.1:{link}",
+            [str(BIN / "flower-supernode"), "--root-certificates", str(ca), "--superlink", f"127.0.0.1:{port}",
              "--auth-supernode-private-key", str(private), "--node-config", config,
              "--host", "127.0.0.1", "--port", str(free_port())],
             env=env,
@@ -274,10 +284,18 @@ def test_two_rounds_through_a_tls_superlink_with_authenticated_supernodes(tmp_pa
     activations = (logs / "superlink.log").read_text().count('/v1/fleet/activate-node HTTP/1.1" ')
     refusals = (logs / "superlink.log").read_text().count('/v1/fleet/activate-node HTTP/1.1" 412')
     assert (activations, refusals) == (DEVICES + 1, 1)
+    assert "No SuperNode found with the given public key" in (logs / "superlink.log").read_text()
 
-    # the SuperLink's state outlives it: the registered devices and the run are in the SQLite file
-    superlink.terminate()
-    superlink.wait(timeout=30)
+    # the SuperLink's state outlives it: the registered devices and the run are in the SQLite file,
+    # and a SuperLink restarted on it lets a registered device back in without registering again
+    for process in [*nodes, superlink]:
+        process.terminate()
+        process.wait(timeout=30)
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT COUNT(*) FROM node").fetchone() == (DEVICES,)
         assert db.execute("SELECT COUNT(*) FROM run").fetchone() == (1,)
+    again = free_port()
+    start_superlink(procs, "superlink-restarted", tls_files, database, again)
+    supernode("rejoined", keys[0][0], configs[0], port=again)
+    restarted_log = logs / "superlink-restarted.log"
+    wait_for(lambda: '/v1/fleet/activate-node HTTP/1.1" 200' in restarted_log.read_text(), 60, "the device to rejoin", [restarted_log])
