@@ -58,6 +58,13 @@ def _require(config: Any, keys: tuple[str, ...], where: str) -> None:
         raise ValueError(f"{where}: missing {', '.join(missing)} (expected keys {', '.join(keys)})")
 
 
+def _aggregation(value: object) -> Aggregation:
+    try:
+        return Aggregation(str(value))
+    except ValueError:
+        raise ValueError(f"run config aggregation: expected one of {', '.join(a.value for a in Aggregation)}, found {value!r}") from None
+
+
 def labelled(path: str | os.PathLike[str], model: Model) -> Samples:
     """`x`, `y` from an .npz or .csv, checked against the bundle as `s2rt train` checks them."""
     return load_samples(path, model.bundle.input, model.bundle.head.num_outputs, require_labels=True)
@@ -125,7 +132,7 @@ def main(grid: Grid, context: Context) -> None:
     initial: Adapters = model.head.per_tap()  # type: ignore[attr-defined]
     nodes = int(config["min-nodes"])
     strategy = AdapterStrategy(
-        Aggregation(str(config["aggregation"])),
+        _aggregation(config["aggregation"]),
         model.bundle.head.rank,
         len(model.bundle.taps),
         step=float(config["step"]),

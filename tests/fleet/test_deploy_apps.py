@@ -105,3 +105,11 @@ def test_a_missing_node_setting_is_named(tmp_path_factory, tmp_path):
     served, _ = bundles(tmp_path_factory.mktemp("deploy"))
     with pytest.raises(ValueError, match=r"node config \(flower-supernode --node-config\): missing data \(expected keys bundle, data\)"):
         client_app(evaluate_message(served, version(served, 0.0), 1), context({"bundle": str(served)}))
+
+
+def test_an_unknown_aggregation_is_named():
+    from s2fleet.deploy_apps import _aggregation
+
+    assert _aggregation("damped").value == "damped"
+    with pytest.raises(ValueError, match="run config aggregation: expected one of fedavg, exact, damped, found 'mean'"):
+        _aggregation("mean")
