@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test test-fleet fleet-bench test-numpy1 check models schema clean golden bench bench-quick bench-cnn bench-ortt-setup
+.PHONY: demo test test-fleet test-fleet-deploy fleet-bench test-numpy1 check models schema clean golden bench bench-quick bench-cnn bench-ortt-setup
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ $(FLEET_VENV)/.ready: fleet/pyproject.toml runtime/pyproject.toml converter/pypr
 
 test-fleet: $(FLEET_VENV)/.ready
 	$(FLEET_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/fleet
+
+# A real deployment on loopback: TLS SuperLink with SuperNode auth, three SuperNodes, `flwr run` (part of test-fleet)
+test-fleet-deploy: $(FLEET_VENV)/.ready
+	$(FLEET_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/fleet/test_deployment.py
 
 # The fleet table: N simulated devices on HAR through Flower's Simulation Engine -> bench/results/fleet.json
 fleet-bench: $(FLEET_VENV)/.ready $(VENV)/.runtime
