@@ -41,10 +41,24 @@ class _Stepper:
     def __init__(self, params: Params, lr: float) -> None:
         _check_hyper("learning rate", lr, lo=0.0, lo_open=True)
         self.params = params
-        self.lr = float(lr)
+        self._lr = float(lr)
         self.steps = 0
         self._tmp = {k: np.empty_like(p) for k, p in params.items()}
         self.grad_buffers: dict[str, np.ndarray] = {k: np.zeros_like(p) for k, p in params.items()}
+
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        """A new rate for the steps to come (a schedule sets it per epoch), as torch's param_group["lr"]."""
+        _check_hyper("learning rate", value, lo=0.0, lo_open=True)
+        self._lr = float(value)
+        self._lr_changed()
+
+    def _lr_changed(self) -> None:
+        """Recompute whatever was derived from the rate (nothing by default)."""
 
     # -- the state as torch names it ----------------------------------------------------
     def _named_state(self) -> dict[str, np.ndarray]:
@@ -111,7 +125,14 @@ class SGD(_Stepper):
         self.weight_decay = float(weight_decay)
         self._momentum = {k: np.zeros_like(p) for k, p in params.items()} if momentum else {}
         self._plain = not (momentum or weight_decay)
+        # plain: the loss writes lr0 * g (the rate when the step's constants were made), and
+        # a later rate scales the step by lr / lr0
         self.grad_scale = self.lr if self._plain else 1.0
+        self._rescale = 1.0
+
+    def _lr_changed(self) -> None:
+        if self._plain:
+            self._rescale = self.lr / self.grad_scale
 
     def _named_state(self) -> dict[str, np.ndarray]:
         return {f"momentum.{k}": v for k, v in self._momentum.items()}
@@ -126,8 +147,12 @@ class SGD(_Stepper):
         self.steps += 1
         for k, p in self.params.items():
             d = self.grad_buffers[k]
-            if self._plain:  # d is lr * g already
-                p -= d
+            if self._plain:  # d is lr0 * g already
+                if self._rescale == 1.0:
+                    p -= d
+                else:
+                    np.multiply(d, self._rescale, out=self._tmp[k])
+                    p -= self._tmp[k]
                 continue
             tmp = self._tmp[k]
             if self.weight_decay:
@@ -191,6 +216,13 @@ class Adam(_Stepper):
 
     def _buffers(self) -> list[np.ndarray]:
         return list(self._S.values())
+
+    def _lr_changed(self) -> None:
+        """The planned steps not taken yet get the new rate's constants."""
+        planned = len(self._inv) - self.steps
+        if planned > 0:
+            del self._inv[self.steps :], self._eps[self.steps :]
+            self.plan(planned)
 
     def plan(self, steps: int) -> None:
         """Constants of steps 1 .. self.steps + steps, kept for the whole run (indexed by step)."""

@@ -87,3 +87,17 @@ def test_cli_trains_skip2relu_with_a_cosine_schedule_and_oselm_in_closed_form(tm
     assert "trained 1 epochs" in out.stdout and "closed form: kappa=" in out.stdout
     bad = s2rt("train", tmp_path / "b.s2l", "--data", tmp_path / "d.npz", "--lr-schedule", "step", "-o", tmp_path / "x.npz")
     assert bad.returncode != 0 and "--lr-schedule" in bad.stderr
+
+
+@pytest.mark.parametrize("method", ["skip2lora", "skip2relu", "ft-last"])
+@pytest.mark.parametrize("optimizer", ["ADAM", "SGD"])
+def test_the_cosine_rate_is_the_one_the_steps_use(method, optimizer):
+    """Cosine gives other weights than a constant rate (the fused loop plans every step's
+    constants up front: a new rate must reach them; test_optim checks the steps against torch)."""
+    config = {"epochs": 3, "batch_size": 32, "learning_rate": 0.05, "optimizer": optimizer, "shuffle": False}
+    trained = {}
+    for schedule in ("constant", "cosine"):
+        model = Model(tiny_bundle(tiny_weights()), method=method)
+        model.fine_tune(samples(), TrainConfig(**config, lr_schedule=schedule))
+        trained[schedule] = np.concatenate([p.ravel() for p in model.head.parameters().values()])
+    assert not np.allclose(trained["constant"], trained["cosine"], rtol=1e-4, atol=1e-6)

@@ -188,3 +188,37 @@ def test_bad_hyper_parameters_are_rejected(make):
     params, _ = params_and_grads()
     with pytest.raises(RuntimeInputError):
         make(params)
+
+
+@pytest.mark.parametrize("planned", [False, True], ids=["step", "planned-run"])
+@pytest.mark.parametrize(
+    ("make_ours", "make_torch"),
+    [
+        pytest.param(lambda p: SGD(p, 0.05), lambda p: torch.optim.SGD(p, lr=0.05), id="sgd"),
+        pytest.param(lambda p: SGD(p, 0.05, momentum=0.9), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), id="sgd-momentum"),
+        pytest.param(lambda p: Adam(p, 0.01), lambda p: torch.optim.Adam(p, lr=0.01), id="adam"),
+    ],
+)
+def test_a_new_learning_rate_applies_to_the_next_steps_as_in_torch(make_ours, make_torch, planned):
+    """What a schedule does each epoch: set lr between steps (torch: param_group["lr"]); with
+    `planned`, the constants of every step were made up front, as the fused loop does."""
+    params, grads = params_and_grads()
+    tparams = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    ours, theirs = make_ours(params), make_torch(list(tparams.values()))
+    scale = ours.grad_scale
+    if planned:
+        ours.plan(len(grads))
+    for i, g in enumerate(grads):
+        if i in (2, 4):
+            ours.lr = theirs.param_groups[0]["lr"] = [0.05, 0.01][i // 4] * (0.3 if i == 2 else 0.1)
+        if planned:  # the fused path: the loss writes scaled gradients, then one update
+            for k, buf in ours.grad_buffers.items():
+                np.multiply(g[k], scale, out=buf)
+            ours.update()
+        else:
+            ours.step(g)
+        for k, p in tparams.items():
+            p.grad = torch.tensor(g[k])
+        theirs.step()
+        for k, p in params.items():
+            np.testing.assert_allclose(p, tparams[k].detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=f"{k} after step {i + 1}")
