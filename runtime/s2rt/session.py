@@ -244,7 +244,8 @@ class Model:
             self.add_classes(unknown)
         elif unknown:
             raise RuntimeInputError(
-                f"labels {unknown[:5]} are not among the model's labels {list(self.labels)[:20]}; "
+                f"labels {unknown[:5]} are not among the bundle's labels{' or the added classes' if self.new_labels else ''} "
+                f"{list(self.labels)[:20]}; "
                 "to learn them as new classes pass --allow-new-classes (s2rt train) or allow_new_classes=True (Model.samples)"
             )
         index = {label: i for i, label in enumerate(self.labels)}
