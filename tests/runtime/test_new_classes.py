@@ -206,3 +206,5 @@ def test_reference_open_set_workload_keeps_old_classes_and_learns_the_new(tmp_pa
     assert model.new_labels == ("ROW", "TRAP")
     assert min(result["new_class_recall"].values()) >= 0.9, result
     assert result["old_class_accuracy"] >= acc_before - 0.01, (result, acc_before)
+    predicted = model.classify(test["x"][old_test])[0]
+    assert np.mean(predicted >= len(labels)) < 0.01  # old-class samples are not taken by the new classes
