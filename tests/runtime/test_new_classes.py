@@ -129,6 +129,18 @@ def test_new_class_is_learned_and_round_trips_through_the_adapter_file(bundle_pa
         load_adapters(tmp_path / "a.npz", again.bundle)  # the (A, B) form s2conv export reads
 
 
+def test_adapters_with_a_new_class_grow_again_from_the_file(bundle_path, tmp_path):
+    model = Model.open(bundle_path)
+    model.fine_tune(model.samples(*novel_data(), allow_new_classes=True), epochs=30, learning_rate=0.05)
+    model.save_adapters(tmp_path / "a.npz")
+    again = Model.open(bundle_path, adapters=tmp_path / "a.npz")
+    x = novel_data(seed=1)[0]
+    before = again.logits(x)
+    again.samples(x[:2], ["novel", "zebra"], allow_new_classes=True)
+    assert again.labels == (*OLD, "novel", "zebra")
+    np.testing.assert_allclose(again.logits(x)[:, :4], before, rtol=1e-5, atol=1e-5)  # the trained rows carry over
+
+
 def test_new_classes_need_skip2lora(bundle_path):
     model = Model.open(bundle_path)
     samples = model.samples(*novel_data(), allow_new_classes=True)
