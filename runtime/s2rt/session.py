@@ -96,7 +96,7 @@ class Model:
         """Load a state file; the model takes on its method. With `method`, refuse a file of another method family."""
         arrays, meta = load_state(path, self.bundle, method)
         stored = get_method(meta["method"])
-        new_labels = () if "new_labels" not in meta else check_new_labels(meta["new_labels"], self.bundle.labels, str(path))
+        new_labels = () if "new_labels" not in meta else check_new_labels(meta["new_labels"], self.bundle.labels, f"{path}: new_labels")
         head = self.head if stored.family == self.method.family and not self.new_labels else stored.make_head(self.bundle)
         if new_labels:
             head = self._grown(stored.name, head, len(new_labels))
@@ -126,7 +126,7 @@ class Model:
         added = tuple(sorted({str(n) for n in names} - known))
         if not added:
             return
-        labels = check_new_labels([*self.new_labels, *added], self.bundle.labels, "new classes")
+        labels = check_new_labels([*self.new_labels, *added], self.bundle.labels, "new classes", RuntimeInputError)
         self.head = self._grown(self.method.name, self.head, len(labels))
         self.new_labels = labels
         self._folded = FoldedHead()

@@ -109,6 +109,14 @@ def test_unknown_labels_are_refused_without_the_flag(bundle_path):
     assert model.labels == OLD and model.new_labels == ()
 
 
+def test_new_label_names_are_bounded(bundle_path):
+    model = Model.open(bundle_path)
+    x, _ = novel_data(n=2)
+    with pytest.raises(RuntimeInputError, match="new class name 'zzzz.*must be a string of 1..200 characters"):
+        model.samples(x, ["class_0", "z" * 201], allow_new_classes=True)
+    assert model.labels == OLD
+
+
 def test_new_class_is_learned_and_round_trips_through_the_adapter_file(bundle_path, tmp_path):
     model = Model.open(bundle_path)
     x, y = novel_data()

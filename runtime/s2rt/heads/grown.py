@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from s2rt.errors import RuntimeInputError, StateError
+from s2rt.errors import RuntimeInputError, S2LError, StateError
 from s2rt.head import FLOAT, AdapterHead
 
 MAX_NEW_CLASSES = 1024
@@ -187,14 +187,15 @@ class PaddedFeatures:
         return X, pad_logits(F, self.num_outputs)
 
 
-def check_new_labels(value: object, bundle_labels: Sequence[str], where: str) -> tuple[str, ...]:
-    """The `new_labels` of an adapter file's meta: distinct, non-empty names the bundle does not have."""
+def check_new_labels(value: object, bundle_labels: Sequence[str], where: str, error: type[S2LError] = StateError) -> tuple[str, ...]:
+    """New class names (an adapter file's `new_labels`, or names from data): distinct,
+    1..MAX_LABEL_CHARS characters, at most MAX_NEW_CLASSES, none of the bundle's."""
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_NEW_CLASSES:
-        raise StateError(f"{where}: 'new_labels' must be a list of 1..{MAX_NEW_CLASSES} class names, found {str(value)[:80]}")
+        raise error(f"{where}: expected a list of 1..{MAX_NEW_CLASSES} new class names, found {str(value)[:80]}")
     for name in value:
         if not isinstance(name, str) or not 0 < len(name) <= MAX_LABEL_CHARS:
-            raise StateError(f"{where}: new class name {str(name)[:80]!r} must be a string of 1..{MAX_LABEL_CHARS} characters")
+            raise error(f"{where}: new class name {str(name)[:80]!r} must be a string of 1..{MAX_LABEL_CHARS} characters")
     clash = sorted(set(value) & set(bundle_labels))
     if clash or len(set(value)) != len(value):
-        raise StateError(f"{where}: new class names {value[:8]} repeat or clash with the bundle's labels ({clash[:5]})")
+        raise error(f"{where}: new class names {value[:8]} repeat or clash with the bundle's labels ({clash[:5]})")
     return tuple(value)
