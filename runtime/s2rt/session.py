@@ -132,6 +132,8 @@ class Model:
         self._folded = FoldedHead()
 
     def _grown(self, method: str, head: TrainableHead, extra: int) -> GrownHead:
+        if not self.classifies:
+            raise RuntimeInputError("new classes need a classifier; this bundle's head is a regression (loss mse)")
         if get_method(method).family != "skip2lora" or not isinstance(head, (AdapterHead, GrownHead)):
             raise RuntimeInputError(f"new classes need --method skip2lora (a head that grows a row per class), not {method}")
         return grow(head, self.bundle.head.num_outputs, extra)
