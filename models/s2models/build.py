@@ -5,7 +5,9 @@
 Writes, under --out: <name>_mlp.onnx (an MLP) or <name>.onnx (a CNN, input N x 1 x H x W),
 data/<workload>_ft.npz, data/<workload>_test.npz, data/<workload>_labels.txt (one class
 name a line; digits_cnn shares the digits files) and models.json (one entry per recipe;
---only updates just that entry).
+--only updates just that entry). Open-set recipes (classes hidden from pretraining, whose
+device files name their labels) go to open_set.json instead, so that what reads every
+models.json entry (the bench, the reference-model tests) sees closed-set workloads only.
 """
 
 from __future__ import annotations
@@ -156,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     names = [args.only] if args.only else list(RECIPES)
-    update_index(args.out / "models.json", {name: build(name, args.out) for name in names})
+    entries = {name: build(name, args.out) for name in names}
+    for index, open_set_index in (("models.json", False), ("open_set.json", True)):
+        chosen = {name: entry for name, entry in entries.items() if bool(RECIPES[name].hidden) == open_set_index}
+        if chosen:
+            update_index(args.out / index, chosen)
     print(f"built {', '.join(names)} in {time.perf_counter() - start:.1f} s")
     return 0
 

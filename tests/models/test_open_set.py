@@ -37,7 +37,7 @@ def test_bad_hidden_classes_are_refused(hidden):
 
 
 def test_committed_har_open_is_what_the_code_builds():
-    entry = json.loads((MODELS / "models.json").read_text())["har_open"]
+    entry = json.loads((MODELS / "open_set.json").read_text())["har_open"]
     hidden = tuple(entry["device_only_classes"])
     w = open_set.hide_classes(har.load(), hidden, "har_open")
     assert hidden == ("TRAP", "ROW") and entry["classes"] == list(w.labels) and w.sizes() == entry["samples"]
