@@ -1,11 +1,13 @@
 """Build every workload: data, pretrained MLP or CNN, ONNX, device npz files and models.json.
 
-    python -m s2models.build [--out models/] [--only har|digits|fan|digits_cnn|mnist_cnn]
+    python -m s2models.build [--out models/] [--only har|digits|fan|digits_cnn|mnist_cnn|har_open]
 
 Writes, under --out: <name>_mlp.onnx (an MLP) or <name>.onnx (a CNN, input N x 1 x H x W),
 data/<workload>_ft.npz, data/<workload>_test.npz, data/<workload>_labels.txt (one class
 name a line; digits_cnn shares the digits files) and models.json (one entry per recipe;
---only updates just that entry).
+--only updates just that entry). Open-set recipes (classes hidden from pretraining, whose
+device files name their labels) go to open_set.json instead, so that what reads every
+models.json entry (the bench, the reference-model tests) sees closed-set workloads only.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import onnx
 from torch import nn
 
 from s2models.cnn import digits_cnn, mnist_mobilenet
-from s2models.data import Split, Workload, digits, fan, har, mnist, save_npz
+from s2models.data import Split, Workload, digits, fan, har, mnist, open_set, save_npz
 from s2models.export import INPUT_NAME, OUTPUT_NAME, accuracy, export, session
 from s2models.mlp import Standardize, feature_stats, mlp
 from s2models.train import TrainConfig, TrainResult, pretrain
@@ -41,6 +43,7 @@ class Recipe:
     train: TrainConfig = TrainConfig()
     cnn: Callable[[int], nn.Module] | None = None  # classes -> model; None: the paper-style MLP
     input_shape: tuple[int, ...] | None = None  # a CNN's per-sample input (channels first); None: flat features
+    hidden: tuple[str, ...] = ()  # classes left out of pretraining, on the device only (s2models.data.open_set)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -49,6 +52,7 @@ RECIPES: dict[str, Recipe] = {
     "fan": Recipe(load=fan.load, standardize=True),
     "digits_cnn": Recipe(digits.load, False, TrainConfig(lr=3e-3, patience=5), digits_cnn, (1, 8, 8)),
     "mnist_cnn": Recipe(mnist.load, False, TrainConfig(lr=4e-3, batch_size=64, max_epochs=12, patience=5), mnist_mobilenet, (1, 28, 28)),
+    "har_open": Recipe(load=har.load, standardize=True, hidden=("TRAP", "ROW")),  # new classes on the device
 }
 
 
@@ -98,6 +102,7 @@ def report(path: Path) -> None:
 def describe(workload: Workload, recipe: Recipe, model: onnx.ModelProto, result: TrainResult, onnx_name: str) -> dict[str, Any]:
     """The models.json entry: provenance, signature, splits and measured accuracies."""
     sess = session(model)
+    known = workload.test.y < len(workload.labels)  # an open-set workload's test also holds the hidden classes
     return {
         "onnx": onnx_name,
         "sha256": hashlib.sha256(model.SerializeToString()).hexdigest(),
@@ -111,10 +116,11 @@ def describe(workload: Workload, recipe: Recipe, model: onnx.ModelProto, result:
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(workload.labels)], "dtype": "float32"},
         "classes": list(workload.labels),
         "pretrain_val_accuracy": accuracy(sess, features(workload.val, recipe), workload.val.y),
-        "shifted_test_accuracy": accuracy(sess, features(workload.test, recipe), workload.test.y),
+        "shifted_test_accuracy": accuracy(sess, features(workload.test, recipe)[known], workload.test.y[known]),
         "samples": workload.sizes(),
         "data": {split: f"data/{workload.name}_{split}.npz" for split in DEVICE_SPLITS} | {"labels": f"data/{workload.name}_labels.txt"},
         "data_config": workload.config,
+        **({"device_only_classes": list(recipe.hidden)} if recipe.hidden else {}),
         "train_config": asdict(recipe.train),
         "train_result": {"epochs": result.epochs, "best_epoch": result.best_epoch},
     }
@@ -124,13 +130,15 @@ def build(name: str, out: Path) -> dict[str, Any]:
     """Build one workload's artefacts under `out`; returns its models.json entry."""
     recipe = RECIPES[name]
     workload = recipe.load()
+    if recipe.hidden:
+        workload = open_set.hide_classes(workload, recipe.hidden, name)
     model, result = pretrained_model(workload, recipe)
     (out / "data").mkdir(parents=True, exist_ok=True)
     onnx_name = f"{name}.onnx" if recipe.cnn is not None else f"{name}_mlp.onnx"
     write(out / onnx_name, model.SerializeToString())
     for split in DEVICE_SPLITS:
         path = out / "data" / f"{workload.name}_{split}.npz"
-        save_npz(path, getattr(workload, split), workload.labels)
+        save_npz(path, getattr(workload, split), open_set.device_labels(workload), named=bool(recipe.hidden))
         report(path)
     write(out / "data" / f"{workload.name}_labels.txt", "".join(f"{label}\n" for label in workload.labels).encode())
     return describe(workload, recipe, model, result, onnx_name)
@@ -150,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     names = [args.only] if args.only else list(RECIPES)
-    update_index(args.out / "models.json", {name: build(name, args.out) for name in names})
+    entries = {name: build(name, args.out) for name in names}
+    for index, open_set_index in (("models.json", False), ("open_set.json", True)):
+        chosen = {name: entry for name, entry in entries.items() if bool(RECIPES[name].hidden) == open_set_index}
+        if chosen:
+            update_index(args.out / index, chosen)
     print(f"built {', '.join(names)} in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -83,6 +83,12 @@ def _add_train(sub: Subparsers) -> None:
         + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
         + f" (default: {DEFAULT_METHOD})",
     )
+    train.add_argument(
+        "--allow-new-classes",
+        action="store_true",
+        help="labels (names in the .npz's y) the bundle does not have become new classes: the skip2lora head grows "
+        "a row per class; the adapters record them and eval/predict report them",
+    )
     train.add_argument("--no-cache", action="store_true", help="run the frozen forward every epoch (no Skip-Cache), for comparison")
     train.add_argument("--cache-file", help="keep the Skip-Cache in this memory-mapped file (default: in memory)")
     train.add_argument(
@@ -151,10 +157,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.cache_file:
         check_writable("--cache-file", args.cache_file)
     model = _open(args)
-    head = model.bundle.head
-    samples = load_samples(args.data, model.bundle.input, head.num_outputs, require_labels=True)
     if args.init:
         model.load_adapters(args.init, args.method)
+    samples = load_samples(args.data, model.bundle.input, len(model.labels), require_labels=True, label_index=_names(model, args))
     config = model.train_config(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -193,6 +198,7 @@ def _train(args: argparse.Namespace) -> int:
         "cache_records": result.cache_records,
         "n": len(samples.x),
         "trainable_parameters": model.head.num_parameters,
+        "new_labels": list(model.new_labels),
     }
     model.save_adapters(args.output, metrics=metrics)
     text = (
@@ -210,17 +216,27 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     model = _open(args)
-    samples = load_samples(args.data, model.bundle.input, model.bundle.head.num_outputs, require_labels=True)
+    samples = load_samples(args.data, model.bundle.input, len(model.labels), require_labels=True, label_index=_names(model, args))
     result = model.evaluate(samples)
-    _emit(args, result, f"accuracy {result['accuracy']:.4f} on {result['n']} samples")
+    text = f"accuracy {result['accuracy']:.4f} on {result['n']} samples"
+    if model.new_labels:
+        recall = ", ".join(f"{k} {'-' if v is None else f'{v:.4f}'}" for k, v in result["new_class_recall"].items())
+        old = result["old_class_accuracy"]
+        text += f"\nold classes: accuracy {'-' if old is None else f'{old:.4f}'}; new classes: recall {recall}"
+    _emit(args, result, text)
     return 0
+
+
+def _names(model: Model, args: argparse.Namespace) -> Callable[[np.ndarray], np.ndarray]:
+    allow = bool(getattr(args, "allow_new_classes", False))
+    return lambda y: model.label_indices(y, allow_new_classes=allow)
 
 
 def _predict(args: argparse.Namespace) -> int:
     model = _open(args)
-    samples = load_samples(args.data, model.bundle.input, model.bundle.head.num_outputs)
+    samples = load_samples(args.data, model.bundle.input, len(model.labels), label_index=_names(model, args))
     classes, probs = model.classify(samples.x)
-    labels = model.bundle.labels
+    labels = model.labels
     rows = [
         {"index": i, "class": int(c), "label": labels[c] if c < len(labels) else str(c), "probabilities": p.round(6).tolist()}
         for i, (c, p) in enumerate(zip(classes, probs))

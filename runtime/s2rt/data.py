@@ -12,7 +12,7 @@ import itertools
 import math
 import os
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -27,6 +27,7 @@ LABEL_COLUMNS = ("label", "y")
 MAX_CHARS_PER_VALUE = 64  # a CSV line may hold this many characters per expected value...
 MAX_HEADER_CHARS = 4096  # ...plus this many (long column names)
 MAX_LABEL = 2**31
+LabelIndex = Callable[[np.ndarray], np.ndarray]  # label names -> class indices (the model's `label_indices`)
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,10 @@ def load_samples(
     signature: InputSignature,
     num_classes: int | None = None,
     require_labels: bool = False,
+    label_index: LabelIndex | None = None,
 ) -> Samples:
-    """Read a sample file and check it against the bundle's input signature."""
+    """Read a sample file and check it against the bundle's input signature. An .npz file's
+    `y` may hold label names (strings): `label_index` turns them into class indices."""
     p = Path(path)
     if p.is_dir():
         raise RuntimeInputError(f"{p}: is a folder, expected a data file (.npz or .csv)")
@@ -54,6 +57,14 @@ def load_samples(
         x, y = _read_csv(p, signature.size)
     else:
         raise RuntimeInputError(f"{p}: unknown data file type {suffix!r}; expected .npz (arrays x, y) or .csv")
+    if y is not None and y.dtype.kind in "US":
+        if label_index is None:
+            raise RuntimeInputError(f"{p}: labels are names ({y.dtype}); expected integer class indices here")
+        try:
+            y = label_index(y)
+        except RuntimeInputError as e:
+            raise RuntimeInputError(f"{p}: {e}") from None
+        num_classes = None  # the indices come from the model's own (possibly just grown) labels
     return _checked(p, x, y, signature, num_classes, require_labels)
 
 

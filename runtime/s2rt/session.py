@@ -32,6 +32,7 @@ from s2rt.features import CachedFeatures
 from s2rt.folded import AFFINE_METHODS, FoldedHead
 from s2rt.frozen import FrozenModel
 from s2rt.head import AdapterHead
+from s2rt.heads.grown import GrownHead, PaddedFeatures, check_new_labels, grow, pad_logits
 from s2rt.methods import DEFAULT_METHOD, TrainableHead, get_method, skip2lora_head
 from s2rt.progress import ProgressCallback
 from s2rt.state import load_state, save_state
@@ -64,6 +65,7 @@ class Model:
         self.frozen = FrozenModel(bundle, open_backend(bundle, backend, threads))
         self.method = get_method(method)
         self.head: TrainableHead = self.method.make_head(bundle)
+        self.new_labels: tuple[str, ...] = ()  # classes learned on the device (`add_classes`), after the bundle's
         self._folded = FoldedHead()
         self._graph: PredictGraph | None = None  # made on the first prediction (see _predict_graph)
         self._use_graph = predict_graph.enabled()
@@ -94,20 +96,47 @@ class Model:
         """Load a state file; the model takes on its method. With `method`, refuse a file of another method family."""
         arrays, meta = load_state(path, self.bundle, method)
         stored = get_method(meta["method"])
-        head = self.head if stored.family == self.method.family else stored.make_head(self.bundle)
+        new_labels = () if "new_labels" not in meta else check_new_labels(meta["new_labels"], self.bundle.labels, f"{path}: new_labels")
+        head = self.head if stored.family == self.method.family and not self.new_labels else stored.make_head(self.bundle)
+        if new_labels:
+            head = self._grown(stored.name, head, len(new_labels))
         try:
             head.load_state_dict(arrays)
         except StateError as e:
             raise StateError(f"{path}: {e}") from None
         self.method = stored if stored.family != self.method.family else self.method
-        self.head = head
+        self.head, self.new_labels = head, new_labels
         return meta
 
     def save_adapters(self, path: str | os.PathLike[str], **meta: Any) -> None:
+        if self.new_labels:
+            meta["new_labels"] = list(self.new_labels)
         save_state(path, self.head.state_dict(), self.bundle, self.method.name, **meta)
 
     def reset_adapters(self) -> None:
+        """The bundle's initial head of the model's method; forgets classes added on the device."""
         self.head = self.method.make_head(self.bundle)
+        self.new_labels = ()
+
+    # -- new classes (s2rt.heads.grown) ------------------------------------------------
+    def add_classes(self, names: Any) -> None:
+        """Add classes the bundle does not have, after `labels`: the head grows a row per class
+        (a skip2lora head; its trained adapters carry over), in sorted order; known names are skipped."""
+        known = set(self.labels)
+        added = tuple(sorted({str(n) for n in names} - known))
+        if not added:
+            return
+        labels = check_new_labels([*self.new_labels, *added], self.bundle.labels, "new classes", RuntimeInputError)
+        self.head = self._grown(self.method.name, self.head, len(labels))
+        self.new_labels = labels
+        self._folded = FoldedHead()
+
+    def _grown(self, method: str, head: TrainableHead, extra: int) -> GrownHead:
+        if not self.classifies:
+            raise RuntimeInputError("new classes need a classifier; this bundle's head is a regression (loss mse)")
+        if get_method(method).family != "skip2lora" or not isinstance(head, (AdapterHead, GrownHead)):
+            raise RuntimeInputError(f"new classes need --method skip2lora (a head that grows a row per class), not {method}")
+        return grow(head, self.bundle.head.num_outputs, extra)
 
     # -- inference -------------------------------------------------------------------
     # With the onnx backend and an affine head, a batch is one onnxruntime call: the
@@ -124,7 +153,7 @@ class Model:
             return self._run(x, classes=True)
         parts = [self._run(x[start : start + batch_size], classes=True) for start in range(0, len(x), batch_size)]
         if not parts:
-            return np.zeros(0, np.int64), np.empty((0, self.bundle.head.num_outputs), np.float32)
+            return np.zeros(0, np.int64), np.empty((0, len(self.labels)), np.float32)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _batched(self, x: np.ndarray, batch_size: int, run: Any) -> np.ndarray:
@@ -132,7 +161,7 @@ class Model:
         if 0 < len(x) <= batch_size:
             return run(x)
         out = [run(x[start : start + batch_size]) for start in range(0, len(x), batch_size)]
-        return np.concatenate(out) if out else np.empty((0, self.bundle.head.num_outputs), np.float32)
+        return np.concatenate(out) if out else np.empty((0, len(self.labels)), np.float32)
 
     def _run(self, x: np.ndarray, classes: bool) -> tuple[np.ndarray, np.ndarray]:
         """(classes, probabilities) with `classes`, else (empty, logits), for a checked batch."""
@@ -146,7 +175,9 @@ class Model:
             (z,) = graph.run(x, weight, bias, (LOGITS,))
         else:
             taps, frozen_logits = self.frozen.run_checked(x)
-            if self.method.name in AFFINE_METHODS:
+            if self.new_labels:
+                z = predict_logits(self.head, taps, pad_logits(frozen_logits, len(self.labels)))
+            elif self.method.name in AFFINE_METHODS:
                 weight, bias = self._folded(self.head)
                 z = np.dot(taps, weight)
                 z += frozen_logits
@@ -158,7 +189,7 @@ class Model:
         return np.zeros(len(z), dtype=np.int64), z
 
     def _predict_graph(self) -> PredictGraph | None:
-        if not self._use_graph or self.frozen.backend.name != "onnx" or self.method.name not in AFFINE_METHODS:
+        if not self._use_graph or self.new_labels or self.frozen.backend.name != "onnx" or self.method.name not in AFFINE_METHODS:
             return None
         if self._graph is None:
             self._graph = PredictGraph(self.bundle, self.frozen.segment, self.frozen.backend.threads)
@@ -166,8 +197,8 @@ class Model:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        """The class labels, in the order of `predict_proba`'s columns."""
-        return self.bundle.labels
+        """The class labels, in the order of `predict_proba`'s columns: the bundle's, then `new_labels`."""
+        return self.bundle.labels + self.new_labels
 
     @property
     def classifies(self) -> bool:
@@ -184,25 +215,43 @@ class Model:
             raise RuntimeInputError("predict_proba: this bundle's head is a regression (loss mse); use predict")
         return self.classify(x, batch_size)[1]
 
-    def evaluate(self, samples: Samples) -> dict[str, float | int]:
+    def evaluate(self, samples: Samples) -> dict[str, Any]:
         if samples.y is None:
             raise ValueError("evaluation needs labelled samples")
         predicted, _ = self.classify(samples.x)
-        return {"accuracy": float(np.mean(predicted == samples.y)), "n": len(samples.y)}
+        result: dict[str, Any] = {"accuracy": float(np.mean(predicted == samples.y)), "n": len(samples.y)}
+        if self.new_labels:  # old and new classes apart: adding a class must not cost the old ones
+            old = samples.y < self.bundle.head.num_outputs
+            result["old_class_accuracy"] = float(np.mean(predicted[old] == samples.y[old])) if old.any() else None
+            result["new_class_recall"] = {
+                label: float(np.mean(predicted[samples.y == c] == c)) if (samples.y == c).any() else None
+                for c, label in enumerate(self.labels)
+                if c >= self.bundle.head.num_outputs
+            }
+        return result
 
-    def samples(self, x: Any, y: Any = None) -> Samples:
+    def samples(self, x: Any, y: Any = None, *, allow_new_classes: bool = False) -> Samples:
         """`x` (N x input shape, or N flat rows) and labels `y` checked against the bundle as
-        `s2rt` checks a data file; `y` holds class indices or the bundle's labels."""
+        `s2rt` checks a data file; `y` holds class indices or label names. With
+        `allow_new_classes`, names the model does not know become new classes (`add_classes`)."""
         if y is not None and np.asarray(y).dtype.kind in "US":
-            y = self._indices(np.asarray(y))
-        return check_samples(x, y, self.bundle.input, self.bundle.head.num_outputs)
+            y = self.label_indices(np.asarray(y), allow_new_classes=allow_new_classes)
+        return check_samples(x, y, self.bundle.input, len(self.labels))
 
-    def _indices(self, y: np.ndarray) -> np.ndarray:
+    def label_indices(self, y: np.ndarray, *, allow_new_classes: bool = False) -> np.ndarray:
+        """Class indices of label names; unknown names are refused, or added as classes with `allow_new_classes`."""
+        names = [str(v) for v in np.asarray(y).reshape(-1)]
+        unknown = sorted(set(names) - set(self.labels))
+        if unknown and allow_new_classes:
+            self.add_classes(unknown)
+        elif unknown:
+            raise RuntimeInputError(
+                f"labels {unknown[:5]} are not among the bundle's labels{' or the added classes' if self.new_labels else ''} "
+                f"{list(self.labels)[:20]}; "
+                "to learn them as new classes pass --allow-new-classes (s2rt train) or allow_new_classes=True (Model.samples)"
+            )
         index = {label: i for i, label in enumerate(self.labels)}
-        unknown = sorted({str(v) for v in y.reshape(-1) if str(v) not in index})
-        if unknown:
-            raise RuntimeInputError(f"labels {unknown[:5]} are not among the bundle's labels {list(self.labels)}")
-        return np.array([index[str(v)] for v in y.reshape(-1)], dtype=np.int64)
+        return np.array([index[n] for n in names], dtype=np.int64)
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         """The bundle's default optimizer, learning rate, epochs and batch size, and its loss,
@@ -252,6 +301,8 @@ class Model:
             raise TypeError(f"fine_tune: give a config or overrides ({', '.join(overrides)}), not both")
         if method is not None:
             chosen = get_method(method)
+            if self.new_labels and chosen.family != "skip2lora":
+                raise RuntimeInputError(f"new classes {list(self.new_labels)} need --method skip2lora, not {chosen.name}")
             if chosen.family != self.method.family:
                 self.head = chosen.make_head(self.bundle)
             self.method = chosen
@@ -262,7 +313,8 @@ class Model:
         start = time.perf_counter()
         decode_bytes = None if max_cache_mb is None else int(max_cache_mb * MIB)  # the budget bounds the decoded chunks too
         source = CachedFeatures(self.frozen, samples.x, samples.y, cache, max_bytes=decode_bytes)
-        report = train(self.head, source, samples.y, config, progress=progress)
+        feed = PaddedFeatures(source, len(self.labels)) if self.new_labels else source  # the cache keeps the bundle's C logits
+        report = train(self.head, feed, samples.y, config, progress=progress)
         seconds = time.perf_counter() - start
         if cache is not None:
             cache.close()

@@ -5,7 +5,9 @@ Format: an uncompressed `.npz` (no pickle) with arrays `A.<l>`, `B.<l>` per tap 
 the bundle the adapters belong to, rank, alpha, the fine-tuning method, creation time
 and the caller's metrics. Other methods (`s2rt.methods`) store their own arrays (`A`
 and `B` for lora-last, `dW` and `db` for ft-last, `db` for ft-bias); a file without a
-method is skip2lora's. A file is only loaded by a method of its family.
+method is skip2lora's. A file is only loaded by a method of its family. A skip2lora
+file that learned classes the bundle lacks (`s2rt.heads.grown`) lists them in the meta's
+`new_labels`, has B with C + K rows and the new rows `new.W`, `new.b`.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ def load_adapters(path: str | os.PathLike[str], bundle: Bundle) -> tuple[Adapter
     """Read skip2lora adapters for `bundle`; StateError if the file is unreadable, belongs
     to another bundle or holds another method's state."""
     arrays, meta = load_state(path, bundle, DEFAULT_METHOD)
+    if "new_labels" in meta:
+        raise StateError(
+            f"{path}: the adapters add classes {list(meta['new_labels'])[:5]} the bundle does not have; "
+            "their head has more outputs than the bundle's (per-tap A, B) form: use them with s2rt (train, eval, "
+            "predict, Model.open(..., adapters=...)); exporting them is not supported yet"
+        )
     return _adapters(Path(path), arrays, bundle), meta
 
 

@@ -64,12 +64,14 @@ class Workload:
         return {name: len(getattr(self, name)) for name in ("train", "val", "ft", "test")}
 
 
-def save_npz(path: Path, split: Split, labels: tuple[str, ...]) -> None:
-    """Write `x` (float32), `y` (int64) and `labels` (unicode) as a compressed npz.
+def save_npz(path: Path, split: Split, labels: tuple[str, ...], named: bool = False) -> None:
+    """Write `x` (float32), `y` (int64, or with `named` each sample's label name, unicode)
+    and `labels` (unicode) as a compressed npz.
 
     Readable with np.load(path, allow_pickle=False); the bytes depend only on the arrays.
     """
-    arrays = {"x": split.x, "y": split.y, "labels": np.array(labels, dtype=np.str_)}
+    names = np.array(labels, dtype=np.str_)
+    arrays = {"x": split.x, "y": names[split.y] if named else split.y, "labels": names}
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, array in arrays.items():
             buffer = io.BytesIO()
