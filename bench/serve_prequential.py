@@ -97,13 +97,13 @@ class Daemon:
         self.log_file.close()
 
 
-def run(name: str, every: int, epochs: int, seed: int, root: Path) -> dict[str, Any]:
+def run(name: str, every: int, epochs: int, seed: int, root: Path, online_flags: tuple[str, ...] = ()) -> dict[str, Any]:
     w = load(name)
     bundle = root / f"{name}.s2l"
     write_bundle(convert(w.onnx, ConvertOptions(seed=seed, tap_pool=2 if w.kind == "cnn" else 1)), bundle)
     order = np.random.default_rng(seed).permutation(len(w.ft))
     x, y = w.ft.x[order], w.ft.y[order].astype(int)
-    daemons = {"online": Daemon(bundle, root / f"{name}-online", "--online"), "jobs": Daemon(bundle, root / f"{name}-jobs")}
+    daemons = {"online": Daemon(bundle, root / f"{name}-online", "--online", *online_flags), "jobs": Daemon(bundle, root / f"{name}-jobs")}
     correct = {k: np.zeros(len(y), bool) for k in daemons}
     ingest = {k: [] for k in daemons}
     jobs: list[dict[str, Any]] = []
@@ -127,6 +127,7 @@ def run(name: str, every: int, epochs: int, seed: int, root: Path) -> dict[str, 
         "n": len(y),
         "every": every,
         "job_epochs": epochs,
+        "online_flags": list(online_flags),
         "jobs": jobs,
         "methods": {
             k: {
@@ -167,10 +168,12 @@ def main() -> int:
     p.add_argument("--every", type=int, default=128, help="samples between the jobs daemon's fine-tuning jobs")
     p.add_argument("--epochs", type=int, default=20, help="epochs per job")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--online-holdout", help="passed to the online daemon (default: its own, 0.2)")
     p.add_argument("--json", default=str(RESULTS), help=f"where to write the results (default {RESULTS.relative_to(ROOT)})")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="s2l-serve-preq-") as folder:
-        results = [run(name, args.every, args.epochs, args.seed, Path(folder)) for name in args.workloads.split(",")]
+        flags = ("--online-holdout", args.online_holdout) if args.online_holdout is not None else ()
+        results = [run(name, args.every, args.epochs, args.seed, Path(folder), flags) for name in args.workloads.split(",")]
     Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     print(markdown(results))
     return 0
