@@ -171,6 +171,9 @@ class VersionInfoModel(BaseModel):
     origin: str | None = Field(None, description="where the version came from: 'fleet' for an imported global version")
     fleet_round: int | None = Field(None, description="the fleet round of an imported global version, when its file names one")
     method: str = Field("skip2lora", description="the fine-tuning method whose head the version holds (s2rt train --method)")
+    online: dict[str, Any] | None = Field(
+        None, description="an online snapshot (--online): samples learned, the last sample id seen, what triggered it"
+    )
     loadable: bool
     error: str | None
 
