@@ -7,10 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import numpy as np
 from helpers.daemon import ROOT
 from s2rt.bundle import Loss, write_bundle
@@ -145,6 +147,49 @@ def test_kill_9_then_restart_serves_the_same_head_from_a_snapshot_or_from_the_sa
     got = rebuilt.client.post("/v1/predict", json={"x": x[400:464].tolist()}).json()
     assert got["classes"] == expected["classes"] and got["learned_samples"] == learned
     np.testing.assert_allclose(got["probabilities"], expected["probabilities"], rtol=0, atol=1e-6)
+
+
+def test_kill_9_while_samples_stream_in_and_snapshots_are_taken(serve, har_bundle, har_data, tmp_path):
+    """Whatever the moment of the kill (mid-request, mid-snapshot), the restarted learner equals one
+    rebuilt from the stored samples alone, and has learned every acknowledged sample."""
+    x, y = har_data
+    state = tmp_path / "state"
+    flags = ("--online-warmup", "16", "--snapshot-every", "20")
+    d = online(serve, har_bundle, *flags, state=state)
+    acknowledged: list[int] = []
+    lock, enough = threading.Lock(), threading.Event()
+
+    def ingest(worker: int) -> None:
+        with httpx.Client(base_url=d.url, timeout=10) as c:
+            for i in range(worker * 300, worker * 300 + 300, 3):
+                try:
+                    r = c.post("/v1/samples", json={"x": x[i : i + 3].tolist(), "y": y[i : i + 3].tolist()})
+                except httpx.HTTPError:
+                    return
+                with lock:
+                    acknowledged.extend(r.json()["ids"])
+                    if len(acknowledged) >= 240:
+                        enough.set()
+
+    threads = [threading.Thread(target=ingest, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    assert enough.wait(60)
+    d.kill()
+    for t in threads:
+        t.join(30)
+
+    again = online(serve, har_bundle, *flags, state=state)
+    status = again.client.get("/v1/online").json()
+    assert status["through_sample"] >= max(acknowledged)
+    resumed = again.client.post("/v1/predict", json={"x": x[900:964].tolist()}).json()
+    assert again.stop() == 0
+    shutil.rmtree(state / "online")
+    rebuilt = online(serve, har_bundle, *flags, state=state)
+    assert rebuilt.client.get("/v1/online").json()["learned_samples"] == status["learned_samples"]
+    got = rebuilt.client.post("/v1/predict", json={"x": x[900:964].tolist()}).json()
+    assert got["classes"] == resumed["classes"]
+    np.testing.assert_allclose(got["probabilities"], resumed["probabilities"], rtol=0, atol=1e-6)
 
 
 def test_online_mode_refuses_what_would_replace_the_learning_head(serve, har_bundle, har_data):
