@@ -205,6 +205,7 @@ class OnlineStatus(BaseModel):
     learned_samples: int
     warming_up: bool
     warmup_samples: int = Field(description="learnable samples collected for the warm-up fit")
+    held_out_seen: int = Field(description="held-out samples seen: they pick kappa and lambda again at 2, 4, 8, ... x warmup learned")
     since_snapshot: int = Field(description="samples learned since the last snapshot")
     through_sample: int = Field(description="the id of the last stored sample the learner has seen")
     kappa: float | None
