@@ -71,7 +71,7 @@ SUMS = ("gram", "cross_y", "cross_f")
 class OnlineOptions:
     method: str = "oselm"  # oselm or oselm-rf
     warmup: int = 64  # learnable samples fitted in closed form before learning goes sample by sample
-    holdout: float = 0.2  # share of samples (by content) that judge snapshots and are never learned
+    holdout: float = 0.2  # share of samples (by content) that judge snapshots and pick kappa, lambda; never learned
     snapshot_every: int = 256  # learned samples between scheduled snapshots (0: none by count)
     snapshot_seconds: float = 0.0  # seconds between scheduled snapshots when samples were learned (0: none by time)
 

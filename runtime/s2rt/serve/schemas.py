@@ -201,7 +201,7 @@ class Imported(BaseModel):
 class OnlineStatus(BaseModel):
     method: str = Field(description="the online head's method: oselm or oselm-rf")
     warmup: int = Field(description="learnable samples fitted in closed form before learning goes sample by sample")
-    holdout: float = Field(description="share of samples (fixed by content) that judge snapshots and are never learned")
+    holdout: float = Field(description="share of samples (fixed by content) that judge snapshots, pick kappa and lambda, are never learned")
     learned_samples: int
     warming_up: bool
     warmup_samples: int = Field(description="learnable samples collected for the warm-up fit")
