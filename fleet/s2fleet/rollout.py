@@ -1,0 +1,344 @@
+"""Staged bundle rollout through the fleet: canaries first, the rest once they hold.
+
+    flwr run fleet/deploy my-fleet --stream -c 'mode="rollout" bundle="/srv/har-v2.s2l" out="/srv/rollout.json"'
+    python -m s2fleet.rollout show /srv/rollout.json        # the outcome table again
+
+The ServerApp (run config `mode = "rollout"`) reads the bundle file on the fleet server and
+sends its bytes (an ArrayRecord: Flower cuts arrays into chunks, so a bundle up to the
+daemons' 16 MiB upload cap travels) to every connected SuperNode, in two stages:
+
+1. the canaries (`canary-fraction` of the devices, at least one, lowest node ids first);
+2. once every canary deployed it, answers ready and kept its held-out accuracy, the rest.
+
+Each device's ClientApp (`deploy_bundle`) measures the held-out accuracy of what its daemon
+serves, keeps the served bundle file aside (node config `rollout-dir`), deploys the new one
+(`PUT /v1/bundle`: the daemon verifies the signature under its `--trusted-key`), waits
+until the daemon is ready on it and measures again. A new bundle starts from its own
+initial head while the old one may serve adapters fine-tuned on the device: with
+`train-epochs` > 0 the device first fine-tunes the new bundle on its stored samples (they
+carry over when the input signature is the same; the daemon's gate activates the result)
+so that like is compared with like. A device holds when the new accuracy is at least
+`min-accuracy` and at most `max-drop` below the old. A canary that fails stops the
+rollout: every canary that deployed is rolled back (`rollback_bundle` puts the kept file
+back, verified again by the daemon; the adapter versions of the old bundle were never
+touched, so its active version is served again), the rest are not touched. A device of
+the second stage that does not hold is rolled back alone.
+
+Every device gets one row: deployed, refused (the daemon's reason), unreachable (no daemon
+or no reply), rolled back, not attempted. The table goes to the ServerApp's log (`flwr run
+--stream`, `flwr log`) and as JSON to `out`; a failed canary stage fails the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from s2rt.atomic import atomic_write_bytes
+from s2rt.errors import BundleError
+from s2rt.serve.client import Client, ClientError
+from s2rt.serve.gate import held_out
+from s2rt.trust import open_trusted
+
+from s2fleet import member
+
+DEPLOY, ROLLBACK = "deploy_bundle", "rollback_bundle"  # query actions: message types "query.<action>"
+MAX_BUNDLE_BYTES = 16 << 20  # the daemon's default --max-bundle-bytes
+VAL_FRACTION = 0.2  # the daemon's held-out split (s2rt.serve.fleet)
+MAX_SAMPLES_READ = 5000  # the held-out check reads at most this many stored samples
+DEPLOYED, ALREADY, REFUSED, UNREACHABLE = "deployed", "already serving", "refused", "unreachable"
+ROLLED_BACK, NOT_ATTEMPTED, FAILED_CHECK = "rolled back", "not attempted", "did not hold"
+SERVER_DEFAULTS = {
+    "canary-fraction": 0.25,
+    "max-drop": 0.02,
+    "min-accuracy": 0.0,
+    "min-nodes": 1,
+    "stage-timeout": 300.0,
+    "train-epochs": 0,
+}
+
+
+# -- device side -----------------------------------------------------------------------
+def _rollout_dir(context: Context) -> Path:
+    default = Path.home() / ".s2fleet" / "rollout" / f"node-{context.node_id}"
+    return Path(str(context.node_config.get("rollout-dir", default)))
+
+
+def _reply(message: Message, status: str, reason: str = "", **figures: Any) -> Message:
+    outcome = ConfigRecord({"status": status, "reason": reason, **{k: v for k, v in figures.items() if v is not None}})
+    return Message(content=RecordDict({"outcome": outcome}), reply_to=message)
+
+
+def held_out_accuracy(daemon: Client) -> tuple[float | None, int]:
+    """The served model's accuracy on the daemon's held-out samples (the gate's split) and their count."""
+    model = daemon.call("GET", "/v1/model")
+    dtype = np.dtype(model["input"]["dtype"])
+    ids: list[int] = []
+    after: int | None = 0
+    while after is not None and len(ids) < MAX_SAMPLES_READ:
+        page = daemon.call("GET", f"/v1/samples?after_id={after}&limit=1000")
+        ids += page["ids"]
+        after = page["next_after_id"]
+    rows = [daemon.call("GET", f"/v1/samples/{i}") for i in ids[:MAX_SAMPLES_READ]]
+    rows = [r for r in rows if r["x"] is not None]
+    if not rows:
+        return None, 0
+    x = np.asarray([r["x"] for r in rows], dtype=dtype)
+    mask = held_out(x, VAL_FRACTION)
+    if not mask.any():
+        return None, 0
+    predicted = daemon.call("POST", "/v1/predict", {"x": x[mask].tolist()})["classes"]
+    y = np.asarray([r["y"] for r in rows])[mask]
+    return float(np.mean(np.asarray(predicted) == y)), int(mask.sum())
+
+
+def _wait_ready(daemon: Client, digest: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, _, body = daemon.request("GET", "/v1/health/ready")
+        ready = json.loads(body) if body else {}
+        if status == 200 and ready.get("ready") and ready.get("bundle_digest") == digest:
+            return
+        if time.monotonic() > deadline:
+            raise ClientError(f"not ready on bundle {digest[:16]} within {timeout:g} s (last: {status} {ready})")
+        time.sleep(0.2)
+
+
+def _fine_tune(daemon: Client, epochs: int, timeout: float) -> None:
+    """Fine-tune the served bundle on the stored samples; the daemon's gate decides whether the result is served."""
+    job = daemon.call("POST", "/v1/jobs", {"epochs": epochs})
+    deadline = time.monotonic() + timeout
+    while job["state"] == "running":
+        if time.monotonic() > deadline:
+            daemon.call("POST", f"/v1/jobs/{job['id']}/cancel")
+            raise ClientError(f"fine-tuning job {job['id']} did not finish within {timeout:g} s; cancelled")
+        time.sleep(0.1)
+        job = daemon.call("GET", f"/v1/jobs/{job['id']}")
+
+
+def deploy_bundle(message: Message, context: Context) -> Message:
+    """Deploy the bundle the message carries to this device's daemon; reply the outcome and the accuracy before and after."""
+    config = message.content["config"]
+    data = message.content["bundle"]["file"].numpy().tobytes()
+    digest, timeout = str(config["bundle-digest"]), float(config.get("ready-timeout", 120))
+    if hashlib.sha256(data).hexdigest() != str(config["bundle-sha256"]):
+        return _reply(message, REFUSED, "the bundle bytes arrived altered (SHA-256 differs from the server's)")
+    try:
+        daemon = member.connect(dict(context.node_config))
+        before = str(daemon.call("GET", "/v1/model")["bundle_digest"])
+    except (ClientError, member.RoundRefused) as e:
+        return _reply(message, UNREACHABLE, str(e))
+    try:
+        accuracy_before, _ = held_out_accuracy(daemon)
+        if before == digest:
+            return _reply(message, ALREADY, "the daemon already serves this bundle", before=before, accuracy_before=accuracy_before)
+        folder = _rollout_dir(context)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / "previous.s2l", daemon.call("GET", "/v1/bundle"))
+        atomic_write_bytes(folder / "previous.json", json.dumps({"digest": before, "replaced_by": digest}).encode())
+        try:
+            daemon.call("PUT", "/v1/bundle", raw=data)
+        except ClientError as e:
+            status = UNREACHABLE if str(e).startswith("cannot reach") else REFUSED
+            return _reply(message, status, str(e), before=before, accuracy_before=accuracy_before)
+        _wait_ready(daemon, digest, timeout)
+        if int(config.get("train-epochs", 0)) > 0:
+            _fine_tune(daemon, int(config["train-epochs"]), timeout)
+        accuracy_after, n = held_out_accuracy(daemon)
+    except ClientError as e:
+        return _reply(message, UNREACHABLE, str(e), before=before)
+    return _reply(message, DEPLOYED, "", before=before, accuracy_before=accuracy_before, accuracy_after=accuracy_after, held_out=n)
+
+
+def rollback_bundle(message: Message, context: Context) -> Message:
+    """Put back the bundle this device served before the rollout's bundle (kept by `deploy_bundle`)."""
+    config = message.content["config"]
+    digest, timeout = str(config["bundle-digest"]), float(config.get("ready-timeout", 120))
+    folder = _rollout_dir(context)
+    try:
+        kept = json.loads((folder / "previous.json").read_text(encoding="utf-8"))
+        data = (folder / "previous.s2l").read_bytes()
+    except (OSError, ValueError) as e:
+        return _reply(message, REFUSED, f"nothing to roll back to in {folder}: {e}")
+    try:
+        daemon = member.connect(dict(context.node_config))
+        serving = str(daemon.call("GET", "/v1/model")["bundle_digest"])
+        if serving != digest or kept.get("replaced_by") != digest:
+            return _reply(message, REFUSED, f"the daemon serves {serving[:16]}, not the rollout's {digest[:16]}: left as it is")
+        daemon.call("PUT", "/v1/bundle", raw=data)
+        _wait_ready(daemon, str(kept["digest"]), timeout)
+    except (ClientError, member.RoundRefused) as e:
+        return _reply(message, UNREACHABLE, f"rollback failed: {e}")
+    return _reply(message, ROLLED_BACK, f"serves {str(kept['digest'])[:16]} again", before=str(kept["digest"]))
+
+
+# -- server side -----------------------------------------------------------------------
+@dataclass
+class Stage:
+    name: str
+    nodes: list[int]
+
+
+def _setting(config: Any, key: str) -> float:
+    value = config.get(key, SERVER_DEFAULTS[key])
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"run config {key}: expected a number, found {value!r}") from None
+
+
+def read_rollout_bundle(path: str) -> tuple[bytes, str]:
+    """The bundle file's bytes and digest, checked to parse and to fit the daemons' upload cap."""
+    if not path:
+        raise ValueError("run config bundle: missing (the bundle file to roll out, on the fleet server)")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"run config bundle: {path}: {e.strerror}") from None
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise ValueError(
+            f"run config bundle: {path} is {len(data)} bytes; the daemons take at most {MAX_BUNDLE_BYTES} (--max-bundle-bytes)"
+        )
+    try:
+        return data, open_trusted(data, (), name=path).digest
+    except BundleError as e:
+        raise ValueError(f"run config bundle: {e}") from None
+
+
+def holds(outcome: dict[str, Any], max_drop: float, min_accuracy: float) -> tuple[bool, str]:
+    """Whether a device's deployment holds: deployed, ready, and its held-out accuracy kept."""
+    if outcome.get("status") not in (DEPLOYED, ALREADY):
+        return False, f"{outcome.get('status')}: {outcome.get('reason', '')}"
+    after = outcome.get("accuracy_after", outcome.get("accuracy_before"))
+    if after is None:
+        return False, "no held-out samples on the device to judge the bundle by"
+    before = outcome.get("accuracy_before")
+    if after < min_accuracy:
+        return False, f"held-out accuracy {after:.4f} is below min-accuracy {min_accuracy:.4f}"
+    if before is not None and after < before - max_drop:
+        return False, f"held-out accuracy fell from {before:.4f} to {after:.4f} (max-drop {max_drop:.4f})"
+    return True, ""
+
+
+def _send(grid: Grid, nodes: list[int], action: str, content: RecordDict, timeout: float) -> dict[int, dict[str, Any]]:
+    messages = [Message(content=content, dst_node_id=n, message_type=f"query.{action}") for n in nodes]
+    outcomes: dict[int, dict[str, Any]] = {n: {"status": UNREACHABLE, "reason": f"no reply within {timeout:g} s"} for n in nodes}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = int(reply.metadata.src_node_id)
+        if reply.has_error():
+            outcomes[node] = {"status": UNREACHABLE, "reason": reply.error.reason.strip().splitlines()[-1][:300]}
+        else:
+            outcomes[node] = dict(reply.content["outcome"])
+    return outcomes
+
+
+def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(int(n) for n in grid.get_node_ids())
+        if len(nodes) >= count or time.monotonic() > deadline:
+            if len(nodes) < count:
+                raise RuntimeError(f"rollout: {len(nodes)} devices connected within {timeout:g} s, min-nodes is {count}")
+            return nodes
+        time.sleep(1)
+
+
+def serve(grid: Grid, context: Context) -> None:
+    """The rollout's ServerApp: canaries, then the rest; each device's outcome to the log and `out`."""
+    config = context.run_config
+    data, digest = read_rollout_bundle(str(config.get("bundle", "")))
+    out = Path(str(config.get("out", ""))) if config.get("out") else None
+    fraction, max_drop, min_accuracy = (_setting(config, k) for k in ("canary-fraction", "max-drop", "min-accuracy"))
+    if not 0 < fraction <= 1:
+        raise ValueError(f"run config canary-fraction: expected a number in (0, 1], found {fraction}")
+    timeout = _setting(config, "stage-timeout")
+    nodes = _wait_for_nodes(grid, int(_setting(config, "min-nodes")), timeout)
+    count = max(1, math.ceil(fraction * len(nodes)))
+    stages = [Stage("canary", nodes[:count]), Stage("rest", nodes[count:])]
+    settings = ConfigRecord(
+        {
+            "bundle-digest": digest,
+            "bundle-sha256": hashlib.sha256(data).hexdigest(),
+            "ready-timeout": timeout,
+            "train-epochs": int(_setting(config, "train-epochs")),
+        }
+    )
+    deploy = RecordDict({"bundle": ArrayRecord({"file": Array(np.frombuffer(data, np.uint8).copy())}), "config": settings})
+    rollback = RecordDict({"config": settings})
+    rows: dict[int, dict[str, Any]] = {n: {"stage": s.name, "status": NOT_ATTEMPTED} for s in stages for n in s.nodes}
+    failed = None
+    for stage in stages:
+        if not stage.nodes:
+            continue
+        outcomes = _send(grid, stage.nodes, DEPLOY, deploy, timeout)
+        bad = {}
+        for node, outcome in outcomes.items():
+            rows[node].update(outcome)
+            ok, why = holds(outcome, max_drop, min_accuracy)
+            if not ok:
+                bad[node] = why
+        undo = [n for n in bad if outcomes[n]["status"] == DEPLOYED]
+        if stage.name == "canary" and bad:
+            failed = "canary stage failed: " + "; ".join(f"device {n}: {why}" for n, why in bad.items())
+            undo = [n for n in stage.nodes if outcomes[n]["status"] == DEPLOYED]
+        for node in undo:
+            rows[node]["check"] = bad.get(node, "rolled back with the other canaries")
+        undone = _send(grid, undo, ROLLBACK, rollback, timeout) if undo else {}
+        for node, outcome in undone.items():
+            rows[node]["status"] = ROLLED_BACK if outcome["status"] == ROLLED_BACK else f"{FAILED_CHECK}, rollback failed"
+            rows[node]["rollback"] = outcome.get("reason", "")
+        if failed:
+            break
+    report = {"bundle-digest": digest, "bundle-bytes": len(data), "failed": failed, "devices": {str(n): r for n, r in rows.items()}}
+    for line in table(report).splitlines():
+        log(INFO, "%s", line)  # Flower's logger: the run's log (`flwr run --stream`, `flwr log`)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, json.dumps(report, indent=2).encode())
+    if failed:
+        raise RuntimeError(f"rollout of {digest[:16]}: {failed}")
+
+
+def table(report: dict[str, Any]) -> str:
+    """The per-device outcome table of a rollout report."""
+    head = f"rollout of bundle {report['bundle-digest'][:16]} ({report['bundle-bytes']} bytes): {report['failed'] or 'done'}"
+    lines = [head, f"{'device':>20}  {'stage':6}  {'outcome':26}  {'held-out before -> after':24}  why"]
+    for node, row in report["devices"].items():
+        before, after = row.get("accuracy_before"), row.get("accuracy_after")
+        accuracy = f"{before:.3f} -> {after:.3f}" if before is not None and after is not None else ""
+        why = row.get("check") or row.get("reason", "")
+        lines.append(f"{node:>20}  {row['stage']:6}  {row['status']:26}  {accuracy:24}  {why}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m s2fleet.rollout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    show = sub.add_parser("show", help="print the per-device outcome table of a rollout report (the run config's out)")
+    show.add_argument("report", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        report = json.loads(args.report.read_text(encoding="utf-8"))
+        print(table(report))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"python -m s2fleet.rollout show: {args.report}: not a rollout report ({e})", file=sys.stderr)
+        return 1
+    return 1 if report.get("failed") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
