@@ -16,7 +16,9 @@ Run config (server), mode "train" (the default; mode "rollout" is `s2fleet.rollo
     learning-rate   the devices' learning rate
     aggregation     fedavg | exact | damped
     step            the server step size for damped
-    min-nodes       devices a round waits for
+    min-nodes       devices a round (and the delivery after it) waits for, at most round-timeout
+                    seconds: fewer connected by then stops the run (a device that dropped out
+                    no longer counts)
     min-replies     updates a round needs: with fewer (devices refused, dropped out or timed
                     out), the run stops there and `out` keeps the last completed round's version
     round-timeout   seconds a round waits for the devices' replies
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -164,18 +167,31 @@ class RoundFailed(RuntimeError):
 class DeployStrategy(SignedAdapterStrategy):
     """Signed rounds that need `min_replies` updates, with each device's outcome per round (`devices`)."""
 
-    def __init__(self, signer: GlobalSigner, *args: Any, min_replies: int = 1, **kwargs: Any) -> None:
+    def __init__(self, signer: GlobalSigner, *args: Any, min_replies: int = 1, node_timeout: float = 600.0, **kwargs: Any) -> None:
         super().__init__(signer, *args, **kwargs)
-        self.min_replies = min_replies
+        self.min_replies, self.node_timeout = min_replies, node_timeout
         self.devices: dict[int, dict[str, dict[str, Any]]] = {}  # round -> node id -> outcome
         self._sent: dict[tuple[int, str], list[int]] = {}
 
+    def _await_nodes(self, grid: Grid, server_round: int) -> None:
+        """Flower waits for min_available_nodes without end: here a round fails after `node_timeout` seconds."""
+        deadline = time.monotonic() + self.node_timeout
+        while len(list(grid.get_node_ids())) < self.min_available_nodes:
+            if time.monotonic() > deadline:
+                connected, needed = len(list(grid.get_node_ids())), self.min_available_nodes
+                raise RoundFailed(
+                    f"round {server_round}: {connected} devices connected after {self.node_timeout:g} s, min-nodes is {needed}"
+                )
+            time.sleep(1)
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self._await_nodes(grid, server_round)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sent[server_round, "train"] = [m.metadata.dst_node_id for m in messages]
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self._await_nodes(grid, server_round)
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         self._sent[server_round, "evaluate"] = [m.metadata.dst_node_id for m in messages]
         return messages
@@ -248,6 +264,7 @@ def train_fleet(grid: Grid, context: Context) -> None:
         len(model.bundle.taps),
         step=float(config["step"]),
         min_replies=int(config.get("min-replies", 1)),
+        node_timeout=float(config.get("round-timeout", 600)),
         min_train_nodes=nodes,
         min_available_nodes=nodes,
         fraction_evaluate=1.0,  # every device receives each round's global adapters

@@ -7,7 +7,8 @@ The ServerApp (run config `mode = "rollout"`) reads the bundle file on the fleet
 sends its bytes (an ArrayRecord: Flower cuts arrays into chunks, so a bundle up to the
 daemons' 16 MiB upload cap travels) to every connected SuperNode, in two stages:
 
-1. the canaries (`canary-fraction` of the devices, at least one, lowest node ids first);
+1. the canaries: the node ids in `canary-nodes` (comma-separated; `flwr supernode list`
+   shows them), else `canary-fraction` of the devices, at least one, lowest node ids first;
 2. once every canary deployed it, answers ready and kept its held-out accuracy, the rest.
 
 Each device's ClientApp (`deploy_bundle`) measures the held-out accuracy of what its daemon
@@ -244,6 +245,20 @@ def _send(grid: Grid, nodes: list[int], action: str, content: RecordDict, timeou
     return outcomes
 
 
+def canaries(named: str, nodes: list[int], fraction: float) -> list[int]:
+    """The canary stage's devices: the ids named (each must be connected), else the fraction's lowest ids."""
+    if not named.strip():
+        return nodes[: max(1, math.ceil(fraction * len(nodes)))]
+    try:
+        chosen = [int(part) for part in named.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"run config canary-nodes: expected node ids separated by commas, found {named!r}") from None
+    missing = [n for n in chosen if n not in nodes]
+    if missing or not chosen:
+        raise ValueError(f"run config canary-nodes: {', '.join(map(str, missing)) or 'none given'}: not among the connected nodes")
+    return chosen
+
+
 def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
@@ -265,8 +280,8 @@ def serve(grid: Grid, context: Context) -> None:
         raise ValueError(f"run config canary-fraction: expected a number in (0, 1], found {fraction}")
     timeout = _setting(config, "stage-timeout")
     nodes = _wait_for_nodes(grid, int(_setting(config, "min-nodes")), timeout)
-    count = max(1, math.ceil(fraction * len(nodes)))
-    stages = [Stage("canary", nodes[:count]), Stage("rest", nodes[count:])]
+    chosen = canaries(str(config.get("canary-nodes", "")), nodes, fraction)
+    stages = [Stage("canary", chosen), Stage("rest", [n for n in nodes if n not in chosen])]
     settings = ConfigRecord(
         {
             "bundle-digest": digest,

@@ -275,3 +275,13 @@ def test_the_bundle_to_roll_out_is_checked_on_the_server(tmp_path):
     (tmp_path / "huge.s2l").write_bytes(b"\0" * (rollout.MAX_BUNDLE_BYTES + 1))
     with pytest.raises(ValueError, match=r"is 16777217 bytes; the daemons take at most 16777216 \(--max-bundle-bytes\)"):
         rollout.read_rollout_bundle(str(tmp_path / "huge.s2l"))
+
+
+def test_canaries_named_by_node_id():
+    assert rollout.canaries("", [1, 2, 3, 4], 0.25) == [1]
+    assert rollout.canaries("", [1, 2, 3], 0.5) == [1, 2]
+    assert rollout.canaries("3, 1", [1, 2, 3], 0.25) == [3, 1]
+    with pytest.raises(ValueError, match="run config canary-nodes: 9: not among the connected nodes"):
+        rollout.canaries("9", [1, 2], 0.25)
+    with pytest.raises(ValueError, match="run config canary-nodes: expected node ids separated by commas, found 'a,b'"):
+        rollout.canaries("a,b", [1, 2], 0.25)
