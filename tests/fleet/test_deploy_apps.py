@@ -138,17 +138,23 @@ def test_a_round_with_too_few_updates_fails_naming_who_dropped_out(tmp_path_fact
         s.current = adapters
         return s
 
-    def replies(s: DeployStrategy) -> list:
+    def replies(s: DeployStrategy) -> tuple[list, int, int]:
+        """One update and one error reply; the ids of the node that sent the update and of the one that dropped out."""
         config = ConfigRecord({"bundle-digest": bundle.digest, "local-epochs": 1, "learning-rate": 0.01})
         first, second = s.configure_train(1, to_record(adapters), config, TwoNodes())  # type: ignore[arg-type]
         update = RecordDict({"arrays": to_record(adapters), "metrics": MetricRecord({EXAMPLES: 10})})
-        return [Message(update, reply_to=first), Message(Error(5, "Error: Node Unavailable - no heartbeat"), reply_to=second)]
+        sent = [Message(update, reply_to=first), Message(Error(5, "Error: Node Unavailable - no heartbeat"), reply_to=second)]
+        return sent, first.metadata.dst_node_id, second.metadata.dst_node_id
 
     failing = strategy(2)
-    with pytest.raises(RoundFailed, match=r"round 1: 1 of 2 devices sent an update, min-replies is 2 \(device 12: Error: Node Unavailable"):
-        failing.aggregate_train(1, replies(failing))
+    sent, _, dropped = replies(failing)
+    with pytest.raises(
+        RoundFailed, match=rf"round 1: 1 of 2 devices sent an update, min-replies is 2 \(device {dropped}: Error: Node Unavailable"
+    ):
+        failing.aggregate_train(1, sent)
     assert failing.current is adapters  # the last completed round's version stays
     lenient = strategy(1)
-    aggregated, metrics = lenient.aggregate_train(1, replies(lenient))
+    sent, kept, dropped = replies(lenient)
+    aggregated, metrics = lenient.aggregate_train(1, sent)
     assert aggregated is not None and metrics is not None and metrics["devices"] == 1
-    assert lenient.devices[1]["11"]["train"] == {EXAMPLES: 10} and "Node Unavailable" in lenient.devices[1]["12"]["train"]
+    assert lenient.devices[1][str(kept)]["train"] == {EXAMPLES: 10} and "Node Unavailable" in lenient.devices[1][str(dropped)]["train"]
