@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,12 +70,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate, timeout: float, what: str, logs: list[Path]) -> None:
+def wait_for(predicate, timeout: float, what: str, logs: list[Path], every: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.5)
+        time.sleep(every)
     tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
 
@@ -218,19 +218,45 @@ class Fleet:
             env=env,
         )  # fmt: skip
 
-    def run(self, out: Path, *overrides: str) -> None:
-        """`flwr run` the deployment app; returns once the ServerApp has written `out` for the last time."""
+    def submit(self, *overrides: str) -> int:
         submitted = flwr(self.procs, "run", str(ROOT / "fleet" / "deploy"), LINK, "--format", "json", "-c", " ".join(overrides))
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-        run_id = int(json.loads(submitted.stdout)["run-id"])
-        wait_for(lambda: finished(self.procs, run_id), RUN_TIMEOUT, f"run {run_id} to finish", sorted(self.logs.glob("*.log")))
-        assert out.exists(), flwr(self.procs, "log", str(run_id), LINK, "--show").stdout[-5000:]
+        return int(json.loads(submitted.stdout)["run-id"])
+
+    def run(self, done: Callable[[], bool], *overrides: str) -> str:
+        """`flwr run` the deployment app, wait for `done()` (the ServerApp's last write), then for the run's end; its status."""
+        run_id = self.submit(*overrides)
+        self.wait(run_id, done)
+        return self.wait_finished(run_id)
+
+    def wait(self, run_id: int, done: Callable[[], bool]) -> None:
+        wait_for(done, RUN_TIMEOUT, f"run {run_id}'s output", sorted(self.logs.glob("*.log")))
+
+    def wait_finished(self, run_id: int) -> str:
+        """The run's final status (`flwr ls`, polled once a second: each call is a CLI process)."""
+        status: list[str] = []
+
+        def finished() -> bool:
+            listed = flwr(self.procs, "ls", LINK, "--format", "json")
+            runs = json.loads(listed.stdout).get("runs", []) if listed.returncode == 0 else []
+            status[:] = [str(r["status"]) for r in runs if int(r["run-id"]) == run_id]
+            return bool(status) and status[0].startswith("finished")
+
+        wait_for(finished, 60, f"run {run_id} to finish", sorted(self.logs.glob("*.log")), every=1.0)
+        return status[0]
 
 
-def finished(procs: Processes, run_id: int) -> bool:
-    listed = flwr(procs, "ls", LINK, "--format", "json")
-    runs = json.loads(listed.stdout).get("runs", []) if listed.returncode == 0 else []
-    return any(int(r["run-id"]) == run_id and str(r["status"]).startswith("finished") for r in runs)
+def report_says(path: Path, rounds: int) -> Callable[[], bool]:
+    """Whether the training report at `path` has `rounds` rounds completed (or a failure)."""
+
+    def done() -> bool:
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):  # not there yet (it is replaced atomically, never half-written)
+            return False
+        return bool(report["completed"] == rounds or report["failed"])
+
+    return done
 
 
 def member_shards() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -321,7 +347,7 @@ def test_signed_rounds_reach_the_daemons_and_strangers_are_refused(fleet: Fleet)
     f = fleet
     stranger = f.supernode("stranger", f.keys[DEVICES + 1][0], f.configs[0])
     out = f.tmp / "server" / "global.npz"
-    f.run(out, *train_overrides(f, out))
+    assert f.run(report_says(out.with_suffix(".json"), ROUNDS), *train_overrides(f, out)) == "finished:completed"
     model = Model.open(str(f.bundle))
     taps = len(model.bundle.taps)
     final = read_out(out, taps)
@@ -396,14 +422,13 @@ def test_a_device_that_drops_out_mid_round_leaves_the_round_to_the_others(fleet:
     out = f.tmp / "server" / "dropout.npz"
     # every connected device takes part; a round needs DEVICES of them connected and DEVICES - 1 updates
     overrides = train_overrides(f, out, rounds=1, **{"min-nodes": DEVICES, "min-replies": DEVICES - 1})
-    submitted = flwr(f.procs, "run", str(ROOT / "fleet" / "deploy"), LINK, "--format", "json", "-c", " ".join(overrides))
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    run_id = int(json.loads(submitted.stdout)["run-id"])
+    run_id = f.submit(*overrides)
     logs = sorted(f.logs.glob("*.log"))
     wait_for(lambda: connections(port) - known, 120, "the device's ClientApp to reach its hung daemon", logs)
     signal_group(f.supernodes[gone], signal.SIGTERM)  # the device leaves in the middle of round 1
     f.supernodes[gone].wait(timeout=30)
-    wait_for(lambda: finished(f.procs, run_id), RUN_TIMEOUT, f"run {run_id} to finish", logs)
+    f.wait(run_id, report_says(out.with_suffix(".json"), 1))
+    assert f.wait_finished(run_id) == "finished:completed"
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["completed"] == 1 and report["failed"] is None, report
     dropped = report["devices"]["1"][str(f.node_ids[gone])]["train"]
@@ -429,7 +454,7 @@ def test_a_staged_bundle_rollout_through_the_fleet(fleet: Fleet):
     out = f.tmp / "server" / "rollout.json"
     settings = {"mode": '"rollout"', "bundle": f'"{new}"', "out": f'"{out}"', "min-nodes": DEVICES + 1,
                 "canary-nodes": f'"{f.node_ids[0]}"', "train-epochs": 5, "max-drop": 0.2, "stage-timeout": 120.0}  # fmt: skip
-    f.run(out, *[f"{k}={v}" for k, v in settings.items()])
+    assert f.run(out.exists, *[f"{k}={v}" for k, v in settings.items()]) == "finished:completed"
     report = json.loads(out.read_text())
     rows = {int(n): row for n, row in report["devices"].items()}
     assert report["failed"] is None and report["bundle-digest"] == digest and len(rows) == DEVICES + 1, rows
