@@ -153,15 +153,18 @@ def test_a_round_for_another_bundle_is_refused_and_changes_nothing(daemon):
     assert versions(daemon) == [0] and daemon.client.call("GET", "/v1/jobs")["jobs"] == []
 
 
-def test_a_tampered_global_version_is_refused_by_the_daemon(daemon):
-    message, _ = round_message()
+def test_a_tampered_global_version_is_refused_by_the_daemon_which_keeps_its_active_version(daemon):
+    train_round(round_message(1)[0], context(daemon))  # a good round first: the daemon holds versions 1 and 2
+    active = daemon.client.call("GET", "/v1/adapters")["active"]
+    message, _ = round_message(2)
     data = bytearray(message.content["config"][GLOBAL_FILE])
     data[len(data) // 2] ^= 1
     with pytest.raises(
         RoundRefused, match=r"refused: POST /v1/adapters\?activate=true: 403: the signature by fleet key .* does not verify"
     ):
         train_round(with_config(message, **{GLOBAL_FILE: bytes(data)}), context(daemon))
-    assert versions(daemon) == [0] and daemon.client.call("GET", "/v1/jobs")["jobs"] == []
+    assert versions(daemon) == [0, 1, 2] and len(daemon.client.call("GET", "/v1/jobs")["jobs"]) == 1
+    assert daemon.client.call("GET", "/v1/adapters")["active"] == active
 
 
 def test_a_good_round_trains_in_the_daemon_from_the_global_version_and_replies_adapters_and_examples(daemon):
