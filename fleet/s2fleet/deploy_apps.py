@@ -58,7 +58,7 @@ from s2rt.errors import S2LError
 from s2rt.session import Model
 from s2rt.state import save_adapters
 
-from s2fleet import member, rollout
+from s2fleet import member, rollout, rollout_device
 from s2fleet.aggregate import Adapters, Aggregation
 from s2fleet.apps import EXAMPLES, DeviceData, _reason, from_record, to_record
 from s2fleet.apps import client_app as make_client_app
@@ -118,8 +118,8 @@ def evaluate(message: Message, context: Context) -> Message:
     return receive(message, context) if trains_in_process(context) else member.receive_round(message, context)
 
 
-client_app.query(rollout.DEPLOY)(rollout.deploy_bundle)
-client_app.query(rollout.ROLLBACK)(rollout.rollback_bundle)
+client_app.query(rollout_device.DEPLOY)(rollout_device.deploy_bundle)
+client_app.query(rollout_device.ROLLBACK)(rollout_device.rollback_bundle)
 
 
 def receive(message: Message, context: Context) -> Message:

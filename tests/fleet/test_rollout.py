@@ -31,6 +31,7 @@ with warnings.catch_warnings():  # flwr's import calls click functions that clic
     from flwr.app import ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
     from s2fleet import rollout
+    from s2fleet import rollout_device as dev
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
@@ -128,7 +129,10 @@ def devices(tmp_path: Path, bundles: Bundles) -> Iterator[Any]:
 class LocalGrid:
     """The Grid calls `rollout.serve` makes, answered by the devices' ClientApp handlers in this process."""
 
-    HANDLERS = {f"query.{rollout.DEPLOY}": rollout.deploy_bundle, f"query.{rollout.ROLLBACK}": rollout.rollback_bundle}
+    HANDLERS = {
+        f"query.{dev.DEPLOY}": dev.deploy_bundle,
+        f"query.{dev.ROLLBACK}": dev.rollback_bundle,
+    }
 
     def __init__(self, devices: list[Device], unreachable: Iterable[int] = ()) -> None:
         self.devices = {d.context.node_id: d for d in devices}
@@ -168,7 +172,7 @@ def deploy_message(data: bytes, sha256: str | None = None) -> Message:
         {"bundle-digest": digest(data), "bundle-sha256": sha256 or hashlib.sha256(data).hexdigest(), "ready-timeout": 60.0}
     )
     content = RecordDict({"bundle": ArrayRecord({"file": Array(np.frombuffer(data, np.uint8).copy())}), "config": config})
-    return Message(content=content, dst_node_id=100, message_type=f"query.{rollout.DEPLOY}")
+    return Message(content=content, dst_node_id=100, message_type=f"query.{dev.DEPLOY}")
 
 
 def outcome(reply: Message) -> dict[str, Any]:
@@ -178,8 +182,8 @@ def outcome(reply: Message) -> dict[str, Any]:
 def test_a_device_deploys_a_signed_bundle_and_rolls_back_to_its_own(devices, bundles):
     (device,) = devices(1)
     active = device.active()
-    got = outcome(rollout.deploy_bundle(deploy_message(bundles.good), device.context))
-    assert got["status"] == rollout.DEPLOYED and got["before"] == digest(bundles.base), got
+    got = outcome(dev.deploy_bundle(deploy_message(bundles.good), device.context))
+    assert got["status"] == dev.DEPLOYED and got["before"] == digest(bundles.base), got
     assert device.model()["bundle_digest"] == digest(bundles.good)
     assert got["held_out"] > 0 and got["accuracy_after"] == pytest.approx(got["accuracy_after"])
     assert 0.0 <= got["accuracy_after"] <= 1.0 and 0.0 <= got["accuracy_before"] <= 1.0
@@ -187,29 +191,29 @@ def test_a_device_deploys_a_signed_bundle_and_rolls_back_to_its_own(devices, bun
     assert json.loads((kept / "previous.json").read_text()) == {"digest": digest(bundles.base), "replaced_by": digest(bundles.good)}
 
     rollback = Message(content=RecordDict({"config": ConfigRecord({"bundle-digest": digest(bundles.good)})}), dst_node_id=100,
-                       message_type=f"query.{rollout.ROLLBACK}")  # fmt: skip
-    back = outcome(rollout.rollback_bundle(rollback, device.context))
-    assert back["status"] == rollout.ROLLED_BACK, back
+                       message_type=f"query.{dev.ROLLBACK}")  # fmt: skip
+    back = outcome(dev.rollback_bundle(rollback, device.context))
+    assert back["status"] == dev.ROLLED_BACK, back
     assert device.model()["bundle_digest"] == digest(bundles.base)
     assert device.active() == active != 0  # the base bundle's trained adapters are served again: nothing committed lost
-    again = outcome(rollout.rollback_bundle(rollback, device.context))  # a second rollback changes nothing
-    assert again["status"] == rollout.REFUSED and "left as it is" in again["reason"]
+    again = outcome(dev.rollback_bundle(rollback, device.context))  # a second rollback changes nothing
+    assert again["status"] == dev.REFUSED and "left as it is" in again["reason"]
 
 
 def test_a_bundle_signed_by_another_key_is_refused_by_the_daemon(devices, bundles):
     (device,) = devices(1)
-    got = outcome(rollout.deploy_bundle(deploy_message(bundles.foreign), device.context))
-    assert got["status"] == rollout.REFUSED and "PUT /v1/bundle: 4" in got["reason"] and STRANGER.key_id[:16] in got["reason"], got
+    got = outcome(dev.deploy_bundle(deploy_message(bundles.foreign), device.context))
+    assert got["status"] == dev.REFUSED and "PUT /v1/bundle: 4" in got["reason"] and STRANGER.key_id[:16] in got["reason"], got
     assert device.model()["bundle_digest"] == digest(bundles.base)
 
 
 def test_altered_bytes_and_a_missing_daemon_are_named(devices, bundles, tmp_path):
     (device,) = devices(1)
-    altered = outcome(rollout.deploy_bundle(deploy_message(bundles.good, sha256="0" * 64), device.context))
-    assert altered["status"] == rollout.REFUSED and "arrived altered" in altered["reason"]
+    altered = outcome(dev.deploy_bundle(deploy_message(bundles.good, sha256="0" * 64), device.context))
+    assert altered["status"] == dev.REFUSED and "arrived altered" in altered["reason"]
     device.daemon.kill()
-    gone = outcome(rollout.deploy_bundle(deploy_message(bundles.good), device.context))
-    assert gone["status"] == rollout.UNREACHABLE and "cannot reach the daemon" in gone["reason"]
+    gone = outcome(dev.deploy_bundle(deploy_message(bundles.good), device.context))
+    assert gone["status"] == dev.UNREACHABLE and "cannot reach the daemon" in gone["reason"]
 
 
 def test_canaries_first_then_the_rest_with_a_table_and_a_report(devices, bundles, tmp_path, capsys):
@@ -220,9 +224,13 @@ def test_canaries_first_then_the_rest_with_a_table_and_a_report(devices, bundles
     rollout.serve(grid, server_context(run_config(bundles.good, tmp_path, **{"train-epochs": 10, "max-drop": 0.1})))  # type: ignore[arg-type]
     report = json.loads((tmp_path / "report.json").read_text())
     rows = report["devices"]
-    assert report["failed"] is None and grid.sent[0] == (f"query.{rollout.DEPLOY}", 100)
+    assert report["failed"] is None and grid.sent[0] == (f"query.{dev.DEPLOY}", 100)
     assert [rows[str(n)]["stage"] for n in (100, 101, 102)] == ["canary", "rest", "rest"]
-    assert [rows[str(n)]["status"] for n in (100, 101, 102)] == [rollout.DEPLOYED, rollout.DEPLOYED, rollout.UNREACHABLE]
+    assert [rows[str(n)]["status"] for n in (100, 101, 102)] == [
+        dev.DEPLOYED,
+        dev.DEPLOYED,
+        dev.UNREACHABLE,
+    ]
     assert [d.model()["bundle_digest"] for d in fleet[:2]] == [digest(bundles.good)] * 2
     assert all(d.active() > 0 for d in fleet[:2])  # the new bundle serves adapters fine-tuned on the device
     for row in (rows["100"], rows["101"]):
@@ -239,9 +247,9 @@ def test_a_canary_that_does_not_hold_is_rolled_back_and_the_rest_are_not_touched
     with pytest.raises(RuntimeError, match=r"canary stage failed: device 100: held-out accuracy fell from"):
         rollout.serve(grid, server_context(run_config(bundles.bad, tmp_path)))  # type: ignore[arg-type]
     rows = json.loads((tmp_path / "report.json").read_text())["devices"]
-    assert rows["100"]["status"] == rollout.ROLLED_BACK and rows["100"]["accuracy_after"] < rows["100"]["accuracy_before"] - 0.02
+    assert rows["100"]["status"] == dev.ROLLED_BACK and rows["100"]["accuracy_after"] < rows["100"]["accuracy_before"] - 0.02
     assert rows["101"]["status"] == rows["102"]["status"] == rollout.NOT_ATTEMPTED
-    assert grid.sent == [(f"query.{rollout.DEPLOY}", 100), (f"query.{rollout.ROLLBACK}", 100)]
+    assert grid.sent == [(f"query.{dev.DEPLOY}", 100), (f"query.{dev.ROLLBACK}", 100)]
     assert [d.model()["bundle_digest"] for d in fleet] == [digest(bundles.base)] * 3
     assert [d.active() for d in fleet] == before
 
@@ -256,12 +264,12 @@ def test_a_canary_without_a_reply_fails_the_stage(devices, bundles, tmp_path):
 
 
 def test_the_check_a_device_must_pass():
-    ok = {"status": rollout.DEPLOYED, "accuracy_before": 0.9, "accuracy_after": 0.89}
+    ok = {"status": dev.DEPLOYED, "accuracy_before": 0.9, "accuracy_after": 0.89}
     assert rollout.holds(ok, 0.02, 0.0) == (True, "")
     assert rollout.holds(ok, 0.0, 0.0)[1] == "held-out accuracy fell from 0.9000 to 0.8900 (max-drop 0.0000)"
     assert rollout.holds(ok, 0.02, 0.95)[1] == "held-out accuracy 0.8900 is below min-accuracy 0.9500"
-    assert "no held-out samples" in rollout.holds({"status": rollout.DEPLOYED}, 0.02, 0.0)[1]
-    assert rollout.holds({"status": rollout.REFUSED, "reason": "403: not signed"}, 0.02, 0.0) == (False, "refused: 403: not signed")
+    assert "no held-out samples" in rollout.holds({"status": dev.DEPLOYED}, 0.02, 0.0)[1]
+    assert rollout.holds({"status": dev.REFUSED, "reason": "403: not signed"}, 0.02, 0.0) == (False, "refused: 403: not signed")
 
 
 def test_the_bundle_to_roll_out_is_checked_on_the_server(tmp_path):
