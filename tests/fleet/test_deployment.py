@@ -203,6 +203,7 @@ class Fleet:
     daemons: list[Daemon] = field(default_factory=list)  # DEVICES members, then the one on another bundle
     supernodes: list[subprocess.Popen] = field(default_factory=list)
     configs: list[str] = field(default_factory=list)
+    last_run: int = 0
 
     @property
     def logs(self) -> Path:
@@ -225,7 +226,7 @@ class Fleet:
 
     def run(self, done: Callable[[], bool], *overrides: str) -> str:
         """`flwr run` the deployment app, wait for `done()` (the ServerApp's last write), then for the run's end; its status."""
-        run_id = self.submit(*overrides)
+        run_id = self.last_run = self.submit(*overrides)
         self.wait(run_id, done)
         return self.wait_finished(run_id)
 
@@ -466,6 +467,9 @@ def test_a_staged_bundle_rollout_through_the_fleet(fleet: Fleet):
     for k in range(DEVICES):
         assert f.daemons[k].client.get("/v1/model").json()["bundle_digest"] == digest
     assert f.daemons[DEVICES].client.get("/v1/model").json()["bundle_digest"] != digest
+    # the operator sees the table in the run's log
+    shown = flwr(f.procs, "log", str(f.last_run), LINK, "--show").stdout
+    assert f"rollout of bundle {digest[:16]}" in shown and "not among the trusted keys" in shown, shown[-3000:]
 
 
 def test_the_superlink_state_outlives_it(fleet: Fleet):
