@@ -19,7 +19,9 @@ initial head while the old one may serve adapters fine-tuned on the device: with
 `train-epochs` > 0 the device first fine-tunes the new bundle on its stored samples (they
 carry over when the input signature is the same; the daemon's gate activates the result)
 so that like is compared with like. A device holds when the new accuracy is at least
-`min-accuracy` and at most `max-drop` below the old. A canary that fails stops the
+`min-accuracy` and at most `max-drop` below the old; a canary must have held-out samples
+to judge by, a device of the second stage without any holds once ready (the canaries
+vouched for the bundle; its row says so). A canary that fails stops the
 rollout: every canary that deployed is rolled back (`rollback_bundle` puts the kept file
 back, verified again by the daemon; the adapter versions of the old bundle were never
 touched, so its active version is served again), the rest are not touched. A device of
@@ -97,13 +99,15 @@ def read_rollout_bundle(path: str) -> tuple[bytes, str]:
         raise ValueError(f"run config bundle: {e}") from None
 
 
-def holds(outcome: dict[str, Any], max_drop: float, min_accuracy: float) -> tuple[bool, str]:
-    """Whether a device's deployment holds: deployed, ready, and its held-out accuracy kept."""
-    if outcome.get("status") not in (DEPLOYED, ALREADY):
-        return False, f"{outcome.get('status')}: {outcome.get('reason', '')}"
-    after = outcome.get("accuracy_after", outcome.get("accuracy_before"))
+def holds(outcome: dict[str, Any], max_drop: float, min_accuracy: float, evidence: bool = True) -> tuple[bool, str]:
+    """Whether a device's deployment holds: deployed, ready, and its held-out accuracy kept. Without
+    `evidence` (after the canaries vouched for the bundle) a device with no held-out samples holds when ready."""
+    status = outcome.get("status")
+    if status not in (DEPLOYED, ALREADY):
+        return False, f"{status}: {outcome.get('reason', '')}"
+    after = outcome.get("accuracy_after" if status == DEPLOYED else "accuracy_before")
     if after is None:
-        return False, "no held-out samples on the device to judge the bundle by"
+        return not evidence, "no held-out samples on the device to judge the bundle by"
     before = outcome.get("accuracy_before")
     if after < min_accuracy:
         return False, f"held-out accuracy {after:.4f} is below min-accuracy {min_accuracy:.4f}"
@@ -180,9 +184,11 @@ def serve(grid: Grid, context: Context) -> None:
         bad = {}
         for node, outcome in outcomes.items():
             rows[node].update(outcome)
-            ok, why = holds(outcome, max_drop, min_accuracy)
+            ok, why = holds(outcome, max_drop, min_accuracy, evidence=stage.name == "canary")
             if not ok:
                 bad[node] = why
+            elif why:
+                rows[node]["check"] = why
         undo = [n for n in bad if outcomes[n]["status"] == DEPLOYED]
         if stage.name == "canary" and bad:
             failed = "canary stage failed: " + "; ".join(f"device {n}: {why}" for n, why in bad.items())

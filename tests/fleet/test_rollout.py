@@ -94,7 +94,8 @@ class Device:
 
 @pytest.fixture
 def devices(tmp_path: Path, bundles: Bundles) -> Iterator[Any]:
-    """devices(n): n daemons on the base bundle, each with 200 HAR samples and one trained adapter version."""
+    """devices(n, untrained): n daemons on the base bundle, each with 200 HAR samples and, unless untrained, one
+    trained adapter version (active)."""
     started: list[Daemon] = []
     TRUSTED.save(tmp_path / "trusted")
     (tmp_path / "tokens").write_text(TOKEN + "\n")
@@ -102,7 +103,7 @@ def devices(tmp_path: Path, bundles: Bundles) -> Iterator[Any]:
     with np.load(MODELS / "data" / "har_ft.npz") as f:
         x, y = f["x"], f["y"]
 
-    def start(n: int) -> list[Device]:
+    def start(n: int, untrained: Iterable[int] = ()) -> list[Device]:
         out = []
         for k in range(n):
             folder = tmp_path / f"device{k}"
@@ -115,7 +116,9 @@ def devices(tmp_path: Path, bundles: Bundles) -> Iterator[Any]:
             daemon.client.headers["authorization"] = f"Bearer {TOKEN}"
             part = slice(200 * k, 200 * (k + 1))
             assert daemon.client.post("/v1/samples", json={"x": x[part].tolist(), "y": y[part].tolist()}).status_code == 201
-            assert wait_job(daemon.client, daemon.client.post("/v1/jobs", json={"epochs": 10}).json()["id"])["state"] == "succeeded"
+            if k not in untrained:
+                job = daemon.client.post("/v1/jobs", json={"epochs": 10}).json()
+                assert wait_job(daemon.client, job["id"])["state"] == "succeeded"
             node = {"daemon-url": daemon.url, "daemon-token-file": str(tmp_path / "tokens"), "rollout-dir": str(folder / "rollout")}
             context = Context(run_id=1, node_id=100 + k, node_config=node, state=RecordDict(), run_config={})
             out.append(Device(daemon, context))
@@ -254,6 +257,21 @@ def test_a_canary_that_does_not_hold_is_rolled_back_and_the_rest_are_not_touched
     assert [d.active() for d in fleet] == before
 
 
+def test_a_device_of_the_second_stage_that_does_not_hold_is_rolled_back_alone(devices, bundles, tmp_path):
+    # the canary serves its bundle's initial head, as the new bundle does: it holds; the other device serves
+    # adapters trained on its samples, which the new bundle's initial head does not match
+    fleet = devices(2, untrained=[0])
+    before = fleet[1].active()
+    grid = LocalGrid(fleet)
+    rollout.serve(grid, server_context(run_config(bundles.good, tmp_path)))  # type: ignore[arg-type]
+    rows = json.loads((tmp_path / "report.json").read_text())["devices"]
+    assert rows["100"]["status"] == dev.DEPLOYED and rows["101"]["status"] == dev.ROLLED_BACK, rows
+    assert "held-out accuracy fell from" in rows["101"]["check"]
+    assert grid.sent[-1] == (f"query.{dev.ROLLBACK}", 101)
+    assert fleet[0].model()["bundle_digest"] == digest(bundles.good) and fleet[1].model()["bundle_digest"] == digest(bundles.base)
+    assert fleet[1].active() == before
+
+
 def test_a_canary_without_a_reply_fails_the_stage(devices, bundles, tmp_path):
     fleet = devices(2)
     grid = LocalGrid(fleet, unreachable=[100])
@@ -268,7 +286,9 @@ def test_the_check_a_device_must_pass():
     assert rollout.holds(ok, 0.02, 0.0) == (True, "")
     assert rollout.holds(ok, 0.0, 0.0)[1] == "held-out accuracy fell from 0.9000 to 0.8900 (max-drop 0.0000)"
     assert rollout.holds(ok, 0.02, 0.95)[1] == "held-out accuracy 0.8900 is below min-accuracy 0.9500"
-    assert "no held-out samples" in rollout.holds({"status": dev.DEPLOYED}, 0.02, 0.0)[1]
+    assert rollout.holds({"status": dev.DEPLOYED}, 0.02, 0.0) == (False, "no held-out samples on the device to judge the bundle by")
+    assert rollout.holds({"status": dev.DEPLOYED, "accuracy_before": 0.9}, 0.02, 0.0, evidence=False)[0]
+    assert not rollout.holds({"status": dev.DEPLOYED, "accuracy_before": 0.9}, 0.02, 0.0)[0]  # judged on the new bundle only
     assert rollout.holds({"status": dev.REFUSED, "reason": "403: not signed"}, 0.02, 0.0) == (False, "refused: 403: not signed")
 
 
