@@ -104,7 +104,8 @@ def receive_round(message: Message, context: Context) -> Message:
 def _check_bundle(daemon: Client, digest: str) -> int:
     model = daemon.call("GET", "/v1/model")
     if model["bundle_digest"] != digest:
-        raise RoundRefused(f"the round is for bundle {digest[:16]}, this device's daemon serves {model['bundle_digest'][:16]}")
+        # no apostrophe: the server cuts a device's reason at the first quote (s2fleet.apps._reason)
+        raise RoundRefused(f"the round is for bundle {digest[:16]}, the daemon on this device serves {model['bundle_digest'][:16]}")
     return len(model["taps"])
 
 

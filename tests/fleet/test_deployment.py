@@ -360,9 +360,11 @@ def test_signed_rounds_reach_the_daemons_and_strangers_are_refused(fleet: Fleet)
 
     # the device on another bundle refused every round, by name, and its daemon holds nothing new
     other = str(f.node_ids[DEVICES])
+    fleet_digest, other_digest = (d.client.get("/v1/model").json()["bundle_digest"] for d in (f.daemons[0], f.daemons[DEVICES]))
     for r in map(str, range(1, ROUNDS + 1)):
         for stage in ("train", "evaluate"):
-            assert "refused: the round is for bundle" in report["devices"][r][other][stage], report["devices"][r][other]
+            reason = report["devices"][r][other][stage]
+            assert reason == f"refused: the round is for bundle {fleet_digest[:16]}, the daemon on this device serves {other_digest[:16]}"
     assert [v["version"] for v in versions(f.daemons[DEVICES])] == [0]
 
     # the server's final version is the exact aggregate of what the daemons trained in the last round,

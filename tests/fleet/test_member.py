@@ -148,7 +148,9 @@ def test_the_strategy_signs_each_rounds_global_version_for_the_bundle():
 
 def test_a_round_for_another_bundle_is_refused_and_changes_nothing(daemon):
     message, _ = round_message()
-    with pytest.raises(RoundRefused, match=r"refused: the round is for bundle 0{16}, this device.s daemon serves " + BUNDLE.digest[:16]):
+    with pytest.raises(
+        RoundRefused, match=r"refused: the round is for bundle 0{16}, the daemon on this device serves " + BUNDLE.digest[:16]
+    ):
         train_round(with_config(message, **{"bundle-digest": "0" * 64}), context(daemon))
     assert versions(daemon) == [0] and daemon.client.call("GET", "/v1/jobs")["jobs"] == []
 
