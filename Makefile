@@ -49,7 +49,7 @@ $(FLEET_VENV)/.ready: fleet/pyproject.toml runtime/pyproject.toml converter/pypr
 test-fleet: $(FLEET_VENV)/.ready
 	$(FLEET_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/fleet
 
-# A real deployment on loopback: TLS SuperLink with SuperNode auth, three SuperNodes, `flwr run` (part of test-fleet)
+# A real deployment on loopback: TLS SuperLink with SuperNode auth, three SuperNodes beside s2rt serve daemons, signed rounds, a dropout, a staged rollout (part of test-fleet)
 test-fleet-deploy: $(FLEET_VENV)/.ready
 	$(FLEET_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/fleet/test_deployment.py
 
