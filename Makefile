@@ -39,17 +39,17 @@ test: $(VENV)/.dev $(VENV)/.bench $(FLEET_VENV)/.ready
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-fleet
 
-# The fleet (fleet/, Flower) in its own venv: flwr pins fastapi and protobuf below the daemon's.
+# The fleet (fleet/, Flower) in its own venv: flwr pins fastapi and protobuf below the daemon's; the daemon installs there too (the fleet tests run real daemons beside the SuperNodes), under flwr's pins.
 $(FLEET_VENV)/.ready: fleet/pyproject.toml runtime/pyproject.toml converter/pyproject.toml
 	$(PYTHON) -m venv $(FLEET_VENV)
 	$(FLEET_VENV)/bin/pip install -q --upgrade pip
-	PYTHONWARNINGS=ignore $(FLEET_VENV)/bin/pip install -q -e 'runtime[onnx]' -e converter -e 'fleet[simulation]' pytest
+	PYTHONWARNINGS=ignore $(FLEET_VENV)/bin/pip install -q -e 'runtime[onnx,serve,sign]' -e converter -e 'fleet[simulation]' pytest
 	touch $@
 
 test-fleet: $(FLEET_VENV)/.ready
 	$(FLEET_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/fleet
 
-# A real deployment on loopback: TLS SuperLink with SuperNode auth, three SuperNodes, `flwr run` (part of test-fleet)
+# A real deployment on loopback: TLS SuperLink with SuperNode auth, three SuperNodes beside s2rt serve daemons, signed rounds, a dropout, a staged rollout (part of test-fleet)
 test-fleet-deploy: $(FLEET_VENV)/.ready
 	$(FLEET_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/fleet/test_deployment.py
 

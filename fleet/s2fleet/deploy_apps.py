@@ -7,21 +7,32 @@ defaults in fleet/deploy/pyproject.toml), each ClientApp from its SuperNode's no
 of the process that reads them: the ServerApp's on the fleet server, each ClientApp's on
 its device.
 
-Run config (server):
+Run config (server), mode "train" (the default; mode "rollout" is `s2fleet.rollout`'s):
     bundle          the bundle the fleet trains (its digest is sent with every round)
+    fleet-key       the fleet's Ed25519 signing key (PEM, `s2conv keygen`): every round's
+                    global version goes out signed with it (`s2fleet.signing`)
     rounds          training rounds
     local-epochs    epochs each device trains per round
     learning-rate   the devices' learning rate
     aggregation     fedavg | exact | damped
     step            the server step size for damped
-    min-nodes       devices a round waits for
-    out             where the final global adapters go (.npz, `A.l`/`B.l` per tap, plus
-                    `initial.A.l`/`initial.B.l`); a JSON report beside it (`.json`): the
-                    test accuracy per round, the devices' mean accuracy on their own
-                    samples per round, refusals
+    min-nodes       devices a round (and the delivery after it) waits for, at most round-timeout
+                    seconds: fewer connected by then stops the run (a device that dropped out
+                    no longer counts)
+    min-replies     updates a round needs: with fewer (devices refused, dropped out or timed
+                    out), the run stops there and `out` keeps the last completed round's version
+    round-timeout   seconds a round waits for the devices' replies
+    out             where the global adapters go (.npz, `A.l`/`B.l` per tap, plus
+                    `initial.A.l`/`initial.B.l`), rewritten after every round; a JSON report
+                    beside it (`.json`): per round the test accuracy and each device's outcome
+                    (its update or why not, whether its gate activated the global version), refusals
     test            optional test samples (.npz x, y or .csv) scored after each round
 
-Node config (device):
+Node config (device): a device's ClientApp drives its daemon (`s2fleet.member`) unless its
+node config names a `data` file, then it trains in the ClientApp process itself:
+    daemon-url, daemon-uds, daemon-token-file, daemon-job-timeout   the daemon (see `s2fleet.member`)
+    rollout-dir     where a bundle rollout keeps the bundle it replaced (`s2fleet.rollout`)
+  or, without a daemon:
     bundle          the bundle this device serves; a round for another is refused
     data            this device's own samples (.npz x, y or .csv); they never leave the device
     adapters        optional: where each round's global adapters are stored (s2rt state file)
@@ -32,6 +43,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +52,20 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
+from s2rt.bundle.signing import SigningKey
 from s2rt.data import Samples, load_samples
+from s2rt.errors import S2LError
 from s2rt.session import Model
 from s2rt.state import save_adapters
 
+from s2fleet import member, rollout, rollout_device
 from s2fleet.aggregate import Adapters, Aggregation
-from s2fleet.apps import EXAMPLES, AdapterStrategy, DeviceData, from_record, to_record
+from s2fleet.apps import EXAMPLES, DeviceData, _reason, from_record, to_record
 from s2fleet.apps import client_app as make_client_app
 from s2fleet.device import global_accuracy
+from s2fleet.signing import GlobalSigner, SignedAdapterStrategy
 
-SERVER_KEYS = ("bundle", "rounds", "local-epochs", "learning-rate", "aggregation", "step", "min-nodes", "out")
+SERVER_KEYS = ("bundle", "fleet-key", "rounds", "local-epochs", "learning-rate", "aggregation", "step", "min-nodes", "out")
 DEVICE_KEYS = ("bundle", "data")
 
 
@@ -78,10 +95,33 @@ def _device_load(context: Context) -> tuple[Model, Samples]:
     return model, labelled(str(node["data"]), model)
 
 
-client_app: ClientApp = make_client_app(DeviceData(_device_load))
+_in_process = make_client_app(DeviceData(_device_load))
+
+
+def trains_in_process(context: Context) -> bool:
+    """A device with a `data` file in its node config trains in the ClientApp; every other drives its daemon."""
+    return "data" in context.node_config
+
+
+client_app = ClientApp()
+
+
+@client_app.train()
+def train(message: Message, context: Context) -> Message:
+    if trains_in_process(context):
+        return _in_process(message, context)
+    return member.train_round(message, context)
 
 
 @client_app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    return receive(message, context) if trains_in_process(context) else member.receive_round(message, context)
+
+
+client_app.query(rollout_device.DEPLOY)(rollout_device.deploy_bundle)
+client_app.query(rollout_device.ROLLBACK)(rollout_device.rollback_bundle)
+
+
 def receive(message: Message, context: Context) -> Message:
     """The global adapters after a round: scored on this device's samples and, with node
     config `adapters`, stored there as an s2rt adapter state file (the device's copy of
@@ -120,22 +160,111 @@ def _write(path: Path, initial: Adapters, final: Adapters, report: dict[str, Any
     os.replace(partial, path)
 
 
+class RoundFailed(RuntimeError):
+    """Too few devices replied with an update: the run stops, the last completed round's version stays."""
+
+
+class DeployStrategy(SignedAdapterStrategy):
+    """Signed rounds that need `min_replies` updates, with each device's outcome per round (`devices`)."""
+
+    def __init__(self, signer: GlobalSigner, *args: Any, min_replies: int = 1, node_timeout: float = 600.0, **kwargs: Any) -> None:
+        super().__init__(signer, *args, **kwargs)
+        self.min_replies, self.node_timeout = min_replies, node_timeout
+        self.devices: dict[int, dict[str, dict[str, Any]]] = {}  # round -> node id -> outcome
+        self._sent: dict[tuple[int, str], list[int]] = {}
+
+    def _await_nodes(self, grid: Grid, server_round: int) -> None:
+        """Flower waits for min_available_nodes without end: here a round fails after `node_timeout` seconds."""
+        deadline = time.monotonic() + self.node_timeout
+        while len(list(grid.get_node_ids())) < self.min_available_nodes:
+            if time.monotonic() > deadline:
+                connected, needed = len(list(grid.get_node_ids())), self.min_available_nodes
+                raise RoundFailed(
+                    f"round {server_round}: {connected} devices connected after {self.node_timeout:g} s, min-nodes is {needed}"
+                )
+            time.sleep(1)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self._await_nodes(grid, server_round)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sent[server_round, "train"] = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self._await_nodes(grid, server_round)
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self._sent[server_round, "evaluate"] = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def _outcomes(self, server_round: int, stage: str, replies: list[Message]) -> dict[str, dict[str, Any]]:
+        devices = self.devices.setdefault(server_round, {})
+        for sent in self._sent.get((server_round, stage), []):
+            devices.setdefault(str(sent), {})[stage] = "no reply (dropped out or timed out)"
+        for msg in replies:
+            node = str(msg.metadata.src_node_id)
+            if msg.has_error():
+                devices.setdefault(node, {})[stage] = _reason(msg.error.reason)
+            else:
+                devices.setdefault(node, {})[stage] = dict(msg.content["metrics"]) | (
+                    {"gate": str(msg.content["gate"]["gate"])} if "gate" in msg.content else {}
+                )
+        return devices
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        devices = self._outcomes(server_round, "train", replies)
+        updates = sum(1 for m in replies if not m.has_error())
+        if updates < self.min_replies:
+            why = "; ".join(f"device {node}: {o['train']}" for node, o in devices.items() if not isinstance(o.get("train"), dict))
+            raise RoundFailed(
+                f"round {server_round}: {updates} of {len(devices)} devices sent an update, min-replies is {self.min_replies} ({why})"
+            )
+        return super().aggregate_train(server_round, replies)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        devices = self._outcomes(server_round, "evaluate", list(replies))
+        received = [o["evaluate"] for o in devices.values() if isinstance(o.get("evaluate"), dict)]
+        if not received:
+            return None
+        scored = [r["local-accuracy"] for r in received if "local-accuracy" in r]
+        metrics = {"devices": len(received), "activated": sum(int(r.get("global-activated", 0)) for r in received)}
+        return MetricRecord(metrics | ({"local-accuracy": sum(scored) / len(scored)} if scored else {}))
+
+
+def _fleet_key(path: str) -> SigningKey:
+    try:
+        return SigningKey.load(path)
+    except S2LError as e:
+        raise ValueError(f"run config fleet-key: {e}") from None
+
+
 server_app = ServerApp()
 
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
+    if str(context.run_config.get("mode", "train")) == "rollout":
+        rollout.serve(grid, context)
+    else:
+        train_fleet(grid, context)
+
+
+def train_fleet(grid: Grid, context: Context) -> None:
     config = context.run_config
     _require(config, SERVER_KEYS, "run config (flwr run --run-config)")
     model = Model.open(str(config["bundle"]))
     model.reset_adapters()
     initial: Adapters = model.head.per_tap()  # type: ignore[attr-defined]
     nodes = int(config["min-nodes"])
-    strategy = AdapterStrategy(
+    key = _fleet_key(str(config["fleet-key"]))
+    strategy = DeployStrategy(
+        GlobalSigner(model.bundle, key, run_id=context.run_id),
         _aggregation(config["aggregation"]),
         model.bundle.head.rank,
         len(model.bundle.taps),
         step=float(config["step"]),
+        min_replies=int(config.get("min-replies", 1)),
+        node_timeout=float(config.get("round-timeout", 600)),
         min_train_nodes=nodes,
         min_available_nodes=nodes,
         fraction_evaluate=1.0,  # every device receives each round's global adapters
@@ -144,31 +273,43 @@ def main(grid: Grid, context: Context) -> None:
     curve: list[float] = []
     scored = str(config.get("test", ""))
     test = labelled(scored, model) if scored else None
+    out = Path(str(config["out"]))
+    report: dict[str, Any] = {
+        "rounds": int(config["rounds"]),
+        "completed": 0,
+        "accuracy": curve,
+        "devices": strategy.devices,
+        "refused": strategy.refused,
+        "failed": None,
+        "bundle-digest": model.bundle.digest,
+        "signed-by": key.key_id,
+    }
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if test is None:
-            return None
-        curve.append(global_accuracy(model, from_record(arrays, strategy.taps), test.x, np.asarray(test.y)))
-        return MetricRecord({"accuracy": curve[-1]})
+        """After each round (and before the first): score the global version and write it down."""
+        final = from_record(arrays, strategy.taps)
+        if test is not None:
+            curve.append(global_accuracy(model, final, test.x, np.asarray(test.y)))
+        report["completed"] = server_round
+        _write(out, initial, final, report)
+        return MetricRecord({"accuracy": curve[-1]}) if test is not None else None
 
     settings = ConfigRecord(
         {"bundle-digest": model.bundle.digest, "local-epochs": int(config["local-epochs"]), "learning-rate": float(config["learning-rate"])}
     )
     strategy.current = initial
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=to_record(initial),
-        num_rounds=int(config["rounds"]),
-        train_config=settings,
-        evaluate_config=settings,
-        evaluate_fn=evaluate,
-    )
-    final = strategy.current if strategy.current is not None else initial
-    report = {
-        "rounds": int(config["rounds"]),
-        "accuracy": curve,
-        "device-accuracy": {r: m.get("local-accuracy") for r, m in result.evaluate_metrics_clientapp.items()},
-        "refused": strategy.refused,
-        "bundle-digest": model.bundle.digest,
-    }
-    _write(Path(str(config["out"])), initial, final, report)
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=to_record(initial),
+            num_rounds=int(config["rounds"]),
+            timeout=float(config.get("round-timeout", 600)),
+            train_config=settings,
+            evaluate_config=settings,
+            evaluate_fn=evaluate,
+        )
+    except RoundFailed as e:
+        report["failed"] = str(e)
+        done = strategy.current if strategy.current is not None else initial
+        _write(out, initial, done, report)
+        raise

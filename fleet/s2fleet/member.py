@@ -11,6 +11,11 @@ drives its API, so nothing is copied and the samples never leave the daemon. A r
 4. `GET /v1/adapters/{v}/download`: reply with the trained adapters and the job's example
    count (the samples it trained on; the held-out ones judge the gate and are not counted).
 
+After each round (the evaluate message) the round's aggregate, signed, is imported the
+same way (step 2), so the last round's global version reaches the daemon too; the reply
+says whether the device's gate activated it, and why not. The next round's train message
+carries the same signed file, which the daemon recognises and does not store twice.
+
 The daemon's address comes from the SuperNode's node config:
 `daemon-url` (default http://127.0.0.1:8470) or `daemon-uds`, and `daemon-token-file`
 (bearer token; control endpoints need it on TCP), `daemon-job-timeout` (seconds, default 600).
@@ -26,14 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from s2rt.serve.client import Client, ClientError
-from s2rt.serve.fleet_signing import KEY_HEADER, SIGNATURE_HEADER
+from s2rt.serve.fleet_signing import KEY_HEADER, SEQUENCE_HEADER, SIGNATURE_HEADER
 
 from s2fleet.aggregate import Adapters
 from s2fleet.apps import EXAMPLES, to_record
-from s2fleet.signing import GLOBAL_FILE, GLOBAL_KEY, GLOBAL_SIGNATURE
+from s2fleet.signing import GLOBAL_FILE, GLOBAL_KEY, GLOBAL_ROUND, GLOBAL_SEQUENCE, GLOBAL_SIGNATURE
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 POLL_SECONDS = (0.02, 0.5)  # first and longest wait between job polls: a short job is seen at once, a long one polled rarely
@@ -74,17 +79,44 @@ def train_round(message: Message, context: Context) -> Message:
     return Message(content=RecordDict({"arrays": to_record(adapters), "metrics": metrics}), reply_to=message)
 
 
+def receive_round(message: Message, context: Context) -> Message:
+    """The round's aggregate: import it (signed, through the gate); reply whether it is now served."""
+    daemon = connect(dict(context.node_config))
+    config = message.content["config"]
+    try:
+        _check_bundle(daemon, str(config["bundle-digest"]))
+        imported = _import(daemon, config)
+        held_out = imported.get("val_accuracy")
+    except ClientError as e:
+        raise RoundRefused(str(e)) from None
+    metrics: dict[str, int | float] = {
+        "global-version": int(imported["version"]),
+        "global-round": int(config.get(GLOBAL_ROUND, -1)),
+        "global-activated": int(imported["activated"]),
+        "active-version": int(imported["active"]),
+    }
+    if held_out is not None:
+        metrics["local-accuracy"] = float(held_out)
+    reason = ConfigRecord({"gate": str(imported["reason"])})
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics), "gate": reason}), reply_to=message)
+
+
 def _check_bundle(daemon: Client, digest: str) -> int:
     model = daemon.call("GET", "/v1/model")
     if model["bundle_digest"] != digest:
-        raise RoundRefused(f"the round is for bundle {digest[:16]}, this device's daemon serves {model['bundle_digest'][:16]}")
+        # no apostrophe: the server cuts a device's reason at the first quote (s2fleet.apps._reason)
+        raise RoundRefused(f"the round is for bundle {digest[:16]}, the daemon on this device serves {model['bundle_digest'][:16]}")
     return len(model["taps"])
 
 
 def _import(daemon: Client, config: Any) -> dict[str, Any]:
     if GLOBAL_FILE not in config:
         raise RoundRefused("the round carries no signed global version (the server must sign it: s2fleet.signing)")
-    headers = {SIGNATURE_HEADER: str(config[GLOBAL_SIGNATURE]), KEY_HEADER: str(config[GLOBAL_KEY])}
+    headers = {
+        SIGNATURE_HEADER: str(config[GLOBAL_SIGNATURE]),
+        KEY_HEADER: str(config[GLOBAL_KEY]),
+        SEQUENCE_HEADER: str(config.get(GLOBAL_SEQUENCE, "")),
+    }
     result: dict[str, Any] = daemon.call("POST", "/v1/adapters?activate=true", raw=bytes(config[GLOBAL_FILE]), headers=headers)
     return result
 
@@ -120,3 +152,4 @@ def _download(daemon: Client, version: int, taps: int) -> Adapters:
 
 app = ClientApp()
 app.train()(train_round)
+app.evaluate()(receive_round)

@@ -103,8 +103,8 @@ def test_a_missing_node_setting_is_named(tmp_path_factory, tmp_path):
     from s2fleet.deploy_apps import client_app
 
     served, _ = bundles(tmp_path_factory.mktemp("deploy"))
-    with pytest.raises(ValueError, match=r"node config \(flower-supernode --node-config\): missing data \(expected keys bundle, data\)"):
-        client_app(evaluate_message(served, version(served, 0.0), 1), context({"bundle": str(served)}))
+    with pytest.raises(ValueError, match=r"node config \(flower-supernode --node-config\): missing bundle \(expected keys bundle, data\)"):
+        client_app(evaluate_message(served, version(served, 0.0), 1), context({"data": str(shard(tmp_path))}))
 
 
 def test_an_unknown_aggregation_is_named():
@@ -113,3 +113,48 @@ def test_an_unknown_aggregation_is_named():
     assert _aggregation("damped").value == "damped"
     with pytest.raises(ValueError, match="run config aggregation: expected one of fedavg, exact, damped, found 'mean'"):
         _aggregation("mean")
+
+
+class TwoNodes:
+    def get_node_ids(self) -> list[int]:
+        return [11, 12]
+
+
+def test_a_round_with_too_few_updates_fails_naming_who_dropped_out(tmp_path_factory):
+    from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+    from helpers.keys import test_key
+    from s2fleet.aggregate import Aggregation
+    from s2fleet.apps import EXAMPLES, to_record
+    from s2fleet.deploy_apps import DeployStrategy, RoundFailed
+    from s2fleet.signing import GlobalSigner
+
+    served, _ = bundles(tmp_path_factory.mktemp("deploy"))
+    bundle = Model.open(str(served)).bundle
+    adapters = version(served, 0.01)
+
+    def strategy(min_replies: int) -> DeployStrategy:
+        s = DeployStrategy(GlobalSigner(bundle, test_key(7)), Aggregation.EXACT, bundle.head.rank, len(bundle.taps),
+                           min_replies=min_replies, min_available_nodes=2, min_train_nodes=2, fraction_train=1.0)  # fmt: skip
+        s.current = adapters
+        return s
+
+    def replies(s: DeployStrategy) -> tuple[list, int, int]:
+        """One update and one error reply; the ids of the node that sent the update and of the one that dropped out."""
+        config = ConfigRecord({"bundle-digest": bundle.digest, "local-epochs": 1, "learning-rate": 0.01})
+        first, second = s.configure_train(1, to_record(adapters), config, TwoNodes())  # type: ignore[arg-type]
+        update = RecordDict({"arrays": to_record(adapters), "metrics": MetricRecord({EXAMPLES: 10})})
+        sent = [Message(update, reply_to=first), Message(Error(5, "Error: Node Unavailable - no heartbeat"), reply_to=second)]
+        return sent, first.metadata.dst_node_id, second.metadata.dst_node_id
+
+    failing = strategy(2)
+    sent, _, dropped = replies(failing)
+    with pytest.raises(
+        RoundFailed, match=rf"round 1: 1 of 2 devices sent an update, min-replies is 2 \(device {dropped}: Error: Node Unavailable"
+    ):
+        failing.aggregate_train(1, sent)
+    assert failing.current is adapters  # the last completed round's version stays
+    lenient = strategy(1)
+    sent, kept, dropped = replies(lenient)
+    aggregated, metrics = lenient.aggregate_train(1, sent)
+    assert aggregated is not None and metrics is not None and metrics["devices"] == 1
+    assert lenient.devices[1][str(kept)]["train"] == {EXAMPLES: 10} and "Node Unavailable" in lenient.devices[1][str(dropped)]["train"]

@@ -1,20 +1,31 @@
-"""A real Flower deployment on loopback: a SuperLink with TLS, SuperNode authentication and
-an SQLite state file, three SuperNodes (each with its own key and its own shard of HAR),
-two rounds submitted with `flwr run`. The ServerApp writes the global adapters it
-aggregated; they have the bundle's shapes, moved from the initial ones, and score no worse.
-Every device receives each round's global version and stores it as an s2rt adapter state
-file. A SuperNode whose key was never registered is refused. The SQLite state outlives the SuperLink:
-restarted on it, the SuperLink lets a registered device back in.
+"""A real Flower deployment on loopback, the product path: a SuperLink with TLS, SuperNode
+authentication and an SQLite state file; beside each SuperNode a real `s2rt serve` daemon
+(started with --fleet-key, --trusted-key and a token) that the device's ClientApp drives.
 
-Every process the test starts is stopped in a `finally`, also when an assertion fails.
-Needs the fleet extra (flwr): `make test` runs it in .venv-fleet (marked slow: about a minute).
+- Two rounds by `flwr run`: every round's global version goes out signed by the fleet key;
+  the server's final global version is the exact aggregate of what the daemons trained in
+  the last round, and it reaches every daemon (stored as a fleet version; served where the
+  daemon's own accuracy gate accepts it). A device whose daemon serves another bundle
+  refuses every round and is named in the report; its daemon is untouched. A SuperNode
+  whose key was never registered is refused by the SuperLink.
+- A device that drops out mid-round (its daemon hangs, its SuperNode stops): the round goes
+  on with the others (min-replies), the report names the device.
+- A staged bundle rollout through the same deployment (`mode="rollout"`): the canary first,
+  then the rest; a device whose daemon does not trust the bundle's key refuses it, one whose
+  daemon is down is unreachable; the outcome table is in the JSON report.
+- The SQLite state outlives the SuperLink: restarted on it, it lets a registered device back in.
+
+Every process the tests start is stopped at the end of the module, also when an assertion
+fails. Needs the fleet extra (flwr): `make test` runs it in .venv-fleet (marked slow).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -22,20 +33,23 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.daemon import Daemon
+from helpers.keys import test_key
 from s2conv import ConvertOptions, convert
-from s2fleet.aggregate import Aggregation, aggregate, delta
-from s2fleet.device import global_accuracy, local_update
+from s2fleet.aggregate import Aggregation, Update, aggregate
+from s2fleet.device import global_accuracy
 from s2fleet.keys import node, tls
 from s2fleet.partition import partition
 from s2rt.bundle import write_bundle
-from s2rt.data import Samples
+from s2rt.bundle.signing import sign_bundle_bytes
 from s2rt.session import Model
-from s2rt.state import load_adapters
+from s2rt.trust import open_trusted
 
 # flwr's import calls click functions that click now deprecates (the suite turns warnings into errors)
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:'click\\.utils\\..*' is deprecated:DeprecationWarning")]
@@ -43,9 +57,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:'click\\.util
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 BIN = Path(sys.executable).parent
-DEVICES, ROUNDS, EPOCHS, SAMPLES = 3, 2, 3, 450
+DEVICES, ROUNDS, EPOCHS, SAMPLES = 2, 2, 3, 600  # DEVICES members, and one more device on another bundle
 RUN_TIMEOUT = 300.0
 LINK = "local-fleet"  # the connection name in $FLWR_HOME/config.toml
+TOKEN = "fleet-deployment-token-0123456789"
+FLEET, TRUSTED, STRANGER = test_key(5), test_key(3), test_key(4)
 
 
 def free_port() -> int:
@@ -54,12 +70,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate, timeout: float, what: str, logs: list[Path]) -> None:
+def wait_for(predicate, timeout: float, what: str, logs: list[Path], every: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.5)
+        time.sleep(every)
     tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
 
@@ -121,8 +137,9 @@ def end_marked(marker: str) -> None:
             time.sleep(0.2)
 
 
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
+@pytest.fixture(scope="module")
+def procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    tmp_path = tmp_path_factory.mktemp("fleet")
     marker = f"S2FLEET_TEST_RUN={uuid.uuid4().hex}"
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # SuperLink/SuperNode spawn flower-superexec by name
@@ -145,39 +162,6 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
         assert not marked(marker), "processes outlived the test"
 
 
-def shards(tmp: Path) -> tuple[list[Path], Path]:
-    with np.load(MODELS / "data" / "har_ft.npz") as f:
-        x, y = f["x"], f["y"]
-    keep = np.random.default_rng(0).permutation(len(y))[:SAMPLES]
-    x, y = x[keep], y[keep]
-    paths = []
-    for k, index in enumerate(partition("shards", y, DEVICES, 0)):
-        paths.append(tmp / f"device{k}.npz")
-        np.savez(paths[-1], x=x[index], y=y[index])
-    with np.load(MODELS / "data" / "har_test.npz") as f:
-        keep = np.random.default_rng(1).permutation(len(f["y"]))[:600]
-        test = tmp / "test.npz"
-        np.savez(test, x=f["x"][keep], y=f["y"][keep])
-    return paths, test
-
-
-def same_rounds_in_one_process(bundle: Path, data: list[Path]) -> list:
-    """What the deployment must return: device k trains with seed round * 1000 + k from the last global version."""
-    model = Model.open(str(bundle))
-    shards = [read_test(path, model) for path in data]
-    model.reset_adapters()
-    current = model.head.per_tap()  # type: ignore[attr-defined]
-    for r in range(1, ROUNDS + 1):
-        updates = [local_update(model, Samples(x, y), current, EPOCHS, 0.01, seed=r * 1000 + k) for k, (x, y) in enumerate(shards)]
-        current = aggregate(Aggregation.EXACT, updates, model.bundle.head.rank, current)
-    return current
-
-
-def read_test(path: Path, model: Model) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as f:
-        return f["x"].astype(np.float32).reshape(-1, *model.bundle.input.shape), f["y"]
-
-
 def flwr(procs: Processes, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "flwr"), *args], env=procs.env, cwd=procs.logs, capture_output=True, text=True, timeout=timeout)
 
@@ -198,104 +182,310 @@ def start_superlink(procs: Processes, name: str, tls_files: tuple[Path, Path, Pa
     return superlink
 
 
-def test_two_rounds_through_a_tls_superlink_with_authenticated_supernodes(tmp_path: Path, procs: Processes):
-    bundle = tmp_path / "har.s2l"
-    write_bundle(convert(MODELS / "har_mlp.onnx", ConvertOptions(rank=8)), bundle)
-    data, test = shards(tmp_path)
-    tls_files = tls(tmp_path / "tls")
-    ca = tls_files[0]
-    link = free_port()
-    logs = procs.logs
+def convert_signed(path: Path, rank: int, seed: int, key) -> Path:
+    write_bundle(convert(MODELS / "har_mlp.onnx", ConvertOptions(rank=rank, seed=seed)), path)
+    path.write_bytes(sign_bundle_bytes(path.read_bytes(), key))
+    return path
 
-    # the fleet server: TLS on every API, only registered SuperNodes, state in an SQLite file
-    database = tmp_path / "superlink.db"
-    superlink = start_superlink(procs, "superlink", tls_files, database, link)
 
-    home = Path(procs.env["FLWR_HOME"])
-    home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{LINK}"\n\n[superlink.{LINK}]\naddress = "127.0.0.1:{link}"\nroot-certificates = "{ca}"\n'
-    )
+@dataclass
+class Fleet:
+    procs: Processes
+    tmp: Path
+    link: int
+    tls_files: tuple[Path, Path, Path]
+    database: Path
+    bundle: Path  # the fleet's bundle (signed by TRUSTED)
+    test: Path
+    superlink: subprocess.Popen
+    keys: list[tuple[Path, Path]] = field(default_factory=list)
+    node_ids: list[int] = field(default_factory=list)  # per device, as registered
+    daemons: list[Daemon] = field(default_factory=list)  # DEVICES members, then the one on another bundle
+    supernodes: list[subprocess.Popen] = field(default_factory=list)
+    configs: list[str] = field(default_factory=list)
+    last_run: int = 0
 
-    # each device's key pair; the operator registers the public halves
-    keys = [node(tmp_path / "keys" / f"device{k}") for k in range(DEVICES + 1)]
-    for _, public in keys[:DEVICES]:
-        done = flwr(procs, "supernode", "register", str(public), LINK)
-        assert done.returncode == 0, done.stdout + done.stderr
+    @property
+    def logs(self) -> Path:
+        return self.procs.logs
 
-    def supernode(name: str, private: Path, config: str, port: int = link) -> subprocess.Popen:
-        env = dict(procs.env, FLWR_HOME=str(tmp_path / f"home-{name}"))
-        return procs.start(
+    def supernode(self, name: str, private: Path, config: str, port: int | None = None) -> subprocess.Popen:
+        env = dict(self.procs.env, FLWR_HOME=str(self.tmp / f"home-{name}"))
+        return self.procs.start(
             name,
-            [str(BIN / "flower-supernode"), "--root-certificates", str(ca), "--superlink", f"127.0.0.1:{port}",
+            [str(BIN / "flower-supernode"), "--root-certificates", str(self.tls_files[0]), "--superlink", f"127.0.0.1:{port or self.link}",
              "--auth-supernode-private-key", str(private), "--node-config", config,
              "--host", "127.0.0.1", "--port", str(free_port())],
             env=env,
         )  # fmt: skip
 
-    received = [tmp_path / f"device{k}" / "global.npz" for k in range(DEVICES)]  # each device's copy of the global version
-    configs = [f'bundle="{bundle}" data="{data[k]}" adapters="{received[k]}" partition-id={k}' for k in range(DEVICES)]
-    nodes = [supernode(f"supernode{k}", keys[k][0], configs[k]) for k in range(DEVICES)]
-    stranger = supernode("stranger", keys[DEVICES][0], f'bundle="{bundle}" data="{data[0]}"')
+    def submit(self, *overrides: str) -> int:
+        submitted = flwr(self.procs, "run", str(ROOT / "fleet" / "deploy"), LINK, "--format", "json", "-c", " ".join(overrides))
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        return int(json.loads(submitted.stdout)["run-id"])
 
-    out = tmp_path / "server" / "global.npz"
-    overrides = [f'bundle="{bundle}"', f'out="{out}"', f'test="{test}"', f"rounds={ROUNDS}", f"local-epochs={EPOCHS}",
-                 f"min-nodes={DEVICES}", 'aggregation="exact"']  # fmt: skip
-    submitted = flwr(procs, "run", str(ROOT / "fleet" / "deploy"), LINK, "--format", "json", "-c", " ".join(overrides))
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    def run(self, done: Callable[[], bool], *overrides: str) -> str:
+        """`flwr run` the deployment app, wait for `done()` (the ServerApp's last write), then for the run's end; its status."""
+        run_id = self.last_run = self.submit(*overrides)
+        self.wait(run_id, done)
+        return self.wait_finished(run_id)
 
-    all_logs = sorted(logs.glob("*.log"))
-    wait_for(lambda: out.exists(), RUN_TIMEOUT, "the ServerApp's global adapters", all_logs)
-    assert all(n.poll() is None for n in nodes), "a registered SuperNode exited"
+    def wait(self, run_id: int, done: Callable[[], bool]) -> None:
+        wait_for(done, RUN_TIMEOUT, f"run {run_id}'s output", sorted(self.logs.glob("*.log")))
 
-    model = Model.open(str(bundle))
+    def wait_finished(self, run_id: int) -> str:
+        """The run's final status (`flwr ls`, polled once a second: each call is a CLI process)."""
+        status: list[str] = []
+
+        def finished() -> bool:
+            listed = flwr(self.procs, "ls", LINK, "--format", "json")
+            runs = json.loads(listed.stdout).get("runs", []) if listed.returncode == 0 else []
+            status[:] = [str(r["status"]) for r in runs if int(r["run-id"]) == run_id]
+            return bool(status) and status[0].startswith("finished")
+
+        wait_for(finished, 60, f"run {run_id} to finish", sorted(self.logs.glob("*.log")), every=1.0)
+        return status[0]
+
+
+def report_says(path: Path, rounds: int) -> Callable[[], bool]:
+    """Whether the training report at `path` has `rounds` rounds completed (or a failure)."""
+
+    def done() -> bool:
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):  # not there yet (it is replaced atomically, never half-written)
+            return False
+        return bool(report["completed"] == rounds or report["failed"])
+
+    return done
+
+
+def member_shards() -> list[tuple[np.ndarray, np.ndarray]]:
+    with np.load(MODELS / "data" / "har_ft.npz") as f:
+        x, y = f["x"], f["y"]
+    keep = np.random.default_rng(0).permutation(len(y))[:SAMPLES]
+    x, y = x[keep], y[keep]
+    return [(x[i], y[i]) for i in partition("iid", y, DEVICES + 1, 0)]
+
+
+@pytest.fixture(scope="module")
+def fleet(procs: Processes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    tmp = tmp_path_factory.mktemp("deployment")
+    bundle = convert_signed(tmp / "har.s2l", 8, 0, TRUSTED)
+    other = convert_signed(tmp / "har_r4.s2l", 4, 0, STRANGER)  # another bundle, trusted by its own daemon only
+    with np.load(MODELS / "data" / "har_test.npz") as f:
+        keep = np.random.default_rng(1).permutation(len(f["y"]))[:600]
+        np.savez(tmp / "test.npz", x=f["x"][keep], y=f["y"][keep])
+    for key, name in ((FLEET, "fleet"), (TRUSTED, "trusted"), (STRANGER, "stranger")):
+        key.save(tmp / name)
+    (tmp / "tokens").write_text(TOKEN + "\n")
+    (tmp / "tokens").chmod(0o600)
+
+    tls_files = tls(tmp / "tls")
+    link = free_port()
+    database = tmp / "superlink.db"
+    superlink = start_superlink(procs, "superlink", tls_files, database, link)
+    home = Path(procs.env["FLWR_HOME"])
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{LINK}"\n\n[superlink.{LINK}]\naddress = "127.0.0.1:{link}"\nroot-certificates = "{tls_files[0]}"\n'
+    )
+    f = Fleet(procs, tmp, link, tls_files, database, bundle, tmp / "test.npz", superlink)
+
+    # each device: its daemon (with the fleet key, a trusted key for bundles, a token) and its samples
+    marker = {k: v for k, v in procs.env.items() if k.startswith("S2FLEET_TEST_RUN")}
+    for k, (x, y) in enumerate(member_shards()):
+        folder = tmp / f"device{k}"
+        folder.mkdir()
+        served, trusted = (bundle, "trusted.pub") if k < DEVICES else (other, "stranger.pub")
+        args = [str(served), "--state-dir", str(folder / "state"), "--port", "0", "--token-file", str(tmp / "tokens"),
+                "--fleet-key", str(tmp / "fleet.pub"), "--trusted-key", str(tmp / trusted)]  # fmt: skip
+        daemon = Daemon(args, folder / "daemon.log", env=marker)
+        f.daemons.append(daemon)
+        daemon.client.headers["authorization"] = f"Bearer {TOKEN}"
+        assert daemon.client.post("/v1/samples", json={"x": x.tolist(), "y": y.tolist()}).status_code == 201
+        f.configs.append(f'daemon-url="{daemon.url}" daemon-token-file="{tmp / "tokens"}" rollout-dir="{folder / "rollout"}"')
+
+    # each device's SuperNode key; the operator registers the public halves (one more key stays unregistered)
+    f.keys = [node(tmp / "keys" / f"device{k}") for k in range(DEVICES + 2)]
+    for _, public in f.keys[: DEVICES + 1]:
+        done = flwr(procs, "supernode", "register", str(public), LINK, "--format", "json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        f.node_ids.append(int(re.search(r'"node-id":\s*"?(\d+)', done.stdout).group(1)))  # type: ignore[union-attr]
+    f.supernodes = [f.supernode(f"supernode{k}", f.keys[k][0], f.configs[k]) for k in range(DEVICES + 1)]
+    try:
+        yield f
+    finally:
+        for daemon in f.daemons:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(daemon.proc.pid, signal.SIGCONT)
+            daemon.kill()
+
+
+def versions(daemon: Daemon) -> list[dict]:
+    return daemon.client.get("/v1/adapters").json()["versions"]
+
+
+def download(daemon: Daemon, version: int, taps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    data = daemon.client.get(f"/v1/adapters/{version}/download").content
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        return [(f[f"A.{t}"], f[f"B.{t}"]) for t in range(taps)]
+
+
+def read_out(out: Path, taps: int) -> list[tuple[np.ndarray, np.ndarray]]:
     with np.load(out, allow_pickle=False) as f:
-        taps = len(model.bundle.taps)
-        final = [(f[f"A.{t}"], f[f"B.{t}"]) for t in range(taps)]
-        initial = [(f[f"initial.A.{t}"], f[f"initial.B.{t}"]) for t in range(taps)]
+        return [(f[f"A.{t}"], f[f"B.{t}"]) for t in range(taps)]
+
+
+def train_overrides(f: Fleet, out: Path, **extra: object) -> list[str]:
+    settings = {"bundle": f'"{f.bundle}"', "fleet-key": f'"{f.tmp / "fleet"}"', "out": f'"{out}"', "test": f'"{f.test}"',
+                "rounds": ROUNDS, "local-epochs": EPOCHS, "min-nodes": DEVICES + 1, "min-replies": DEVICES,
+                "aggregation": '"exact"', "round-timeout": 120.0} | extra  # fmt: skip
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def test_signed_rounds_reach_the_daemons_and_strangers_are_refused(fleet: Fleet):
+    f = fleet
+    stranger = f.supernode("stranger", f.keys[DEVICES + 1][0], f.configs[0])
+    out = f.tmp / "server" / "global.npz"
+    assert f.run(report_says(out.with_suffix(".json"), ROUNDS), *train_overrides(f, out)) == "finished:completed"
+    model = Model.open(str(f.bundle))
+    taps = len(model.bundle.taps)
+    final = read_out(out, taps)
     report = json.loads(out.with_suffix(".json").read_text())
-    model.reset_adapters()
-    for (a, b), (a0, b0), (want_a, want_b) in zip(final, initial, model.head.per_tap()):  # type: ignore[attr-defined]
-        assert a.shape == want_a.shape == a0.shape and b.shape == want_b.shape == b0.shape
-        assert not np.allclose(b, b0)  # B starts at zero: the devices' training reached the server
-    assert report["refused"] == []
-    assert len(report["accuracy"]) == ROUNDS + 1
-    x, y = read_test(test, model)
-    assert report["accuracy"][-1] == pytest.approx(global_accuracy(model, final, x, y))
-    assert report["accuracy"][-1] >= report["accuracy"][0]
+    assert report["completed"] == ROUNDS and report["failed"] is None and report["signed-by"] == FLEET.key_id
+    assert len(report["accuracy"]) == ROUNDS + 1 and report["accuracy"][-1] >= report["accuracy"][0]
+    x, y = np.load(f.test)["x"], np.load(f.test)["y"]
+    assert report["accuracy"][-1] == pytest.approx(global_accuracy(model, final, x.astype(np.float32), y))
 
-    # the rounds ran as they would in one process: round 2 started from round 1's aggregate on every device
-    for got, want in zip(delta(final), delta(same_rounds_in_one_process(bundle, data))):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    # the device on another bundle refused every round, by name, and its daemon holds nothing new
+    other = str(f.node_ids[DEVICES])
+    fleet_digest, other_digest = (d.client.get("/v1/model").json()["bundle_digest"] for d in (f.daemons[0], f.daemons[DEVICES]))
+    for r in map(str, range(1, ROUNDS + 1)):
+        for stage in ("train", "evaluate"):
+            reason = report["devices"][r][other][stage]
+            assert reason == f"refused: the round is for bundle {fleet_digest[:16]}, the daemon on this device serves {other_digest[:16]}"
+    assert [v["version"] for v in versions(f.daemons[DEVICES])] == [0]
 
-    # every device holds the final global version, as an adapter state file s2rt loads
-    for path in received:
-        adapters, meta = load_adapters(path, model.bundle)
-        assert meta["source"] == "fleet" and meta["server_round"] == ROUNDS
-        for (a, b), (want_a, want_b) in zip(adapters, final):
-            np.testing.assert_allclose(a, want_a, rtol=1e-6, atol=1e-7)
-            np.testing.assert_allclose(b, want_b, rtol=1e-6, atol=1e-7)
-    assert sorted(report["device-accuracy"]) == [str(r) for r in range(1, ROUNDS + 1)]
+    # the server's final version is the exact aggregate of what the daemons trained in the last round,
+    # from the version they received after round 1; and it reached every daemon, signed, as a fleet version
+    updates, start = [], None
+    for k, daemon in enumerate(f.daemons[:DEVICES]):
+        listed = versions(daemon)
+        fleet_versions = {v["fleet_round"]: v for v in listed if v["origin"] == "fleet"}
+        assert sorted(fleet_versions) == list(range(ROUNDS + 1)), listed  # the initial global, then each round's aggregate
+        jobs = daemon.client.get("/v1/jobs").json()["jobs"]
+        last_job = max(jobs, key=lambda j: j["id"])
+        assert len(jobs) == ROUNDS and last_job["start_version"] == fleet_versions[ROUNDS - 1]["version"]
+        updates.append(Update(download(daemon, last_job["result"]["version"], taps), last_job["examples"]))
+        start = download(daemon, fleet_versions[ROUNDS - 1]["version"], taps)
+        received = fleet_versions[ROUNDS]
+        for (a, b), (want_a, want_b) in zip(download(daemon, received["version"], taps), final):
+            np.testing.assert_array_equal(a, want_a)
+            np.testing.assert_array_equal(b, want_b)
+        # the device's gate decided whether it is served; the report says so, with the gate's reason
+        outcome = report["devices"][str(ROUNDS)][str(f.node_ids[k])]["evaluate"]
+        active = daemon.client.get("/v1/adapters").json()["active"]
+        assert bool(outcome["global-activated"]) == (active == received["version"]), outcome
+        assert "held-out accuracy" in outcome["gate"]
+    activated = [report["devices"][str(ROUNDS)][str(n)]["evaluate"]["global-activated"] for n in f.node_ids[:DEVICES]]
+    assert sum(activated) >= 1, report["devices"][str(ROUNDS)]  # with IID shards the global version serves someone
+    for got, want in zip(aggregate(Aggregation.EXACT, updates, model.bundle.head.rank, start), final):
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
 
     # the unregistered device was refused at activation and gave up
-    wait_for(lambda: stranger.poll() is not None, 60, "the unregistered SuperNode to give up", [logs / "stranger.log"])
-    assert stranger.returncode != 0, (logs / "stranger.log").read_text()[-3000:]
-    assert "[code: 2004] Failed to activate SuperNode" in (logs / "stranger.log").read_text()
-    activations = (logs / "superlink.log").read_text().count('/v1/fleet/activate-node HTTP/1.1" ')
-    refusals = (logs / "superlink.log").read_text().count('/v1/fleet/activate-node HTTP/1.1" 412')
-    assert (activations, refusals) == (DEVICES + 1, 1)
-    assert "No SuperNode found with the given public key" in (logs / "superlink.log").read_text()
+    wait_for(lambda: stranger.poll() is not None, 60, "the unregistered SuperNode to give up", [f.logs / "stranger.log"])
+    assert stranger.returncode != 0, (f.logs / "stranger.log").read_text()[-3000:]
+    assert "[code: 2004] Failed to activate SuperNode" in (f.logs / "stranger.log").read_text()
+    superlink_log = (f.logs / "superlink.log").read_text()
+    assert superlink_log.count('/v1/fleet/activate-node HTTP/1.1" 412') == 1
+    assert "No SuperNode found with the given public key" in superlink_log
 
-    # the SuperLink's state outlives it: the registered devices and the run are in the SQLite file,
-    # and a SuperLink restarted on it lets a registered device back in without registering again
-    for process in [*nodes, superlink]:
-        process.terminate()
+
+def connections(port: int) -> set[str]:
+    """The established TCP connections to `port` on loopback, by the client's address (the kernel accepts them
+    even while the listening process is stopped)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if state == "01" and int(local.split(":")[1], 16) == port:
+            found.add(remote)
+    return found
+
+
+def test_a_device_that_drops_out_mid_round_leaves_the_round_to_the_others(fleet: Fleet):
+    f = fleet
+    gone = DEVICES - 1
+    daemon = f.daemons[gone]
+    before = [v["version"] for v in versions(daemon)]
+    port = int(daemon.url.rsplit(":", 1)[1])
+    known = connections(port)
+    os.kill(daemon.proc.pid, signal.SIGSTOP)  # the device's daemon hangs: its ClientApp waits mid-round
+    out = f.tmp / "server" / "dropout.npz"
+    # every connected device takes part; a round needs DEVICES of them connected and DEVICES - 1 updates
+    overrides = train_overrides(f, out, rounds=1, **{"min-nodes": DEVICES, "min-replies": DEVICES - 1})
+    run_id = f.submit(*overrides)
+    logs = sorted(f.logs.glob("*.log"))
+    wait_for(lambda: connections(port) - known, 120, "the device's ClientApp to reach its hung daemon", logs)
+    signal_group(f.supernodes[gone], signal.SIGTERM)  # the device leaves in the middle of round 1
+    f.supernodes[gone].wait(timeout=30)
+    f.wait(run_id, report_says(out.with_suffix(".json"), 1))
+    assert f.wait_finished(run_id) == "finished:completed"
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["completed"] == 1 and report["failed"] is None, report
+    dropped = report["devices"]["1"][str(f.node_ids[gone])]["train"]
+    assert isinstance(dropped, str) and ("Node Unavailable" in dropped or "no reply" in dropped), dropped
+    for k in range(DEVICES - 1):  # the round went on with the devices still there
+        assert report["devices"]["1"][str(f.node_ids[k])]["train"]["num-examples"] > 0
+
+    # nothing the device committed is lost: restarted on its state directory, its daemon has every version
+    os.kill(daemon.proc.pid, signal.SIGCONT)
+    daemon.stop()
+    f.daemons[gone] = Daemon(daemon.args, daemon.log_path, env={k: v for k, v in f.procs.env.items() if k.startswith("S2FLEET")})
+    f.daemons[gone].client.headers["authorization"] = f"Bearer {TOKEN}"
+    assert [v["version"] for v in versions(f.daemons[gone])][: len(before)] == before
+    url = f.daemons[gone].url
+    f.configs[gone] = re.sub(r'daemon-url="[^"]*"', f'daemon-url="{url}"', f.configs[gone])
+    f.supernodes[gone] = f.supernode("supernode-back", f.keys[gone][0], f.configs[gone])  # the device rejoins
+
+
+def test_a_staged_bundle_rollout_through_the_fleet(fleet: Fleet):
+    f = fleet
+    new = convert_signed(f.tmp / "har_v2.s2l", 8, 1, TRUSTED)
+    digest = open_trusted(new).digest
+    out = f.tmp / "server" / "rollout.json"
+    settings = {"mode": '"rollout"', "bundle": f'"{new}"', "out": f'"{out}"', "min-nodes": DEVICES + 1,
+                "canary-nodes": f'"{f.node_ids[0]}"', "train-epochs": 5, "max-drop": 0.2, "stage-timeout": 120.0}  # fmt: skip
+    assert f.run(out.exists, *[f"{k}={v}" for k, v in settings.items()]) == "finished:completed"
+    report = json.loads(out.read_text())
+    rows = {int(n): row for n, row in report["devices"].items()}
+    assert report["failed"] is None and report["bundle-digest"] == digest and len(rows) == DEVICES + 1, rows
+    assert rows[f.node_ids[0]]["stage"] == "canary" and rows[f.node_ids[0]]["status"] == "deployed", rows
+    for k in range(1, DEVICES):
+        assert rows[f.node_ids[k]]["stage"] == "rest" and rows[f.node_ids[k]]["status"] == "deployed", rows
+    refused = rows[f.node_ids[DEVICES]]  # its daemon trusts another key
+    assert refused["stage"] == "rest" and refused["status"] == "refused" and "PUT /v1/bundle: 4" in refused["reason"], refused
+    for k in range(DEVICES):
+        assert f.daemons[k].client.get("/v1/model").json()["bundle_digest"] == digest
+    assert f.daemons[DEVICES].client.get("/v1/model").json()["bundle_digest"] != digest
+    # the operator sees the table in the run's log
+    shown = flwr(f.procs, "log", str(f.last_run), LINK, "--show").stdout
+    assert f"rollout of bundle {digest[:16]}" in shown and "not among the trusted keys" in shown, shown[-3000:]
+
+
+def test_the_superlink_state_outlives_it(fleet: Fleet):
+    """The registered devices and the runs are in the SQLite file; a SuperLink restarted on it lets a registered
+    device back in without registering again."""
+    f = fleet
+    for process in [*f.supernodes, f.superlink]:
+        signal_group(process, signal.SIGTERM)
         process.wait(timeout=30)
-    with sqlite3.connect(database) as db:
-        assert db.execute("SELECT COUNT(*) FROM node").fetchone() == (DEVICES,)
-        assert db.execute("SELECT COUNT(*) FROM run").fetchone() == (1,)
+    with sqlite3.connect(f.database) as db:
+        assert db.execute("SELECT COUNT(*) FROM node").fetchone() == (DEVICES + 1,)
+        assert db.execute("SELECT COUNT(*) FROM run").fetchone() == (3,)
     again = free_port()
-    start_superlink(procs, "superlink-restarted", tls_files, database, again)
-    supernode("rejoined", keys[0][0], configs[0], port=again)
-    restarted_log = logs / "superlink-restarted.log"
+    start_superlink(f.procs, "superlink-restarted", f.tls_files, f.database, again)
+    f.supernode("rejoined", f.keys[0][0], f.configs[0], port=again)
+    restarted_log = f.logs / "superlink-restarted.log"
     wait_for(lambda: '/v1/fleet/activate-node HTTP/1.1" 200' in restarted_log.read_text(), 60, "the device to rejoin", [restarted_log])

@@ -32,8 +32,8 @@ with warnings.catch_warnings():  # flwr's import calls click functions that clic
     from flwr.app import ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
     from s2fleet.apps import EXAMPLES, from_record, to_record
-    from s2fleet.member import RoundRefused, train_round
-    from s2fleet.signing import GLOBAL_FILE, GLOBAL_KEY, GLOBAL_SIGNATURE, GlobalSigner, SignedAdapterStrategy
+    from s2fleet.member import RoundRefused, receive_round, train_round
+    from s2fleet.signing import GLOBAL_FILE, GLOBAL_KEY, GLOBAL_SEQUENCE, GLOBAL_SIGNATURE, GlobalSigner, SignedAdapterStrategy
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "fleet-member-token-0123456789"
@@ -140,26 +140,33 @@ def test_the_strategy_signs_each_rounds_global_version_for_the_bundle():
     message, _ = round_message(2)
     config = message.content["config"]
     data = bytes(config[GLOBAL_FILE])
-    assert verify(data, BUNDLE.digest, str(config[GLOBAL_SIGNATURE]), str(config[GLOBAL_KEY]), (FLEET.public_key,)) == FLEET.public_key
+    signature, key_id, sequence = (str(config[k]) for k in (GLOBAL_SIGNATURE, GLOBAL_KEY, GLOBAL_SEQUENCE))
+    signed = verify(data, BUNDLE.digest, signature, key_id, (FLEET.public_key,), sequence)
+    assert signed == (FLEET.public_key, int(config[GLOBAL_SEQUENCE]))
     assert config["server-round"] == 2
 
 
 def test_a_round_for_another_bundle_is_refused_and_changes_nothing(daemon):
     message, _ = round_message()
-    with pytest.raises(RoundRefused, match=r"refused: the round is for bundle 0{16}, this device.s daemon serves " + BUNDLE.digest[:16]):
+    with pytest.raises(
+        RoundRefused, match=r"refused: the round is for bundle 0{16}, the daemon on this device serves " + BUNDLE.digest[:16]
+    ):
         train_round(with_config(message, **{"bundle-digest": "0" * 64}), context(daemon))
     assert versions(daemon) == [0] and daemon.client.call("GET", "/v1/jobs")["jobs"] == []
 
 
-def test_a_tampered_global_version_is_refused_by_the_daemon(daemon):
-    message, _ = round_message()
+def test_a_tampered_global_version_is_refused_by_the_daemon_which_keeps_its_active_version(daemon):
+    train_round(round_message(1)[0], context(daemon))  # a good round first: the daemon holds versions 1 and 2
+    active = daemon.client.call("GET", "/v1/adapters")["active"]
+    message, _ = round_message(2)
     data = bytearray(message.content["config"][GLOBAL_FILE])
     data[len(data) // 2] ^= 1
     with pytest.raises(
         RoundRefused, match=r"refused: POST /v1/adapters\?activate=true: 403: the signature by fleet key .* does not verify"
     ):
         train_round(with_config(message, **{GLOBAL_FILE: bytes(data)}), context(daemon))
-    assert versions(daemon) == [0] and daemon.client.call("GET", "/v1/jobs")["jobs"] == []
+    assert versions(daemon) == [0, 1, 2] and len(daemon.client.call("GET", "/v1/jobs")["jobs"]) == 1
+    assert daemon.client.call("GET", "/v1/adapters")["active"] == active
 
 
 def test_a_good_round_trains_in_the_daemon_from_the_global_version_and_replies_adapters_and_examples(daemon):
@@ -182,27 +189,49 @@ def test_a_good_round_trains_in_the_daemon_from_the_global_version_and_replies_a
     assert (1 in history) == bool(reply.content["metrics"]["global-activated"])  # activated only through the gate
 
 
-def test_the_aggregated_adapters_of_one_round_reach_the_daemon_in_the_next(daemon):
+def test_the_aggregated_adapters_of_each_round_reach_the_daemon_signed_once(daemon):
     h = BUNDLE.head
     strategy = SignedAdapterStrategy(
-        GlobalSigner(BUNDLE, FLEET), Aggregation.EXACT, h.rank, len(BUNDLE.taps), min_available_nodes=1, min_train_nodes=1
+        GlobalSigner(BUNDLE, FLEET),
+        Aggregation.EXACT,
+        h.rank,
+        len(BUNDLE.taps),
+        min_available_nodes=1,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        fraction_evaluate=1.0,
     )
     strategy.current = [(a.copy(), np.zeros((h.num_outputs, h.rank), np.float32)) for a in h.a_init]
     config = ConfigRecord({"bundle-digest": BUNDLE.digest, "local-epochs": 2, "learning-rate": 0.05})
-    arrays, sent = to_record(strategy.current), []
+    arrays, sent, received, first_train = to_record(strategy.current), [], [], None
     for server_round in (1, 2):
         sent.append(from_record(arrays, len(BUNDLE.taps)))
         (message,) = strategy.configure_train(server_round, arrays, config, OneNode())  # type: ignore[arg-type]
+        first_train = first_train or message
         reply = train_round(message, context(daemon))
         aggregated, metrics = strategy.aggregate_train(server_round, [reply])
         assert aggregated is not None and metrics is not None and metrics[EXAMPLES] == reply.content["metrics"][EXAMPLES]
         arrays = aggregated
-    # versions: 1 the global of round 1, 2 its local result, 3 the global of round 2 (round 1's aggregate), 4 its result
-    assert versions(daemon) == [0, 1, 2, 3, 4]
+        (evaluate,) = strategy.configure_evaluate(server_round, arrays, config, OneNode())  # type: ignore[arg-type]
+        received.append(receive_round(evaluate, context(daemon)).content)
+    # 1 the initial global, 2 its local result, 3 round 1's aggregate (received after round 1 and the start of
+    # round 2: one signed file, stored once), 4 round 2's local result, 5 round 2's aggregate
+    assert versions(daemon) == [0, 1, 2, 3, 4, 5]
     assert [daemon.client.call("GET", f"/v1/jobs/{n}")["start_version"] for n in (1, 2)] == [1, 3]
-    for version, expected in ((1, sent[0]), (3, sent[1])):
+    assert [int(r["metrics"]["global-version"]) for r in received] == [3, 5]
+    assert [int(r["metrics"]["global-round"]) for r in received] == [1, 2]
+    final = from_record(arrays, len(BUNDLE.taps))
+    for version, expected in ((1, sent[0]), (3, sent[1]), (5, final)):
         got = np.load(io.BytesIO(daemon.client.call("GET", f"/v1/adapters/{version}/download")), allow_pickle=False)
         for t, (a, b) in enumerate(expected):
             np.testing.assert_array_equal(got[f"A.{t}"], a)
             np.testing.assert_array_equal(got[f"B.{t}"], b)
     assert not all(np.allclose(b, 0) for _, b in sent[1])  # round 2 starts from the trained aggregate, not the initial head
+    last = received[-1]["metrics"]
+    active = daemon.client.call("GET", "/v1/adapters")["active"]
+    assert int(last["active-version"]) == active and (active == 5) == bool(last["global-activated"])  # the gate decided
+    assert ("held-out accuracy" in str(received[-1]["gate"]["gate"])) and "local-accuracy" in last
+    # an old signed version sent again cannot roll the device back
+    with pytest.raises(RoundRefused, match=r"409: sequence \d+ is not above \d+, the newest fleet version this device holds \(version 5\)"):
+        train_round(first_train, context(daemon))
+    assert versions(daemon) == [0, 1, 2, 3, 4, 5] and daemon.client.call("GET", "/v1/adapters")["active"] == active

@@ -18,7 +18,7 @@ from helpers.daemon import ROOT, wait_job
 from helpers.keys import test_key
 from s2rt.bundle import Bundle
 from s2rt.cli import main
-from s2rt.serve.fleet_signing import SIGNATURE_HEADER, adapter_file, sign
+from s2rt.serve.fleet_signing import SEQUENCE_HEADER, SIGNATURE_HEADER, adapter_file, sign
 from s2rt.trust import open_trusted
 
 FLEET, STRANGER = test_key(5), test_key(6)
@@ -181,3 +181,62 @@ def test_a_missing_fleet_key_file_stops_the_start_naming_the_flag(har_bundle, tm
     args = [str(har_bundle), "--state-dir", str(tmp_path / "s"), "--port", "0", "--fleet-key", str(tmp_path / "none.pub")]
     out = subprocess.run([sys.executable, "-m", "s2rt", "serve", *args], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and f"--fleet-key {tmp_path / 'none.pub'}: no such public key file" in out.stderr, out.stderr
+
+
+def versions(d) -> list[int]:
+    return [v["version"] for v in d.client.get("/v1/adapters").json()["versions"]]
+
+
+def test_an_older_signed_version_is_refused_as_a_replay_and_the_active_one_stays(member, har_bundle):
+    bundle = open_trusted(har_bundle)
+    old, new = adapter_file(adapters(bundle, 1), bundle, round=1), adapter_file(adapters(bundle, 2), bundle, round=2)
+    old_headers, new_headers = sign(old, bundle.digest, FLEET, sequence=100), sign(new, bundle.digest, FLEET, sequence=200)
+    assert post(member, old, old_headers).status_code == 201
+    activated = member.client.post("/v1/adapters/1/activate")
+    assert activated.status_code == 200, activated.text
+    assert post(member, new, new_headers).status_code == 201
+    replayed = post(member, old, old_headers, activate=True)
+    assert replayed.status_code == 409 and replayed.json()["error"] == "replayed", replayed.text
+    assert "sequence 100 is not above 200" in replayed.json()["message"] and "(version 2)" in replayed.json()["message"]
+    assert versions(member) == [0, 1, 2] and member.client.get("/v1/adapters").json()["active"] == 1
+    other = adapter_file(adapters(bundle, 3), bundle)  # another file under the newest sequence: refused too
+    refused = post(member, other, sign(other, bundle.digest, FLEET, sequence=200))
+    assert refused.status_code == 409 and versions(member) == [0, 1, 2], refused.text
+
+
+def test_the_same_version_sent_again_is_not_stored_twice(member, har_bundle):
+    bundle = open_trusted(har_bundle)
+    data = adapter_file(adapters(bundle, 4), bundle, round=1)
+    headers = sign(data, bundle.digest, FLEET)
+    first = post(member, data, headers).json()
+    again = post(member, data, headers)
+    assert again.status_code == 201 and again.json()["version"] == first["version"] == 1, again.text
+    assert "already imported as version 1" in again.json()["reason"] and versions(member) == [0, 1]
+
+
+def test_the_sequence_is_signed_and_required(member, har_bundle):
+    bundle = open_trusted(har_bundle)
+    data = adapter_file(adapters(bundle, 5), bundle)
+    headers = sign(data, bundle.digest, FLEET, sequence=7)
+    cases = {
+        "altered": ({**headers, SEQUENCE_HEADER: "8"}, "does not verify for bundle"),
+        "missing": ({k: v for k, v in headers.items() if k != SEQUENCE_HEADER}, f"{SEQUENCE_HEADER}: expected a decimal number"),
+        "not a number": ({**headers, SEQUENCE_HEADER: "-1"}, "got '-1'"),
+    }
+    for name, (sent, message) in cases.items():
+        refused = post(member, data, sent)
+        assert refused.status_code == 403 and message in refused.json()["message"], (name, refused.text)
+    assert versions(member) == [0]
+
+
+def test_the_replay_check_holds_across_a_restart(serve, har_bundle, fleet_pub, tmp_path):
+    bundle = open_trusted(har_bundle)
+    state = tmp_path / "state"
+    first = serve(str(har_bundle), "--fleet-key", str(fleet_pub), "--allow-unauthenticated-control", state=state)
+    old, new = adapter_file(adapters(bundle, 1), bundle), adapter_file(adapters(bundle, 2), bundle)
+    old_headers = sign(old, bundle.digest, FLEET, sequence=10)
+    assert post(first, old, old_headers).status_code == 201
+    assert post(first, new, sign(new, bundle.digest, FLEET, sequence=20)).status_code == 201
+    first.stop()
+    second = serve(str(har_bundle), "--fleet-key", str(fleet_pub), "--allow-unauthenticated-control", state=state)
+    assert post(second, old, old_headers).status_code == 409

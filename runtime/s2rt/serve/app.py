@@ -29,7 +29,7 @@ from s2rt.serve import schemas as s
 from s2rt.serve.access import Access, ControlGuard
 from s2rt.serve.errors import ApiError, disk_full, not_found
 from s2rt.serve.fleet import import_version as import_version_of
-from s2rt.serve.fleet_signing import KEY_HEADER, SIGNATURE_HEADER
+from s2rt.serve.fleet_signing import KEY_HEADER, SEQUENCE_HEADER, SIGNATURE_HEADER
 from s2rt.serve.jobs import JobOptions
 from s2rt.serve.middleware import BearerAuth, BodyLimit, Options, RequestMetrics
 from s2rt.serve.service import Service, store_call
@@ -281,10 +281,11 @@ def _adapters(app: FastAPI, service: Service) -> None:
         activate: Annotated[bool, Query(description=ACTIVATE_IMPORT)] = False,
     ) -> dict[str, Any]:
         """Import a global adapter version (an adapter .npz) signed by a fleet key (--fleet-key): headers
-        x-s2l-fleet-signature and x-s2l-fleet-key. Stored as a new version; activated only on request and through the gate."""
+        x-s2l-fleet-signature, x-s2l-fleet-key and x-s2l-fleet-sequence (409 for a sequence older than the newest
+        imported). Stored as a new version; activated only on request and through the gate."""
         body = await request.body()
-        signature, key_id = request.headers.get(SIGNATURE_HEADER), request.headers.get(KEY_HEADER)
-        return dict(await run_in_threadpool(import_version_of, service, body, signature, key_id, activate))
+        signature, key_id, sequence = (request.headers.get(h) for h in (SIGNATURE_HEADER, KEY_HEADER, SEQUENCE_HEADER))
+        return dict(await run_in_threadpool(import_version_of, service, body, signature, key_id, activate, sequence))
 
     @app.get("/v1/adapters/{version}", response_model=s.VersionInfoModel, tags=["adapters"])
     def version(version: Id) -> dict[str, Any]:

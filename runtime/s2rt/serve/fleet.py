@@ -6,12 +6,21 @@ and is activated only when the caller asks (`activate`) and the accuracy gate
 (`gate.AccuracyGate`) accepts it on this device's held-out samples: a global version
 that serves this device worse than its active one is kept but not served. The operator
 can still activate it by hand (`POST /v1/adapters/{v}/activate`).
+
+Replays: each signed version carries a sequence (signed with it). A version whose
+sequence is below the newest one this bundle's store holds is refused (409): an old
+global version, validly signed, cannot be sent again to roll the device back. The same
+version sent again (equal sequence and file) is not stored twice: the reply names the
+version it was stored as. The sequence is kept in the version file's metadata, written
+with the version, so the check survives restarts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +31,9 @@ from s2rt.serve.gate import VAL_FRACTION, stored_gate
 from s2rt.state import HeadState, load_adapters
 
 if TYPE_CHECKING:
-    from s2rt.serve.service import Service, Serving
+    from s2rt.serve.service import Deployment, Service, Serving
+
+_IMPORTS = threading.Lock()  # the replay check and the store it reads change together
 
 
 def check_fleet_allowed(service: Service) -> None:
@@ -36,28 +47,56 @@ def check_fleet_allowed(service: Service) -> None:
         )
 
 
-def import_version(service: Service, data: bytes, signature: str | None, key_id: str | None, activate: bool) -> dict[str, Any]:
+def import_version(
+    service: Service, data: bytes, signature: str | None, key_id: str | None, activate: bool, sequence: str | None = None
+) -> dict[str, Any]:
     """Verify, store and (if asked and the gate agrees) activate a signed global adapter version."""
     check_fleet_allowed(service)
     if activate:
         service.check_not_online("activating an imported version")
     deployment = service.serving.deployment
     try:
-        key = verify(data, deployment.bundle.digest, signature, key_id, service.config.fleet_keys)
+        key, number = verify(data, deployment.bundle.digest, signature, key_id, service.config.fleet_keys, sequence)
     except SignatureError as e:
         raise ApiError(403, "bad_signature", str(e), "signature") from None
     adapters, meta = _parse(service, data, deployment.bundle)
     candidate = HeadState.skip2lora(adapters)
     head = deployment.head(candidate)
     round_ = meta.get("round")
+    sha256 = hashlib.sha256(data).hexdigest()
     origin = {"origin": "fleet", "fleet_key": key.key_id, "fleet_round": round_ if type(round_) is int else None}
-    with service.jobs.exclusive("activating an imported version") if activate else contextlib.nullcontext():
+    origin |= {"fleet_sequence": number, "fleet_sha256": sha256}
+    with _IMPORTS, service.jobs.exclusive("activating an imported version") if activate else contextlib.nullcontext():
+        again = _seen(deployment, number, sha256)
+        if again is not None:
+            return {**again, "active": service.serving.version, "signed_by": key.key_id}
         gate = stored_gate(service.samples, deployment, head, VAL_FRACTION) if activate else _stored_only
         result = service.swap_in(deployment, candidate, gate, commit_always=True, **origin)
         deployment.cache.flush()
     if "version" not in result:  # the bundle was replaced between the check and the swap
         raise ApiError(409, "conflict", result["reason"])
     return {**result, "active": service.serving.version, "activated": result["accepted"], "signed_by": key.key_id}
+
+
+def _seen(deployment: Deployment, sequence: int, sha256: str) -> dict[str, Any] | None:
+    """The stored copy of this very version (same sequence and file); ApiError 409 for an older sequence."""
+    fleet = [(v.meta["fleet_sequence"], v) for v in deployment.adapters.versions() if type(v.meta.get("fleet_sequence")) is int]
+    if not fleet:
+        return None
+    newest, info = max(fleet, key=lambda pair: (pair[0], pair[1].number))
+    if sequence > newest:
+        return None
+    if sequence == newest and info.meta.get("fleet_sha256") == sha256:
+        active = deployment.adapters.active
+        reason = f"already imported as version {info.number} (sequence {sequence}); not stored again"
+        return {"version": info.number, "accepted": info.number == active, "activated": info.number == active, "reason": reason}
+    raise ApiError(
+        409,
+        "replayed",
+        f"sequence {sequence} is not above {newest}, the newest fleet version this device holds (version {info.number}): "
+        "an older global version is refused so that it cannot roll the device back",
+        "signature",
+    )
 
 
 def _parse(service: Service, data: bytes, bundle: Any) -> tuple[Any, dict[str, Any]]:
