@@ -116,8 +116,14 @@ def federated(run: FleetRun, data: Data, device_bundles: Sequence[str] | None = 
             initial_adapters(probe),
             run.rounds,
             settings,
-            evaluate=lambda adapters: global_accuracy(probe, adapters, data.test_x, data.test_y),
+            evaluate=timed,
         )
+
+    stamps: list[float] = []
+
+    def timed(adapters: Adapters) -> float:
+        stamps.append(time.perf_counter())  # after round r's aggregation: the rounds' wall time is between stamps
+        return global_accuracy(probe, adapters, data.test_x, data.test_y)
 
     started = time.perf_counter()
     run_simulation(
@@ -130,6 +136,7 @@ def federated(run: FleetRun, data: Data, device_bundles: Sequence[str] | None = 
         },
     )
     out["seconds"] = time.perf_counter() - started
+    out["round_seconds"] = np.diff(stamps).tolist()
     out["truncation_error"] = strategy.truncation
     out["refused"] = strategy.refused
     out["adapters"] = strategy.current
