@@ -73,7 +73,9 @@ def one(run: FleetRun, data: Any) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, nargs="*", default=[10, 100], help="fleet sizes for the full table (default 10 100)")
-    parser.add_argument("--large", type=int, default=1000, help="one more fleet size, on the shards: exact, and the ridge round then exact (0: none)")
+    parser.add_argument(
+        "--large", type=int, default=1000, help="one more fleet size, on the shards: exact, and the ridge round then exact (0: none)"
+    )
     parser.add_argument("--partitions", nargs="*", default=["shards", "iid"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=5)
