@@ -2,8 +2,8 @@
 
     .venv-fleet/bin/python bench/fleet_sweep.py '{"devices": [100], "local_epochs": [5, 20], "learning_rate": [0.01, 0.03]}'
 
-Every combination of the grid's values (JSON: a FleetRun field or `batch_size`, `server`,
-`momentum` -> a list) runs `rounds` rounds and prints the global adapters' accuracy on
+Every combination of the grid's values (JSON: a FleetRun field or `batch_size`,
+`optimizer` (sgd, adam), `server`, `momentum` -> a list) runs `rounds` rounds and prints the global adapters' accuracy on
 HAR's shifted test split after each. tests/fleet/test_simulation.py checks that these
 rounds give the adapters Flower's rounds give, so a sweep here stands for a simulation
 (without Ray's start-up and per-message cost: a second, not tens of seconds, per run).
@@ -63,6 +63,7 @@ def rounds(model: Model, data: Data, settings: dict[str, Any]) -> list[float]:
         "learning_rate": 0.01,
         "logit_adjustment": 0.0,
         "batch_size": None,
+        "optimizer": None,
         "start": "adapters",
         "server": "sgd",
         "step": 1.0,
@@ -93,6 +94,7 @@ def rounds(model: Model, data: Data, settings: dict[str, Any]) -> list[float]:
                 seed=r * 1000 + k,
                 logit_adjustment=s["logit_adjustment"],
                 batch_size=s["batch_size"],
+                optimizer=s["optimizer"],
             )
             for k, i in enumerate(parts)
         ]
