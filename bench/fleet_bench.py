@@ -10,8 +10,9 @@ label-sorted shards, the options measured against plain exact averaging: 20 loca
 a server step of 3, local logit adjustment (TrainConfig.logit_adjustment) and a closed-form
 first round (`--start ridge`, s2fleet.ridge) followed by exact rounds. The bundle has
 rank 8 >= 7 classes, so exact averaging is exact (s2fleet.aggregate).
-Wall time per simulation (Ray's start-up included), the median round, and the server
-process's peak RSS.
+Wall time per simulation (Ray's start-up included), the median round, the server
+process's peak RSS and the largest peak RSS a device process reported (a Ray worker that
+runs the simulated devices' ClientApps one after another).
 """
 
 from __future__ import annotations
@@ -130,8 +131,8 @@ def label(run: dict[str, Any]) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| N | partition | method | accuracy after round 0, 1, … (shifted test) | alone (mean) | centralized "
-        "| wall, start-up incl. | median round | server peak RSS |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| wall, start-up incl. | median round | server peak RSS | device peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         curve = " ".join(f"{a:.3f}" for a in r["curve"])
@@ -139,7 +140,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         per_round = statistics.median(r["round_seconds"]) if r.get("round_seconds") else float("nan")
         lines.append(
             f"| {r['devices']} | {r['partition']} | {label(r)} | {curve} | {extra[0]} | {extra[1]} "
-            f"| {r['seconds']:.0f} s | {per_round:.1f} s | {r['peak_rss_mb']:.0f} MB |"
+            f"| {r['seconds']:.0f} s | {per_round:.1f} s | {r['peak_rss_mb']:.0f} MB | {r.get('device_peak_rss_mb', 0):.0f} MB |"
         )
     return "\n".join(lines)
 

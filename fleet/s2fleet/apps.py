@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import resource
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from s2fleet.device import local_update
 log = logging.getLogger(__name__)
 
 EXAMPLES = "num-examples"  # Flower's conventional weighting key
+PEAK_RSS = "peak-rss-mb"  # the device process's, reported with each update
 
 
 def to_record(adapters: Adapters) -> ArrayRecord:
@@ -76,14 +78,19 @@ def train_adapters(model: Model, samples: Samples, message: Message, context: Co
         seed=int(config.get("server-round", 0)) * 1000 + int(context.node_config.get("partition-id", 0)),
         logit_adjustment=float(config.get("logit-adjustment", 0.0)),
     )
-    return RecordDict({"arrays": to_record(update.adapters), "metrics": MetricRecord({EXAMPLES: update.examples})})
+    return RecordDict({"arrays": to_record(update.adapters), "metrics": MetricRecord({EXAMPLES: update.examples, **_peak()})})
 
 
 def ridge_statistics(model: Model, samples: Samples, message: Message, context: Context) -> RecordDict:
     """The ridge sums of the device's samples (`s2fleet.ridge`) and its example count."""
     stats = ridge.statistics(model, samples, float(message.content["config"].get("ridge-kappa", ridge.KAPPA)))
     arrays = ArrayRecord(array_dict={"gram": Array.from_numpy_ndarray(stats.gram), "cross": Array.from_numpy_ndarray(stats.cross)})
-    return RecordDict({"arrays": arrays, "metrics": MetricRecord({EXAMPLES: stats.examples})})
+    return RecordDict({"arrays": arrays, "metrics": MetricRecord({EXAMPLES: stats.examples, **_peak()})})
+
+
+def _peak() -> dict[str, float]:
+    """The device process's peak RSS in MB so far (Linux reports ru_maxrss in KiB)."""
+    return {PEAK_RSS: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 TASKS: dict[str, Callable[[Model, Samples, Message, Context], RecordDict]] = {
@@ -133,6 +140,7 @@ class AdapterStrategy(FedAvg):
         self.current: Adapters | None = None
         self.truncation: list[float] = []
         self.refused: list[str] = []
+        self.device_peak_mb = 0.0  # the largest peak RSS a device reported
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         config = ConfigRecord(dict(config))  # the caller's record is the same every round
@@ -148,6 +156,7 @@ class AdapterStrategy(FedAvg):
                 self.refused.append(_reason(msg.error.reason))
             elif int(msg.content["metrics"][EXAMPLES]) > 0:
                 kept.append(msg)
+                self.device_peak_mb = max(self.device_peak_mb, float(msg.content["metrics"].get(PEAK_RSS, 0.0)))
         return kept
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

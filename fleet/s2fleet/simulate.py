@@ -139,6 +139,7 @@ def federated(run: FleetRun, data: Data, device_bundles: Sequence[str] | None = 
     out["round_seconds"] = np.diff(stamps).tolist()
     out["truncation_error"] = strategy.truncation
     out["refused"] = strategy.refused
+    out["device_peak_rss_mb"] = strategy.device_peak_mb
     out["adapters"] = strategy.current
     return out
 

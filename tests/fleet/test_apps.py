@@ -60,6 +60,7 @@ def test_a_statistics_round_returns_the_devices_ridge_sums(device):
     np.testing.assert_array_equal(reply.content["arrays"]["gram"].numpy(), want.gram)
     np.testing.assert_array_equal(reply.content["arrays"]["cross"].numpy(), want.cross)
     assert reply.content["metrics"]["num-examples"] == 40
+    assert reply.content["metrics"]["peak-rss-mb"] > 10  # the device process's peak, reported with each update
 
 
 def test_an_adapters_round_returns_adapters(device):

@@ -99,3 +99,4 @@ def test_flower_rounds_match_the_same_rounds_without_flower(tmp_path_factory, op
     assert len(curve) == ROUNDS + 1
     assert curve[0] == pytest.approx(global_accuracy(model, initial_adapters(model), data.test_x, data.test_y))
     assert curve[-1] > curve[0] + 0.02  # the fleet learned from its devices
+    assert out["device_peak_rss_mb"] > 10 and len(out["round_seconds"]) == ROUNDS
