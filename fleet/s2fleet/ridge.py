@@ -5,6 +5,7 @@ dW (C x D) of the fused taps x = [x_1 .. x_L]. Fitting dW to what the frozen log
 
     T = kappa (onehot - 1/C) - F,    dW = argmin ||X dW^T - T||^2 + lam ||dW||^2,
 
+(for a regression bundle T = y - F),
 needs only G = X^T X (D x D) and X^T T (D x C), and both are sums over samples. Each device
 sends its own sums (`statistics`), the server adds them and solves once (`solve`): the
 result is exactly the ridge fit of all devices' samples in one place, whatever the split,
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from s2rt.bundle.model import Loss
 from s2rt.data import Samples
 from s2rt.session import Model
 
@@ -47,13 +49,13 @@ def statistics(model: Model, samples: Samples, kappa: float = KAPPA) -> Statisti
     """The device's sums over its samples (float64 sums, float32 on the wire)."""
     if samples.y is None or not len(samples.x):
         raise ValueError("ridge statistics need labelled samples")
+    regression = model.bundle.head.loss == Loss.MSE
     gram = cross = None
     for start in range(0, len(samples.x), CHUNK):
         taps, frozen = model.frozen.run(samples.x[start : start + CHUNK])
         x = np.asarray(taps, np.float64)
         y = np.asarray(samples.y[start : start + CHUNK])
-        classes = frozen.shape[1]
-        t = kappa * (np.eye(classes)[y] - 1.0 / classes) - frozen
+        t = y.reshape(frozen.shape) - frozen if regression else kappa * (np.eye(frozen.shape[1])[y] - 1.0 / frozen.shape[1]) - frozen
         gram = x.T @ x if gram is None else gram + x.T @ x
         cross = x.T @ t if cross is None else cross + x.T @ t
     assert gram is not None and cross is not None

@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", action="store_true", help="also train each device alone and all samples in one place")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    if not 0 <= args.logit_adjustment < float("inf"):
+        parser.error(f"--logit-adjustment: expected a number >= 0, got {args.logit_adjustment}")
     run = FleetRun(
         args.bundle,
         args.devices,

@@ -80,3 +80,22 @@ def test_bad_statistics_are_refused_by_name():
         ridge.fit([], 3)
     with pytest.raises(ValueError, match="ridge lambda"):
         ridge.fit([good], 3, lam=0.0)
+
+
+def test_a_regression_bundle_fits_the_residual_of_its_targets():
+    import dataclasses
+
+    from helpers.tiny import tiny_bundle
+    from s2rt.bundle.model import Loss
+
+    base = tiny_bundle(rank=3)
+    model = Model(dataclasses.replace(base, head=dataclasses.replace(base.head, loss=Loss.MSE)))
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    y = rng.normal(size=(50, 3)).astype(np.float32)
+    parts = [ridge.statistics(model, Samples(x[i], y[i])) for i in np.array_split(np.arange(50), 4)]
+    taps, frozen = model.frozen.run(x)
+    X = np.asarray(taps, np.float64)
+    G = X.T @ X
+    want = np.linalg.solve(G + 1e-3 * np.mean(np.diag(G)) * np.eye(len(G)), X.T @ (y - frozen)).T
+    np.testing.assert_allclose(ridge.fit(parts, X.shape[1]), want, rtol=1e-3, atol=1e-4)
