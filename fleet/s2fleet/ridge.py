@@ -3,13 +3,13 @@
 With rank >= C (s2conv --rank) the head z = F + s sum_l B_l A_l x_l is any linear map
 dW (C x D) of the fused taps x = [x_1 .. x_L]. Fitting dW to what the frozen logits miss,
 
-    T = kappa (onehot - 1/C) - F,    dW = argmin ||X dW^T - T||^2 + lam ||dW||^2,
+    T = kappa (onehot - 1/C) - F,    dW = argmin ||X dW^T - T||^2 + lam ||dW||^2
 
-(for a regression bundle T = y - F),
-needs only G = X^T X (D x D) and X^T T (D x C), and both are sums over samples. Each device
-sends its own sums (`statistics`), the server adds them and solves once (`solve`): the
+(T = y - F for a regression bundle), needs only G = X^T X (D x D) and X^T T (D x C), and
+both are sums over samples. Each device sends its own sums (`statistics`), the server adds
+them and solves once (`fit`): the
 result is exactly the ridge fit of all devices' samples in one place, whatever the split,
-in one round. It is re-factored per tap into A_l, B_l (`aggregate.refactor`), so devices
+in one round. It is re-factored per tap into A_l, B_l (`to_adapters`), so devices
 receive ordinary Skip2-LoRA adapters and can go on training them (`--start ridge` in
 `s2fleet.simulate`). lam is relative: lam * mean(diag G).
 
