@@ -7,11 +7,10 @@ dW (C x D) of the fused taps x = [x_1 .. x_L]. Fitting dW to what the frozen log
 
 (T = y - F for a regression bundle), needs only G = X^T X (D x D) and X^T T (D x C), and
 both are sums over samples. Each device sends its own sums (`statistics`), the server adds
-them and solves once (`fit`): the
-result is exactly the ridge fit of all devices' samples in one place, whatever the split,
-in one round. It is re-factored per tap into A_l, B_l (`to_adapters`), so devices
-receive ordinary Skip2-LoRA adapters and can go on training them (`--start ridge` in
-`s2fleet.simulate`). lam is relative: lam * mean(diag G).
+them and solves once (`fit`): the result is exactly the ridge fit of all devices' samples
+in one place, whatever the split, in one round. It is re-factored per tap into A_l, B_l
+(`to_adapters`), so devices receive ordinary Skip2-LoRA adapters and can go on training
+them (`--start ridge` in `s2fleet.simulate`). lam is relative: lam * mean(diag G).
 
 What the sums reveal: G is the device's samples' second moments. A device with n < D
 samples sends a matrix whose range is the span of its taps, and with n = 1 it sends
