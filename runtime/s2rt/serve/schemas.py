@@ -122,6 +122,14 @@ class TrainRequest(Strict):
         description="continue the active adapters, start afresh from the bundle's initial head, or start from this adapter "
         "version (e.g. a global version imported with POST /v1/adapters)",
     )
+    logit_adjustment: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="train on z + tau log(prior of the training samples' classes): a class the device has no sample of "
+        "leaves the softmax (a fleet device holding a few classes stops pushing the others down); 0: off",
+    )
     commit: Literal["accepted", "always"] = Field(
         "accepted",
         description="accepted: keep the trained adapters only if the accuracy gate activates them; always: keep them as a new "
