@@ -5,9 +5,14 @@
 
 Per N and partition: the global adapters' accuracy on the shifted test split after each
 round for FedAvg of A and B, exact averaging of dW = B A, the damped exact step, and
-beside them each device alone and all samples in one place (same epochs in all). The
-bundle has rank 8 >= 7 classes, so exact averaging is exact (s2fleet.aggregate).
-Wall time per simulation (Ray's start-up included) and the server process's peak RSS.
+beside them each device alone and all samples in one place (same epochs in all). On the
+label-sorted shards, the options measured against plain exact averaging: 20 local epochs,
+a server step of 3, local logit adjustment (TrainConfig.logit_adjustment) and a closed-form
+first round (`--start ridge`, s2fleet.ridge) followed by exact rounds. The bundle has
+rank 8 >= 7 classes, so exact averaging is exact (s2fleet.aggregate).
+Wall time per simulation (Ray's start-up included), the median round, the server
+process's peak RSS and the largest peak RSS a device process reported (a Ray worker that
+runs the simulated devices' ClientApps one after another).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +38,14 @@ from s2rt.session import Model  # noqa: E402
 
 DATA = ROOT / "models" / "data"
 RESULTS = ROOT / "bench" / "results" / "fleet.json"
-AGGREGATIONS = (("fedavg", 1.0), ("exact", 1.0), ("damped", 0.5))
+AGGREGATIONS: tuple[dict[str, Any], ...] = ({"aggregation": "fedavg"}, {"aggregation": "exact"}, {"aggregation": "damped", "step": 0.5})
+OPTIONS: tuple[dict[str, Any], ...] = (  # on the shards, beside plain exact averaging
+    {"aggregation": "exact", "local_epochs": 20},
+    {"aggregation": "damped", "step": 3.0},
+    {"aggregation": "exact", "logit_adjustment": 1.0},
+    {"aggregation": "exact", "start": "ridge", "learning_rate": 0.001},
+)
+LARGE: tuple[dict[str, Any], ...] = ({"aggregation": "exact"}, OPTIONS[-1])
 
 
 def make_bundle(out: Path) -> str:
@@ -61,7 +74,9 @@ def one(run: FleetRun, data: Any) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, nargs="*", default=[10, 100], help="fleet sizes for the full table (default 10 100)")
-    parser.add_argument("--large", type=int, default=1000, help="one more fleet size with exact averaging only (0: none)")
+    parser.add_argument(
+        "--large", type=int, default=1000, help="one more fleet size, on the shards: exact, and the ridge round then exact (0: none)"
+    )
     parser.add_argument("--partitions", nargs="*", default=["shards", "iid"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=5)
@@ -73,16 +88,13 @@ def main() -> int:
         bundle = make_bundle(Path(tmp))
         data = load_data(DATA / "har_ft.npz", DATA / "har_test.npz", Model.open(bundle))
         rows: list[dict[str, Any]] = []
-        plan = [(n, p, agg, step) for n in args.devices for p in args.partitions for agg, step in AGGREGATIONS]
-        if args.large:
-            plan.append((args.large, "shards", "exact", 1.0))
-        for n, part, agg, step in plan:
-            run = FleetRun(bundle, n, part, agg, args.rounds, args.local_epochs, step=step)
-            print(f"N={n} {part} {agg} ...", file=sys.stderr, flush=True)
+        for n, part, options in plan(args.devices, args.partitions, args.large):
+            run = FleetRun(bundle, n, part, **{"rounds": args.rounds, "local_epochs": args.local_epochs, **options})
+            print(f"N={n} {part} {label(asdict(run))} ...", file=sys.stderr, flush=True)
             result = one(run, data)
             row = {**asdict(run), **result, "peak_rss_mb": peak_rss_mb()}
             row.pop("bundle")
-            if agg == "exact":
+            if options == {"aggregation": "exact"}:
                 row["alone"] = alone(run, data)
                 row["centralized"] = centralized(run, data)
             rows.append(row)
@@ -94,19 +106,41 @@ def main() -> int:
     return 0
 
 
+def plan(devices: list[int], partitions: list[str], large: int) -> list[tuple[int, str, dict[str, Any]]]:
+    out = [(n, p, options) for n in devices for p in partitions for options in AGGREGATIONS]
+    out += [(n, "shards", options) for n in devices for options in OPTIONS]
+    if large:
+        out += [(large, "shards", options) for options in LARGE]
+    return out
+
+
+def label(run: dict[str, Any]) -> str:
+    """The row's method: the aggregation and every option that differs from the plain run."""
+    words = [f"ridge round, then {run['aggregation']}" if run["start"] == "ridge" else run["aggregation"]]
+    if run["aggregation"] == "damped":
+        words[0] = f"exact, server step {run['step']:g}" if run["step"] > 1 else f"damped (step {run['step']:g})"
+    if run["local_epochs"] != 5:
+        words.append(f"{run['local_epochs']} local epochs")
+    if run["logit_adjustment"]:
+        words.append(f"logit adjustment {run['logit_adjustment']:g}")
+    if run["learning_rate"] != 0.01:
+        words.append(f"local lr {run['learning_rate']:g}")
+    return ", ".join(words)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| N | partition | aggregation | round 0 → last (shifted test) | alone (mean) | centralized "
-        "| wall, start-up incl. | server peak RSS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| N | partition | method | accuracy after round 0, 1, … (shifted test) | alone (mean) | centralized "
+        "| wall, start-up incl. | median round | server peak RSS | device peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        curve = " → ".join(f"{a:.3f}" for a in r["curve"][:: max(1, len(r["curve"]) - 1)])
+        curve = " ".join(f"{a:.3f}" for a in r["curve"])
         extra = (f"{r['alone']:.3f}", f"{r['centralized']:.3f}") if "alone" in r else ("", "")
-        agg = r["aggregation"] + (f" (step {r['step']})" if r["aggregation"] == "damped" else "")
+        per_round = statistics.median(r["round_seconds"]) if r.get("round_seconds") else float("nan")
         lines.append(
-            f"| {r['devices']} | {r['partition']} | {agg} | {curve} | {extra[0]} | {extra[1]} "
-            f"| {r['seconds']:.0f} s | {r['peak_rss_mb']:.0f} MB |"
+            f"| {r['devices']} | {r['partition']} | {label(r)} | {curve} | {extra[0]} | {extra[1]} "
+            f"| {r['seconds']:.0f} s | {per_round:.1f} s | {r['peak_rss_mb']:.0f} MB | {r.get('device_peak_rss_mb', 0):.0f} MB |"
         )
     return "\n".join(lines)
 

@@ -6,6 +6,10 @@ ArrayRecord), the bundle digest they belong to and the round's training settings
 ConfigRecord). Device -> server: the device's adapters and its example count. No sample
 and no cached activation leaves a device.
 
+A round's `task` says what the device computes: `adapters` (the default: train and return
+them) or `statistics` (the ridge sums of `s2fleet.ridge`: a strategy with `start="ridge"`
+asks for them in its first round and solves the head from their total).
+
 A device refuses a round whose bundle digest is not the one it serves (its reply is an
 error that the server logs and leaves out of the aggregate).
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import resource
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +31,14 @@ from flwr.serverapp.strategy import FedAvg
 from s2rt.data import Samples
 from s2rt.session import Model
 
-from s2fleet.aggregate import Adapters, Aggregation, Update, aggregate, truncation_error
+from s2fleet import ridge
+from s2fleet.aggregate import Adapters, Aggregation, Update, aggregate, delta, truncation_error
 from s2fleet.device import local_update
 
 log = logging.getLogger(__name__)
 
 EXAMPLES = "num-examples"  # Flower's conventional weighting key
+PEAK_RSS = "peak-rss-mb"  # the device process's, reported with each update
 
 
 def to_record(adapters: Adapters) -> ArrayRecord:
@@ -58,6 +65,40 @@ class DeviceData:
     load: Callable[[Context], tuple[Model, Samples]]
 
 
+def train_adapters(model: Model, samples: Samples, message: Message, context: Context) -> RecordDict:
+    """Train from the global adapters; reply with the device's adapters and example count."""
+    config = message.content["config"]
+    start = from_record(message.content["arrays"], len(model.bundle.taps))
+    update = local_update(
+        model,
+        samples,
+        start,
+        epochs=int(config["local-epochs"]),
+        learning_rate=float(config["learning-rate"]),
+        seed=int(config.get("server-round", 0)) * 1000 + int(context.node_config.get("partition-id", 0)),
+        logit_adjustment=float(config.get("logit-adjustment", 0.0)),
+    )
+    return RecordDict({"arrays": to_record(update.adapters), "metrics": MetricRecord({EXAMPLES: update.examples, **_peak()})})
+
+
+def ridge_statistics(model: Model, samples: Samples, message: Message, context: Context) -> RecordDict:
+    """The ridge sums of the device's samples (`s2fleet.ridge`) and its example count."""
+    stats = ridge.statistics(model, samples, float(message.content["config"].get("ridge-kappa", ridge.KAPPA)))
+    arrays = ArrayRecord(array_dict={"gram": Array.from_numpy_ndarray(stats.gram), "cross": Array.from_numpy_ndarray(stats.cross)})
+    return RecordDict({"arrays": arrays, "metrics": MetricRecord({EXAMPLES: stats.examples, **_peak()})})
+
+
+def _peak() -> dict[str, float]:
+    """The device process's peak RSS in MB so far (Linux reports ru_maxrss in KiB)."""
+    return {PEAK_RSS: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+TASKS: dict[str, Callable[[Model, Samples, Message, Context], RecordDict]] = {
+    "adapters": train_adapters,
+    "statistics": ridge_statistics,
+}
+
+
 def client_app(data: DeviceData) -> ClientApp:
     app = ClientApp()
 
@@ -68,50 +109,83 @@ def client_app(data: DeviceData) -> ClientApp:
         digest = str(config["bundle-digest"])
         if digest != model.bundle.digest:
             raise RuntimeError(f"refused: the round is for bundle {digest[:16]}, this device serves {model.bundle.digest[:16]}")
-        start = from_record(message.content["arrays"], len(model.bundle.taps))
-        update = local_update(
-            model,
-            samples,
-            start,
-            epochs=int(config["local-epochs"]),
-            learning_rate=float(config["learning-rate"]),
-            seed=int(config.get("server-round", 0)) * 1000 + int(context.node_config.get("partition-id", 0)),
-        )
-        content = RecordDict({"arrays": to_record(update.adapters), "metrics": MetricRecord({EXAMPLES: update.examples})})
-        return Message(content=content, reply_to=message)
+        task = str(config.get("task", "adapters"))
+        if task not in TASKS:
+            raise RuntimeError(f"refused: unknown task {task!r}; this device knows {', '.join(TASKS)}")
+        return Message(content=TASKS[task](model, samples, message, context), reply_to=message)
 
     return app
 
 
 # -- server side -----------------------------------------------------------------------
-class AdapterStrategy(FedAvg):
-    """FedAvg's sampling and messaging, with Skip2-LoRA's aggregation (`s2fleet.aggregate`)."""
+@dataclass(frozen=True)
+class RidgeStart:
+    """Round 1 solves the head from the devices' ridge sums (`s2fleet.ridge`) instead of training."""
 
-    def __init__(self, method: Aggregation, rank: int, taps: int, step: float = 1.0, **kwargs: Any) -> None:
+    tap_sizes: tuple[int, ...]
+    scaling: float
+    kappa: float = ridge.KAPPA
+    lam: float = ridge.LAMBDA
+
+
+class AdapterStrategy(FedAvg):
+    """FedAvg's sampling and messaging, with Skip2-LoRA's aggregation (`s2fleet.aggregate`);
+    with `ridge`, a closed-form first round (`s2fleet.ridge`)."""
+
+    def __init__(
+        self, method: Aggregation, rank: int, taps: int, step: float = 1.0, ridge_start: RidgeStart | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(weighted_by_key=EXAMPLES, **kwargs)
-        self.method, self.rank, self.taps, self.step = method, rank, taps, step
+        self.method, self.rank, self.taps, self.step, self.ridge_start = method, rank, taps, step, ridge_start
         self.current: Adapters | None = None
         self.truncation: list[float] = []
         self.refused: list[str] = []
+        self.device_peak_mb = 0.0  # the largest peak RSS a device reported
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        updates = []
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        config = ConfigRecord(dict(config))  # the caller's record is the same every round
+        if self.ridge_start is not None and server_round == 1:
+            config["task"], config["ridge-kappa"] = "statistics", self.ridge_start.kappa
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def _answers(self, replies: Iterable[Message]) -> list[Message]:
+        """Replies that carry examples; the refusals are kept in `refused`."""
+        kept = []
         for msg in replies:
             if msg.has_error():
                 self.refused.append(_reason(msg.error.reason))
-                continue
-            examples = int(msg.content["metrics"][EXAMPLES])
-            if examples > 0:
-                updates.append(Update(from_record(msg.content["arrays"], self.taps), examples))
-        if not updates:
+            elif int(msg.content["metrics"][EXAMPLES]) > 0:
+                kept.append(msg)
+                self.device_peak_mb = max(self.device_peak_mb, float(msg.content["metrics"].get(PEAK_RSS, 0.0)))
+        return kept
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        answers = self._answers(replies)
+        if not answers:
             return None, None
+        if self.ridge_start is not None and server_round == 1:
+            return self._solve_ridge(answers)
+        updates = [Update(from_record(m.content["arrays"], self.taps), int(m.content["metrics"][EXAMPLES])) for m in answers]
         step = self.step if self.method == Aggregation.DAMPED else 1.0
         result = aggregate(self.method, updates, self.rank, self.current, step)
         self.truncation.append(truncation_error(updates, result, self.current, step))
         self.current = result
         total = sum(u.examples for u in updates)
         return to_record(result), MetricRecord({EXAMPLES: total, "devices": len(updates)})
+
+    def _solve_ridge(self, answers: list[Message]) -> tuple[ArrayRecord, MetricRecord]:
+        assert self.ridge_start is not None
+        parts = [
+            ridge.Statistics(m.content["arrays"]["gram"].numpy(), m.content["arrays"]["cross"].numpy(), int(m.content["metrics"][EXAMPLES]))
+            for m in answers
+        ]
+        start = self.ridge_start
+        dw = ridge.fit(parts, sum(start.tap_sizes), start.lam)
+        self.current = ridge.to_adapters(dw, start.tap_sizes, self.rank, start.scaling)
+        got = np.concatenate(delta(self.current), axis=1) * start.scaling
+        self.truncation.append(float(np.linalg.norm(got - dw) / max(float(np.linalg.norm(dw)), 1e-30)))
+        total = sum(p.examples for p in parts)
+        return to_record(self.current), MetricRecord({EXAMPLES: total, "devices": len(parts)})
 
 
 def _reason(text: str) -> str:

@@ -27,6 +27,8 @@ def local_update(
     seed: int = 0,
     cache_path: str | os.PathLike[str] | None = None,
     optimizer: str | None = None,
+    logit_adjustment: float = 0.0,
+    batch_size: int | None = None,
 ) -> Update:
     """Train the bundle's Skip2-LoRA head from `global_adapters` on `samples`; its adapters and example count."""
     head = model.head
@@ -34,11 +36,12 @@ def local_update(
     defaults = model.bundle.head.defaults
     config = TrainConfig(
         epochs=epochs,
-        batch_size=min(defaults.batch_size, len(samples.x)),
+        batch_size=min(batch_size or defaults.batch_size, len(samples.x)),
         learning_rate=learning_rate if learning_rate is not None else defaults.learning_rate,
         optimizer=Optimizer[optimizer.upper()] if optimizer else defaults.optimizer,
         loss=model.bundle.head.loss,
         seed=seed,
+        logit_adjustment=logit_adjustment,
     )
     model.fine_tune(samples, config, cache_path=Path(cache_path) if cache_path else None)
     return Update(model.head.per_tap(), len(samples.x))  # type: ignore[attr-defined]

@@ -43,6 +43,8 @@ class FleetRun:
     learning_rate: float = 0.01
     step: float = 1.0
     seed: int = 0
+    start: str = "adapters"  # or "ridge": round 1 solves the head from the devices' sums (s2fleet.ridge)
+    logit_adjustment: float = 0.0  # local training on z + tau log(local class prior) (TrainConfig.logit_adjustment)
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def federated(run: FleetRun, data: Data, device_bundles: Sequence[str] | None = 
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from s2fleet.apps import AdapterStrategy, DeviceData, client_app, run_rounds
+    from s2fleet.apps import AdapterStrategy, DeviceData, RidgeStart, client_app, run_rounds
 
     parts = partition(run.partition, data.y, run.devices, run.seed)
 
@@ -92,6 +94,7 @@ def federated(run: FleetRun, data: Data, device_bundles: Sequence[str] | None = 
         probe.bundle.head.rank,
         len(probe.bundle.taps),
         step=run.step,
+        ridge_start=RidgeStart(probe.head.tap_sizes, probe.head.scaling) if run.start == "ridge" else None,  # type: ignore[attr-defined]
         min_train_nodes=run.devices,
         min_available_nodes=run.devices,
         fraction_evaluate=0.0,
@@ -101,15 +104,26 @@ def federated(run: FleetRun, data: Data, device_bundles: Sequence[str] | None = 
 
     @server.main()
     def main(grid: Grid, context: Any) -> None:
-        settings = {"bundle-digest": probe.bundle.digest, "local-epochs": run.local_epochs, "learning-rate": run.learning_rate}
+        settings = {
+            "bundle-digest": probe.bundle.digest,
+            "local-epochs": run.local_epochs,
+            "learning-rate": run.learning_rate,
+            "logit-adjustment": run.logit_adjustment,
+        }
         out["curve"] = run_rounds(
             grid,
             strategy,
             initial_adapters(probe),
             run.rounds,
             settings,
-            evaluate=lambda adapters: global_accuracy(probe, adapters, data.test_x, data.test_y),
+            evaluate=timed,
         )
+
+    stamps: list[float] = []
+
+    def timed(adapters: Adapters) -> float:
+        stamps.append(time.perf_counter())  # after round r's aggregation: the rounds' wall time is between stamps
+        return global_accuracy(probe, adapters, data.test_x, data.test_y)
 
     started = time.perf_counter()
     run_simulation(
@@ -122,8 +136,10 @@ def federated(run: FleetRun, data: Data, device_bundles: Sequence[str] | None = 
         },
     )
     out["seconds"] = time.perf_counter() - started
+    out["round_seconds"] = np.diff(stamps).tolist()
     out["truncation_error"] = strategy.truncation
     out["refused"] = strategy.refused
+    out["device_peak_rss_mb"] = strategy.device_peak_mb
     out["adapters"] = strategy.current
     return out
 
@@ -134,7 +150,13 @@ def alone(run: FleetRun, data: Data) -> float:
     scores = []
     for k, index in enumerate(partition(run.partition, data.y, run.devices, run.seed)):
         update = local_update(
-            model, Samples(data.x[index], data.y[index]), initial_adapters(model), run.rounds * run.local_epochs, run.learning_rate, seed=k
+            model,
+            Samples(data.x[index], data.y[index]),
+            initial_adapters(model),
+            run.rounds * run.local_epochs,
+            run.learning_rate,
+            seed=k,
+            logit_adjustment=run.logit_adjustment,
         )
         scores.append(global_accuracy(model, update.adapters, data.test_x, data.test_y))
     return float(np.mean(scores))
@@ -173,12 +195,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=5)
     parser.add_argument("--learning-rate", type=float, default=0.01)
-    parser.add_argument("--step", type=float, default=1.0, help="server step size for --aggregation damped (0, 1]")
+    parser.add_argument("--step", type=float, default=1.0, help="server step size for --aggregation damped (0, 5]")
+    parser.add_argument(
+        "--start",
+        default="adapters",
+        choices=["adapters", "ridge"],
+        help="round 1: train from the bundle's adapters (default), or ridge: solve the head from the devices' sums (s2fleet.ridge)",
+    )
+    parser.add_argument(
+        "--logit-adjustment", type=float, default=0.0, help="devices train on z + tau log(local class prior); 0: off (default)"
+    )
     parser.add_argument("--baselines", action="store_true", help="also train each device alone and all samples in one place")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    if not 0 <= args.logit_adjustment < float("inf"):
+        parser.error(f"--logit-adjustment: expected a number >= 0, got {args.logit_adjustment}")
     run = FleetRun(
-        args.bundle, args.devices, args.partition, args.aggregation, args.rounds, args.local_epochs, args.learning_rate, args.step
+        args.bundle,
+        args.devices,
+        args.partition,
+        args.aggregation,
+        args.rounds,
+        args.local_epochs,
+        args.learning_rate,
+        args.step,
+        start=args.start,
+        logit_adjustment=args.logit_adjustment,
     )
     data = load_data(Path(args.data), Path(args.test), Model.open(run.bundle))
     result: dict[str, Any] = {"run": asdict(run), "federated": federated(run, data)}

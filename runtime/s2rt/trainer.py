@@ -70,6 +70,14 @@ class TrainConfig:
         default="constant",
         metadata=_help("constant, or cosine: the learning rate decays per epoch as 0.5 (1 + cos(pi (epoch - 1) / epochs))"),
     )
+    logit_adjustment: float = field(
+        default=0.0,
+        metadata=_help(
+            "tau >= 0: train on z + tau log(prior), the prior being the training split's class frequencies, so a class the "
+            "samples lack is left out of the softmax (0: off; classification only). Counters label skew: a fleet device "
+            "that holds a few classes stops pushing the others down. Prediction and validation use z"
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("patience", 0)):
@@ -80,8 +88,14 @@ class TrainConfig:
         _require("val_fraction", vf, _is_real(vf) and 0 <= vf < 1, "a number in [0, 1)")
         _require("shuffle", self.shuffle, isinstance(self.shuffle, bool), "True or False")
         _require("lr_schedule", self.lr_schedule, self.lr_schedule in LR_SCHEDULES, " or ".join(LR_SCHEDULES))
+        tau = self.logit_adjustment
+        _require("logit_adjustment", tau, _is_real(tau) and 0 <= tau < math.inf, "a finite number >= 0")
         object.__setattr__(self, "optimizer", _enum(Optimizer, "optimizer", self.optimizer))
         object.__setattr__(self, "loss", _enum(Loss, "loss", self.loss))
+        if self.logit_adjustment and self.loss != Loss.SOFTMAX_CROSS_ENTROPY:
+            raise RuntimeInputError(
+                f"TrainConfig.logit_adjustment={self.logit_adjustment} needs loss SOFTMAX_CROSS_ENTROPY, got {self.loss.name}"
+            )
         if self.patience and not self.val_fraction:
             raise RuntimeInputError(
                 f"TrainConfig.patience={self.patience} needs a validation split: set val_fraction > 0 (e.g. 0.2) or patience=0"
@@ -138,11 +152,14 @@ def train(
     listener = progress if isinstance(progress, EpochListener) else None
     fit = getattr(head, "fit", None)
     if fit is not None:  # a closed-form head (oselm): one pass over the features instead of epochs
+        if config.logit_adjustment:
+            raise RuntimeInputError(f"logit_adjustment={config.logit_adjustment} trains by steps; a closed-form head takes 0")
         return _fit(fit, source, targets, train_idx, val_idx, config, listener, start)
     prepare = getattr(head, "prepare", None)
     if prepare is not None:  # statistics a head needs before its first step (skip2relu's standardization)
         prepare(source, train_idx)
     run = _Run(head, source, targets, config, progress, len(train_idx))
+    run.offset = class_offsets(targets[train_idx], config.logit_adjustment, head.num_outputs)
     report = TrainReport(n_train=len(train_idx), n_val=len(val_idx))
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the divergence guard handles inf/NaN
@@ -257,6 +274,7 @@ class _Run:
         self.batch_sizes = np.array([self.layout.size(b) for b in range(self.layout.batches)], np.float64)
         self.steps = make_steps(head, self.layout, config.loss, self.optimizer)
         self.optimizer.plan(config.epochs * self.layout.batches)
+        self.offset: np.ndarray | None = None  # added to F in training steps (logit adjustment)
         self.good_epoch = 1
         self.good = self._snapshot()
 
@@ -295,12 +313,12 @@ class _Run:
             F = fill(idx, into) if fill is not None and into is not None else None  # cached rows, decoded into the steps' buffers
             if F is not None:
                 t1 = clock()
-                steps.load_logits(F, targets[idx], first)
+                steps.load_logits(self._adjusted(F), targets[idx], first)
             else:
                 X, F = source.features(idx)
                 _check_batch(X, F, len(idx), head)
                 t1 = clock()
-                steps.load(X, F, targets[idx], first)
+                steps.load(X, self._adjusted(F), targets[idx], first)
             t2 = clock()
             steps.run(first, count, on_batch)
             t3 = clock()
@@ -311,6 +329,10 @@ class _Run:
         report.time_decode += t_decode
         report.time_steps += t_steps
 
+    def _adjusted(self, F: np.ndarray) -> np.ndarray:
+        """F plus the logit adjustment, in a new array (F may be the cache's)."""
+        return F if self.offset is None else F + self.offset
+
     def _progress(self, epoch: int) -> Callable[[int], None]:
         progress, steps, epochs, batches = self.progress, self.steps, self.config.epochs, self.layout.batches
         assert progress is not None
@@ -319,6 +341,17 @@ class _Run:
             progress(epoch, epochs, b + 1, batches, steps.batch_loss(b))
 
         return on_batch
+
+
+def class_offsets(targets: np.ndarray, tau: float, classes: int) -> np.ndarray | None:
+    """tau log(prior) per class (1 x C float32) from the training labels; -inf for a class
+    with no sample (its softmax probability and gradient are 0). None when tau is 0."""
+    if not tau:
+        return None
+    counts = np.bincount(targets, minlength=classes).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        offset = tau * np.log(counts / counts.sum())
+    return offset.astype(FLOAT)[None, :]
 
 
 _DIVERGED_HINT = " (lower the learning rate, or check the features for NaN/inf)"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from s2conv import ConvertOptions, convert
+from s2fleet import ridge
 from s2fleet.aggregate import Aggregation, aggregate, delta
 from s2fleet.device import global_accuracy, local_update
 from s2fleet.partition import partition
@@ -47,13 +48,27 @@ def subset(data: Data, n: int) -> Data:
 
 
 def without_flower(run: FleetRun, data: Data, skip: int) -> list:
-    """The same rounds in one process: device k trains with seed round * 1000 + k."""
+    """The same rounds in one process: device k trains with seed round * 1000 + k; a ridge
+    start fits the devices' sums (test_ridge: they give the fit of all samples in one place)."""
     model = Model.open(run.bundle)
     parts = partition(run.partition, data.y, run.devices, run.seed)
     current = initial_adapters(model)
-    for r in range(1, run.rounds + 1):
+    if run.start == "ridge":
+        head = model.head
+        sums = [ridge.statistics(model, Samples(data.x[i], data.y[i])) for k, i in enumerate(parts) if k != skip]
+        dw = ridge.fit(sums, head.tap_width)  # type: ignore[attr-defined]
+        current = ridge.to_adapters(dw, head.tap_sizes, head.rank, head.scaling)  # type: ignore[attr-defined]
+    for r in range(2 if run.start == "ridge" else 1, run.rounds + 1):
         updates = [
-            local_update(model, Samples(data.x[i], data.y[i]), current, run.local_epochs, run.learning_rate, seed=r * 1000 + k)
+            local_update(
+                model,
+                Samples(data.x[i], data.y[i]),
+                current,
+                run.local_epochs,
+                run.learning_rate,
+                seed=r * 1000 + k,
+                logit_adjustment=run.logit_adjustment,
+            )
             for k, i in enumerate(parts)
             if k != skip
         ]
@@ -61,11 +76,18 @@ def without_flower(run: FleetRun, data: Data, skip: int) -> list:
     return current
 
 
-def test_flower_rounds_match_the_same_rounds_without_flower(tmp_path_factory):
+RUNS = {
+    "exact": {},
+    "ridge-then-logit-adjusted": {"start": "ridge", "logit_adjustment": 1.0},  # round 1 closed form, round 2 trains
+}
+
+
+@pytest.mark.parametrize("options", RUNS.values(), ids=RUNS.keys())
+def test_flower_rounds_match_the_same_rounds_without_flower(tmp_path_factory, options):
     served, other = bundles(tmp_path_factory.mktemp("fleet"))
     model = Model.open(served)
     data = subset(load_data(MODELS / "data" / "har_ft.npz", MODELS / "data" / "har_test.npz", model), 400)
-    run = FleetRun(served, DEVICES, "shards", "exact", ROUNDS, EPOCHS)
+    run = FleetRun(served, DEVICES, "shards", "exact", ROUNDS, EPOCHS, **options)
     stale = 1  # this device serves another bundle
     out = federated(run, data, device_bundles=[other if k == stale else served for k in range(DEVICES)])
 
@@ -77,3 +99,4 @@ def test_flower_rounds_match_the_same_rounds_without_flower(tmp_path_factory):
     assert len(curve) == ROUNDS + 1
     assert curve[0] == pytest.approx(global_accuracy(model, initial_adapters(model), data.test_x, data.test_y))
     assert curve[-1] > curve[0] + 0.02  # the fleet learned from its devices
+    assert out["device_peak_rss_mb"] > 10 and len(out["round_seconds"]) == ROUNDS

@@ -240,3 +240,18 @@ def test_the_replay_check_holds_across_a_restart(serve, har_bundle, fleet_pub, t
     first.stop()
     second = serve(str(har_bundle), "--fleet-key", str(fleet_pub), "--allow-unauthenticated-control", state=state)
     assert post(second, old, old_headers).status_code == 409
+
+
+def test_a_job_trains_with_logit_adjustment_when_asked(member):
+    """Two jobs alike but for the option: the same seed, start and samples give other adapters."""
+    got = []
+    for tau in (0.0, 1.0):
+        options = {"start_from": "initial", "epochs": 2, "check_accuracy": False, "commit": "always", "logit_adjustment": tau}
+        job = member.client.post("/v1/jobs", json=options)
+        assert job.status_code == 202, job.text
+        done = wait_job(member.client, job.json()["id"])
+        assert done["options"]["logit_adjustment"] == tau
+        got.append(arrays_of(member.client.get(f"/v1/adapters/{done['result']['version']}/download").content))
+    assert any(not np.array_equal(got[0][k], got[1][k]) for k in got[0])
+    refused = member.client.post("/v1/jobs", json={"logit_adjustment": -1})
+    assert refused.status_code == 422 and "logit_adjustment" in refused.json()["field"], refused.text

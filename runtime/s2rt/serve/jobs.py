@@ -56,6 +56,7 @@ class JobOptions:
     val_fraction: float = 0.2
     check_accuracy: bool = True
     start_from: str | int = "active"  # "active", "initial" or a version number (e.g. an imported global version)
+    logit_adjustment: float = 0.0  # TrainConfig.logit_adjustment
     commit: str = "accepted"  # "always": keep the trained adapters as a new version even when the gate keeps the active one
     method: str | None = None  # None: the start version's method (s2rt.methods)
 
@@ -189,6 +190,7 @@ class JobRunner:
                 optimizer=Optimizer[options.optimizer.upper()] if options.optimizer else d.optimizer,
                 loss=bundle.head.loss,
                 seed=options.seed,
+                logit_adjustment=options.logit_adjustment,
             )
         except S2LError as e:
             raise ApiError(422, "invalid_input", str(e)) from None

@@ -131,6 +131,14 @@ class TrainRequest(Strict):
         description="the fine-tuning method (as s2rt train --method: skip2lora, ft-last, skip2relu, oselm, ...); "
         "default: the start version's; another method's family starts from that method's fresh head",
     )
+    logit_adjustment: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="train on z + tau log(prior of the training samples' classes): a class the device has no sample of "
+        "leaves the softmax (a fleet device holding a few classes stops pushing the others down); 0: off",
+    )
     commit: Literal["accepted", "always"] = Field(
         "accepted",
         description="accepted: keep the trained adapters only if the accuracy gate activates them; always: keep them as a new "
