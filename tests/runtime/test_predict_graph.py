@@ -18,7 +18,7 @@ from s2conv import ConvertOptions, convert
 from s2rt.backend import onnx_proto
 from s2rt.backend.predict_graph import CLASSES, LOGITS, PROBABILITIES, PredictGraph, predict_model
 from s2rt.bundle import Bundle, InputSignature, Loss, parse_bundle, serialize_bundle
-from s2rt.errors import BackendError
+from s2rt.errors import BackendError, RuntimeInputError
 from s2rt.folded import AFFINE_METHODS, fold
 from s2rt.methods import get_method
 from s2rt.session import Model, softmax
@@ -221,3 +221,18 @@ def test_old_int8_bundles_ask_onnxruntime_for_exact_u8s8_sums(options, exact):
         except RuntimeError:  # onnxruntime's answer for a key never set
             entry = None
         assert entry == ("1" if exact else None)
+
+
+def test_oselm_folds_its_standardization_into_the_map():
+    """The fit's standardization is part of the served map: a head with a non-trivial one folds exactly."""
+    bundle = digits_cnn()
+    head = get_method("oselm").make_head(bundle)
+    rng = np.random.default_rng(5)
+    head.beta[...] = rng.normal(0.0, 0.1, head.beta.shape)
+    head.standardizer.set(rng.normal(size=head.tap_width).astype(np.float32), rng.uniform(0.5, 2.0, head.tap_width).astype(np.float32))
+    weight, bias = fold(head)
+    X = rng.normal(size=(16, head.tap_width)).astype(np.float32)
+    np.testing.assert_allclose(X @ weight + bias, head.delta_logits(X), rtol=1e-4, atol=1e-4)
+    rf = get_method("oselm-rf").make_head(bundle)
+    with pytest.raises(RuntimeInputError, match="not affine"):
+        rf.affine()

@@ -215,6 +215,14 @@ class OSELMHead(FlatParameters):
         return out
 
     # -- export and state ------------------------------------------------------------------
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W, b) with X W + b = delta_logits(X): the standardization folded into beta (no random features)."""
+        if self._rf is not None:
+            raise RuntimeInputError("oselm-rf is not affine in the taps: its random ReLU features keep the NumPy path")
+        d = self.tap_width
+        w, shift = fold_standardization(self.beta[:d].T, self.standardizer.mean, self.standardizer.inv_std)
+        return w.T, shift + self.beta[d]
+
     def export_branches(self) -> list[Branch]:
         """The linear part (taps and bias, standardization folded in) and, for oselm-rf, a ReLU branch."""
         s, d = self.standardizer, self.tap_width
