@@ -64,7 +64,6 @@ def gemm_floor(tap_sizes: list[int], rank: int, classes: int, n: int, batch_size
     at = [rand(d, rank) for d in tap_sizes]
     da = [rand(rank, d) for d in tap_sizes]
     bt, b_, db = rand(hidden, classes), rand(classes, hidden), rand(classes, hidden)
-
     def epoch() -> None:  # ndarray.dot: np.dot's C routine without its Python-level dispatch, as s2rt calls it
         for size in sizes:
             p = batches[size]
