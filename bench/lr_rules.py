@@ -1,12 +1,14 @@
 """Which learning-rate selection rule picks stably? Raw scores for comparing the rules.
 
-    .venv/bin/python bench/lr_rules.py [--workloads ...] [--methods ...] [--seeds 3] [--folds 5] [--json FILE]
+    .venv/bin/python bench/lr_rules.py [--workloads ...] [--methods ...] [--seeds 3] [--folds 5] [--long-factor K] [--json FILE]
 
 For every workload, method, seed s and rate of a fixed wide grid: s2lbench's method trains
 (seed s) on each of `folds` stratified folds' complements of the fine-tune set (fold split
 seeded by s; one fold is the 20 % split `make bench` tunes on) and is scored on the held-out
 fold (accuracy, mean cross-entropy); and trains on the whole fine-tune set and is scored on
-the shifted test split (what the bench's table reports for that rate). `s2lbench.lr_select`
+the shifted test split (what the bench's table reports for that rate). `--long-factor K`:
+the same at K times the bench's epochs with a cosine learning rate (the bench's long rows).
+`s2lbench.lr_select`
 turns these into each rule's picks; `--analyse FILE` prints them. Edge profile (one thread).
 """
 
@@ -38,12 +40,13 @@ GRIDS = {"torch-ft-all": FT}
 DEFAULT_METHODS = ("s2rt-skip2lora", "s2rt-skip2relu", "torch-ft-all", "peft-lora-all")
 
 
-def study(name: str, methods: list[str], seeds: int, folds: int) -> dict[str, Any]:
+def study(name: str, methods: list[str], seeds: int, folds: int, long_factor: int = 1) -> dict[str, Any]:
     profile = PROFILES["edge"]
     workload = load(name)
-    epochs = 5 if workload.kind == "cnn" else 20
+    epochs = (5 if workload.kind == "cnn" else 20) * long_factor
+    schedule = "cosine" if long_factor > 1 else "constant"
     context = Context(workload, profile, 4, 8.0, {}, 2 if workload.kind == "cnn" else 1)
-    out: dict[str, Any] = {"epochs": epochs, "methods": {}}
+    out: dict[str, Any] = {"epochs": epochs, "schedule": schedule, "methods": {}}
     for m in methods:
         method, grid = registry()[m], GRIDS.get(m, ADAPTER)
         per_seed = []
@@ -55,11 +58,11 @@ def study(name: str, methods: list[str], seeds: int, folds: int) -> dict[str, An
                 train, val = workload.ft.take(keep), workload.ft.take(h)
                 row = {}
                 for lr in grid:
-                    r = method.run(Job(workload, train, val, epochs, 32, lr, seed, profile), context)
-                    row[str(lr)] = {"accuracy": r.accuracy, "loss": r.loss, "n": len(h)}
+                    r = method.run(Job(workload, train, val, epochs, 32, lr, seed, profile, schedule), context)
+                    row[str(lr)] = {"accuracy": r.accuracy, "loss": r.loss, "calibrated_loss": r.calibrated_loss, "n": len(h)}
                 fold_scores.append(row)
             test = {
-                str(lr): method.run(Job(workload, workload.ft, workload.test, epochs, 32, lr, seed, profile), context).accuracy
+                str(lr): method.run(Job(workload, workload.ft, workload.test, epochs, 32, lr, seed, profile, schedule), context).accuracy
                 for lr in grid
             }
             per_seed.append({"folds": fold_scores, "test": test})
@@ -75,6 +78,7 @@ def main() -> int:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--long-factor", type=int, default=1, help="K times the bench's epochs, cosine learning rate")
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "lr_rules.json"))
     p.add_argument("--analyse", help="print each rule's picks from this JSON instead of measuring")
     args = p.parse_args()
@@ -87,7 +91,7 @@ def main() -> int:
     path = Path(args.json)
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     for name in args.workloads.split(","):
-        data[name] = study(name, args.methods.split(","), args.seeds, args.folds)
+        data[name] = study(name, args.methods.split(","), args.seeds, args.folds, args.long_factor)
         path.write_text(json.dumps(data, indent=1) + "\n")
     return 0
 

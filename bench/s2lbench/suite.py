@@ -144,7 +144,9 @@ def tune(
             scored = []
             for train, val in sets:
                 result = method.run(Job(workload, train, val, epochs, config.batch_size, lr, 0, profile, schedule), context)
-                scored.append({"val_accuracy": result.accuracy, "val_loss": result.loss, "n": len(val)})
+                scored.append(
+                    {"val_accuracy": result.accuracy, "val_loss": result.loss, "val_calibrated_loss": result.calibrated_loss, "n": len(val)}
+                )
             return lr_select.pooled(scored)
 
         try:

@@ -43,7 +43,7 @@ def test_smoothed_accuracy_averages_each_rate_with_its_neighbours():
 
 def test_an_unknown_rule_is_refused_by_name_before_anything_trains():
     calls = []
-    with pytest.raises(ValueError, match="lr rule: expected one of loss, accuracy, smoothed-accuracy, got 'median'"):
+    with pytest.raises(ValueError, match="lr rule: expected one of loss, calibrated-loss, accuracy, smoothed-accuracy, got 'median'"):
         lr_grid.search(lambda lr: calls.append(lr) or {"val_accuracy": 1.0, "val_loss": 0.0}, (1e-3, 1e-2), 2, "median")
     assert calls == []
 
@@ -129,3 +129,27 @@ def test_the_study_counts_agreement_spread_and_regret_per_rule():
     p = lr_select.study_picks(method, "loss", None)
     assert p["picks"] == [0.01, 0.1] and not p["agree"] and p["spread"] == 1 and p["oracle"] == 0.01
     assert p["regret"] == pytest.approx(0.1)
+
+
+def test_the_calibrated_loss_ignores_confidence_and_still_scores_the_ranking():
+    from s2lbench.methods import calibrated_cross_entropy, cross_entropy
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+    z = rng.normal(size=(200, 4)) + 2.0 * np.eye(4)[y]  # ranks the true class first most of the time
+    for k in (0.3, 3.0, 10.0):  # under- and over-confident copies of the same ranking
+        assert calibrated_cross_entropy(k * z, y) == pytest.approx(calibrated_cross_entropy(z, y), rel=2e-3)
+        assert calibrated_cross_entropy(k * z, y) <= cross_entropy(k * z, y) + 1e-12
+    assert cross_entropy(10.0 * z, y) > 2 * cross_entropy(z, y)  # plain cross-entropy punishes the confident copy
+    worse = z.copy()
+    worse[:100] = rng.normal(size=(100, 4))  # half the samples lose their ranking
+    assert calibrated_cross_entropy(worse, y) > calibrated_cross_entropy(z, y) + 0.1
+
+
+def test_the_calibrated_loss_rule_picks_by_its_own_score():
+    s = {
+        1e-3: {"val_accuracy": 0.80, "val_loss": 0.50, "val_calibrated_loss": 0.45},
+        1e-2: {"val_accuracy": 0.86, "val_loss": 0.60, "val_calibrated_loss": 0.38},  # better ranked, overconfident
+        1e-1: {"val_accuracy": 0.70, "val_loss": 2.00, "val_calibrated_loss": 0.90},
+    }
+    assert lr_select.by_calibrated_loss(s) == 1e-2 and lr_select.by_loss(s) == 1e-3
