@@ -72,7 +72,12 @@ def selection(config: dict[str, Any]) -> str:
     if "val_folds" not in config:
         return "by validation accuracy on one held-out fifth of the fine-tune set"
     where = f"pooled over {config['val_folds']} stratified folds" if config["val_folds"] > 1 else "on one held-out part"
-    rule = {"loss": "the lowest validation cross-entropy"}.get(config.get("lr_rule", "loss"), f"rule {config.get('lr_rule')!r}")
+    words = {
+        "loss": "the lowest validation cross-entropy",
+        "calibrated-loss": "the lowest validation cross-entropy at each model's best temperature",
+        "accuracy": "the highest validation accuracy",
+    }
+    rule = words.get(config.get("lr_rule", "loss"), f"rule {config.get('lr_rule')!r}")
     return f"by {rule} {where} of the fine-tune set, one rule for every method"
 
 

@@ -58,7 +58,7 @@ class BenchConfig:
     repeats: int = 5  # timed runs per method; seeds 0..repeats-1
     val_folds: int = 5  # stratified folds of the fine-tune set whose pooled scores pick learning rates; 1: one split
     val_fraction: float = 0.2  # the held-out part when val_folds is 1
-    lr_rule: str = "loss"  # lr_select.RULES: how a rate is picked from its validation scores
+    lr_rule: str = lr_grid.DEFAULT_RULE  # lr_select.RULES: how a rate is picked from its validation scores
     grid_size: int | None = None  # use only the middle of each grid (quick slice)
     grid_extend: int = 4  # steps the grid may grow while its best rate sits on an edge (lr_grid)
     rank: int = 4
