@@ -2,8 +2,8 @@
 
 Each method's grid is tried; while the best rate is the lowest (highest) one tried, the
 grid grows by one step below (above), with the grid's own ratio between neighbours, at
-most `max_extend` times. Best: by the named rule of `lr_select` (the bench's: lowest
-validation cross-entropy), the same rule for every method.
+most `max_extend` times. Best: by the named rule of `lr_select` (the bench's: the lowest
+validation cross-entropy at each model's best temperature), the same rule for every method.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from s2lbench.lr_select import Scores, rule
 
-DEFAULT_RULE = "loss"
+DEFAULT_RULE = "calibrated-loss"
 
 
 def best(scores: Scores, rule_name: str = DEFAULT_RULE) -> float:

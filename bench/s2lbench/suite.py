@@ -4,8 +4,9 @@ Per workload:
 1. learning rates: every method trains (seed 0) on the complement of each of `val_folds`
    stratified folds of the fine-tune set for each rate of its grid, and is scored on the
    held-out folds pooled (every sample validated once); the rate with the lowest pooled
-   validation cross-entropy is kept (`lr_rule`, the same rule for every method; why loss and
-   five folds: README, "Picking learning rates"). While the best rate is at an edge of the
+   validation cross-entropy at each model's best temperature is kept (`lr_rule`, the same
+   rule for every method; why this rule and five folds: README, "Picking learning rates",
+   measured by bench/lr_rules.py). While the best rate is at an edge of the
    rates tried, the grid grows by one of its own steps on that side (`lr_grid`, at most
    `grid_extend` times), so no method is held back by where its grid stopped; the rule, the
    rates tried with their scores, and whether the best still sits on an edge go into the
@@ -157,8 +158,12 @@ def tune(
             continue
         out[method.name] = lr_grid.record(scores, config.lr_rule) | {"val_folds": config.val_folds, "epochs": epochs, "schedule": schedule}
         best = out[method.name]["lr"]
-        log(f"  tune {method.name}: lr {best:g} (val loss {scores[best]['val_loss']:.3f}, acc {scores[best]['val_accuracy']:.3f})")
+        log(f"  tune {method.name}: lr {best:g} (val {_brief(scores[best])})")
     return out
+
+
+def _brief(score: dict[str, float]) -> str:
+    return ", ".join(f"{k.removeprefix('val_').replace('_', ' ')} {v:.3f}" for k, v in score.items() if k != "n")
 
 
 def timed_rounds(

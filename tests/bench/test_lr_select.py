@@ -16,19 +16,24 @@ from s2lbench.suite import BenchConfig, long_rounds, tune
 from s2lbench.workloads import Data, Workload, stratified_folds
 
 
-def scores(*rows: tuple[float, float, float]) -> lr_select.Scores:
-    return {lr: {"val_accuracy": acc, "val_loss": loss} for lr, acc, loss in rows}
+def scores(*rows: tuple[float, ...]) -> lr_select.Scores:
+    keys = ("val_accuracy", "val_loss", "val_calibrated_loss")
+    return {row[0]: dict(zip(keys, row[1:])) for row in rows}
 
 
-# accuracy on a small split peaks at 0.03 by one sample; the cross-entropy is lowest at 0.01
-NOISY = scores((1e-3, 0.80, 0.70), (3e-3, 0.85, 0.45), (1e-2, 0.871, 0.38), (3e-2, 0.886, 0.51), (1e-1, 0.80, 5.7))
+# accuracy on a small split peaks at 0.03 by one sample; the plain cross-entropy is lowest at
+# 3e-3 (the least confident); at each model's best temperature, 0.01 ranks the classes best
+NOISY = scores(
+    (1e-3, 0.80, 0.70, 0.66), (3e-3, 0.85, 0.37, 0.36), (1e-2, 0.871, 0.38, 0.33), (3e-2, 0.886, 0.51, 0.40), (1e-1, 0.80, 5.7, 0.9)
+)
 
 
-def test_the_loss_rule_picks_the_lowest_cross_entropy_where_accuracy_picks_a_single_lucky_sample():
-    assert lr_select.by_loss(NOISY) == 1e-2
+def test_each_rule_picks_by_its_own_score_and_the_bench_uses_the_calibrated_loss():
+    assert lr_select.by_loss(NOISY) == 3e-3
+    assert lr_select.by_calibrated_loss(NOISY) == 1e-2
     assert lr_select.by_accuracy(NOISY) == 3e-2
-    assert lr_grid.best(NOISY) == 1e-2  # the bench's default rule
-    assert lr_grid.best(NOISY, "accuracy") == 3e-2
+    assert lr_grid.best(NOISY) == 1e-2 and lr_grid.DEFAULT_RULE == "calibrated-loss"
+    assert lr_grid.best(NOISY, "accuracy") == 3e-2 and lr_grid.best(NOISY, "loss") == 3e-3
 
 
 def test_a_diverged_rate_is_never_the_lowest_loss_and_ties_go_to_accuracy():
@@ -53,10 +58,13 @@ def test_pooled_scores_weigh_each_fold_by_its_size():
     assert p == pytest.approx({"val_accuracy": 0.75, "val_loss": 0.325, "n": 40})
 
 
-def test_the_grid_grows_under_the_loss_rule_until_its_lowest_loss_is_inside():
-    scores_ = lr_grid.search(lambda lr: {"val_accuracy": 0.5, "val_loss": (math.log10(lr) + 1) ** 2}, (1e-3, 3e-3), 6)
+def test_the_grid_grows_under_the_default_rule_until_its_lowest_calibrated_loss_is_inside():
+    def evaluate(lr: float) -> dict[str, float]:
+        return {"val_accuracy": 0.5, "val_loss": 0.0, "val_calibrated_loss": (math.log10(lr) + 1) ** 2}
+
+    scores_ = lr_grid.search(evaluate, (1e-3, 3e-3), 6)
     assert lr_grid.best(scores_) == pytest.approx(0.1, rel=0.2) and lr_grid.record(scores_)["best_at_edge"] is None
-    assert lr_grid.record(scores_)["rule"] == "loss"
+    assert lr_grid.record(scores_)["rule"] == "calibrated-loss"
 
 
 def test_stratified_folds_cover_every_sample_once_keep_class_shares_and_follow_the_seed():
@@ -77,7 +85,8 @@ def toy_workload(n: int = 50) -> Workload:
 
 
 class Fake:
-    """A method whose validation loss is lowest at `best[schedule]`; its accuracy peaks one step higher."""
+    """A method whose calibrated validation loss is lowest at `best[schedule]`; its accuracy peaks one
+    step higher, its plain cross-entropy one step lower."""
 
     def __init__(self, best: dict[str, float]) -> None:
         self.best, self.jobs = best, []
@@ -85,10 +94,11 @@ class Fake:
     def __call__(self, job: Job, context: object) -> RunResult:
         self.jobs.append(job)
         distance = math.log10(job.lr) - math.log10(self.best[job.schedule])
-        return RunResult(0.001, 0.9 - abs(distance - 0.5) * 0.1, 0.3 + distance**2, 10)
+        accuracy, loss = 0.9 - abs(distance - 0.5) * 0.1, 0.3 + (distance + 0.5) ** 2
+        return RunResult(0.001, accuracy, loss, 10, calibrated_loss=0.2 + distance**2)
 
 
-def test_every_method_is_picked_by_pooled_validation_loss_and_each_sample_is_validated_once_per_rate():
+def test_every_method_is_picked_by_pooled_calibrated_loss_and_each_sample_is_validated_once_per_rate():
     workload, profile = toy_workload(), PROFILES["edge"]
     ft_all, head = Fake({"constant": 2.7e-3}), Fake({"constant": 2.7e-2})  # points of the grids grown by 3x steps
     methods = [Method("torch-ft-all", "FT", "torch", (1e-4, 3e-4), ft_all), Method("s2rt-skip2relu", "head", "s2rt", (1e-3, 3e-3), head)]
@@ -97,7 +107,7 @@ def test_every_method_is_picked_by_pooled_validation_loss_and_each_sample_is_val
     assert tuned["torch-ft-all"]["lr"] == 2.7e-3 and tuned["s2rt-skip2relu"]["lr"] == 2.7e-2
     for name, fake in (("torch-ft-all", ft_all), ("s2rt-skip2relu", head)):
         t = tuned[name]
-        assert t["rule"] == "loss" and t["val_folds"] == 5 and t["best_at_edge"] is None and t["schedule"] == "constant"
+        assert t["rule"] == "calibrated-loss" and t["val_folds"] == 5 and t["best_at_edge"] is None and t["schedule"] == "constant"
         assert all(g["n"] == 50 for g in t["grid"])  # the folds pooled: every sample scored once per rate
         for lr in {job.lr for job in fake.jobs}:
             jobs = [job for job in fake.jobs if job.lr == lr]
