@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from s2lbench.report import selection
+
 FT_ALL = "torch-ft-all"
 SKIP2 = "s2rt-skip2lora"
 PEFT = ("peft-lora-all", "peft-dora-all", "lora-c-all")
@@ -143,7 +145,7 @@ def markdown(result: dict[str, Any], plot_name: str | None = "cnn.png") -> str:
         "",
         f"{result['created']}; profile `{result['profile']}` (one thread everywhere); numpy {v['numpy']}, onnxruntime {v['onnxruntime']}, "
         f"torch {v['torch']}, peft {v['peft']}, albumentations {v['albumentations']}. {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
-        f"Adam, every method's learning rate from its grid on a validation split (the grid grows while its best point is on an edge); "
+        f"Adam, every method's learning rate from its grid {selection(cfg)} (the grid grows while its best point is on an edge); "
         f"conv taps averaged to {cfg['tap_pool']}x{cfg['tap_pool']} for Skip2-LoRA; rank 4, alpha 8 for every adapter.",
         "",
         "Update FLOPs per sample: torch methods counted by `torch.utils.flop_counter.FlopCounterMode` over one training step "

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from s2lbench import lr_grid
 from s2lbench.context import Context
 from s2lbench.methods import Job, Method
 from s2lbench.profiles import Profile
@@ -40,6 +41,8 @@ class CnnConfig:
     repeats: int = 3  # timed runs per method on the reference splits; seeds 0..repeats-1
     grid_size: int | None = 2  # the middle of each method's grid, then grown off its edges
     grid_extend: int = 3
+    val_folds: int = 5  # BenchConfig.val_folds: folds whose pooled validation scores pick the rates
+    lr_rule: str = lr_grid.DEFAULT_RULE  # BenchConfig.lr_rule
     tap_pool: int = 2
     rank: int = 4
     alpha: float = 8.0
@@ -60,6 +63,8 @@ class CnnConfig:
             repeats=self.repeats,
             grid_size=self.grid_size,
             grid_extend=self.grid_extend,
+            val_folds=self.val_folds,
+            lr_rule=self.lr_rule,
             rank=self.rank,
             alpha=self.alpha,
             max_ft=self.max_ft,
@@ -75,6 +80,7 @@ QUICK = CnnConfig(
     repeats=1,
     grid_size=1,
     grid_extend=0,
+    val_folds=1,
     max_ft=64,
     max_test=64,
     corruptions=("gaussian_noise", "snow"),

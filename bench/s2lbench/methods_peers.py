@@ -85,8 +85,8 @@ def _runner(name: str):
         prepared = prepare(name, context, job.seed)
         trainable = sum(p.numel() for p in _trainable(prepared.model))
         seconds = train_torch(prepared.model, job, prepared.make_optimizer)
-        accuracy, loss = score(predict_torch(prepared.model, job.eval.x), job.eval.y)
-        return RunResult(seconds, accuracy, loss, trainable, note=prepared.note)
+        accuracy, loss, calibrated = score(predict_torch(prepared.model, job.eval.x), job.eval.y)
+        return RunResult(seconds, accuracy, loss, trainable, note=prepared.note, calibrated_loss=calibrated)
 
     return run
 

@@ -45,7 +45,7 @@ def _runner(method: str):
         start = time.perf_counter()
         result = model.fine_tune(samples, config)
         seconds = time.perf_counter() - start
-        accuracy, loss = score(model.logits(job.eval.x), job.eval.y)
+        accuracy, loss, calibrated = score(model.logits(job.eval.x), job.eval.y)
         report = result.report
         phases = {
             "frozen_forward": result.frozen_seconds,
@@ -54,7 +54,7 @@ def _runner(method: str):
         }
         phases["other"] = max(seconds - sum(phases.values()), 0.0)
         hit_rate = result.hit_rate if model.method.uses_cache else None
-        return RunResult(seconds, accuracy, loss, model.head.num_parameters, phases, hit_rate)
+        return RunResult(seconds, accuracy, loss, model.head.num_parameters, phases, hit_rate, calibrated_loss=calibrated)
 
     return run
 

@@ -102,8 +102,8 @@ def _runner(prepare: Callable[[Any, Job, Any], Any]):
         model = prepare(net, job, context)
         trainable = sum(p.numel() for p in _trainable(model))
         seconds = train_torch(model, job)
-        accuracy, loss = score(predict_torch(model, job.eval.x), job.eval.y)
-        return RunResult(seconds, accuracy, loss, trainable, note=_note(model))
+        accuracy, loss, calibrated = score(predict_torch(model, job.eval.x), job.eval.y)
+        return RunResult(seconds, accuracy, loss, trainable, note=_note(model), calibrated_loss=calibrated)
 
     return run
 

@@ -67,6 +67,20 @@ def method_table(w: dict[str, Any]) -> list[str]:
     return lines
 
 
+def selection(config: dict[str, Any]) -> str:
+    """How the learning rates were picked, in words (results from before `val_folds`: accuracy on one split)."""
+    if "val_folds" not in config:
+        return "by validation accuracy on one held-out fifth of the fine-tune set"
+    where = f"pooled over {config['val_folds']} stratified folds" if config["val_folds"] > 1 else "on one held-out part"
+    words = {
+        "loss": "the lowest validation cross-entropy",
+        "calibrated-loss": "the lowest validation cross-entropy at each model's best temperature",
+        "accuracy": "the highest validation accuracy",
+    }
+    rule = words.get(config.get("lr_rule", "loss"), f"rule {config.get('lr_rule')!r}")
+    return f"by {rule} {where} of the fine-tune set, one rule for every method"
+
+
 def _lr(m: dict[str, Any], tuning: dict[str, Any]) -> str:
     """The chosen rate, the range the (widened) grid covered, and a flag if it still ended at an edge."""
     if m.get("closed_form") or tuning.get("closed_form"):
@@ -103,7 +117,10 @@ def heads_table(result: dict[str, Any]) -> list[str]:
         longs = [ws[n].get("long", {}).get(key) for n in names]
         if any(longs):
             label = next(x["label"] for x in longs if x)
-            cells = ["–" if x is None else f"{x['accuracy_mean']:.3f} ({x['epochs']} ep, {_ms(x['seconds_median'])} ms)" for x in longs]
+            cells = [
+                "–" if x is None else f"{x['accuracy_mean']:.3f} ({x['epochs']} ep, lr {x['lr']:g}, {_ms(x['seconds_median'])} ms)"
+                for x in longs
+            ]
             lines.append(f"| {label}, cosine, longer | " + " | ".join(cells) + " |")
     return lines + ["", *head_targets(ws)]
 
@@ -294,7 +311,7 @@ def markdown(results: list[dict[str, Any]], plot_name: str | None = "results.png
         f"{first['created']}; {first['machine']['platform']}, Python {first['machine']['python']}; numpy {v['numpy']}, "
         f"onnxruntime {v['onnxruntime']}, torch {v['torch']}, peft {v['peft']}.",
         "Same samples, epochs, batch size and per-epoch order for every method (Adam, learning rate per method from a grid "
-        "on a validation split); fine-tune time is the median of the timed runs, methods interleaved; accuracy is on the "
+        f"{selection(first['config'])}); fine-tune time is the median of the timed runs, methods interleaved; accuracy is on the "
         "shifted test split. Peak RSS: one run per method in a fresh process (ru_maxrss), in brackets what the run "
         "(building the session or model, then fine-tuning) added over the libraries, data and weights. "
         "Ratios measured in one run are the figures; absolute times on a shared machine are noise.",

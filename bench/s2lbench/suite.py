@@ -1,12 +1,16 @@
 """One profile's benchmark, in one process: tune, timed rounds, latency, cached-epoch floor, RSS.
 
 Per workload:
-1. learning rates: every method trains on 80% of the fine-tune set (seed 0) for each rate
-   of its grid and keeps the one with the best accuracy on the other 20% (ties: lower loss);
-   while the best rate is at an edge of the rates tried, the grid grows by one of its own
-   steps on that side (`lr_grid`, at most `grid_extend` times), so no method is held back by
-   where its grid stopped; the rates tried, and whether the best still sits on an edge, go
-   into the JSON. Closed-form methods (oselm) have no rate.
+1. learning rates: every method trains (seed 0) on the complement of each of `val_folds`
+   stratified folds of the fine-tune set for each rate of its grid, and is scored on the
+   held-out folds pooled (every sample validated once); the rate with the lowest pooled
+   validation cross-entropy at each model's best temperature is kept (`lr_rule`, the same
+   rule for every method; why this rule and five folds: README, "Picking learning rates",
+   measured by bench/lr_rules.py). While the best rate is at an edge of the
+   rates tried, the grid grows by one of its own steps on that side (`lr_grid`, at most
+   `grid_extend` times), so no method is held back by where its grid stopped; the rule, the
+   rates tried with their scores, and whether the best still sits on an edge go into the
+   JSON. Closed-form methods (oselm) have no rate.
    Or the rates come from another profile's results, so both profiles train alike;
 2. timed rounds: `repeats` rounds, round k uses seed k (data order, adapter init) and runs
    every method once, in an order rotated by k; every run trains on the whole fine-tune
@@ -14,7 +18,8 @@ Per workload:
 3. s2rt inference latency against plain onnxruntime, and a cached epoch against its GEMM floor;
 4. peak RSS of one run per method, each in its own process;
 5. optionally (`long_factor`), FT-All and the nonlinear head again at long_factor times the
-   epochs with a cosine learning rate, so that neither side wins on step count alone.
+   epochs with a cosine learning rate, so that neither side wins on step count alone; their
+   peak rates are tuned again, by the same rule, at that budget and schedule.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from s2lbench import lr_grid
+from s2lbench import lr_grid, lr_select
 from s2lbench.context import Context
 from s2lbench.methods import NO_LR, Job, Method, RunResult, registry
 from s2lbench.profiles import Profile, apply_torch
 from s2lbench.timing import mean_std, median, rotate
-from s2lbench.workloads import Workload, load, stratified_split
+from s2lbench.workloads import Workload, load, stratified_folds, stratified_split
 
 # A CNN prediction costs ~100x an MLP's: fewer latency calls keep the figure's cost alike.
 CNN_LATENCY_SCALE = 0.1
@@ -52,7 +57,9 @@ class BenchConfig:
     epochs: int = 20
     batch_size: int = 32
     repeats: int = 5  # timed runs per method; seeds 0..repeats-1
-    val_fraction: float = 0.2  # of the fine-tune set, for picking learning rates
+    val_folds: int = 5  # stratified folds of the fine-tune set whose pooled scores pick learning rates; 1: one split
+    val_fraction: float = 0.2  # the held-out part when val_folds is 1
+    lr_rule: str = lr_grid.DEFAULT_RULE  # lr_select.RULES: how a rate is picked from its validation scores
     grid_size: int | None = None  # use only the middle of each grid (quick slice)
     grid_extend: int = 4  # steps the grid may grow while its best rate sits on an edge (lr_grid)
     rank: int = 4
@@ -87,6 +94,7 @@ QUICK = BenchConfig(
     floor_epochs=2,
     rss_methods=("s2rt-skip2lora",),
     grid_extend=0,  # one rate per method keeps the slice under a minute
+    val_folds=1,
 )
 
 
@@ -101,13 +109,29 @@ def grid(method: Method, size: int | None) -> tuple[float, ...]:
     return method.lr_grid[start : start + size]
 
 
+def validation_sets(y: Any, config: BenchConfig) -> list[tuple[Any, Any]]:
+    """(train, held-out) index pairs that score a rate: k stratified folds, or one split when val_folds is 1."""
+    if config.val_folds == 1:
+        return [stratified_split(y, config.val_fraction, seed=0)]
+    import numpy as np
+
+    folds = stratified_folds(y, config.val_folds, seed=0)
+    return [(np.setdiff1d(np.arange(len(y)), held), held) for held in folds]
+
+
 def tune(
-    workload: Workload, methods: list[Method], context: Context, config: BenchConfig, profile: Profile, failed: dict[str, str]
+    workload: Workload,
+    methods: list[Method],
+    context: Context,
+    config: BenchConfig,
+    profile: Profile,
+    failed: dict[str, str],
+    epochs: int | None = None,
+    schedule: str = "constant",
 ) -> dict[str, Any]:
     """Each method's learning rate; a method whose math another one shares (`tune_as`) takes its rate."""
-    keep, held = stratified_split(workload.ft.y, config.val_fraction, seed=0)
-    train, val = workload.ft.take(keep), workload.ft.take(held)
-    epochs = config.epochs_for(workload)
+    sets = [(workload.ft.take(keep), workload.ft.take(held)) for keep, held in validation_sets(workload.ft.y, config)]
+    epochs = epochs or config.epochs_for(workload)
     out: dict[str, Any] = {}
     for method in sorted(methods, key=lambda m: m.tune_as is not None):
         if method.tune_as in out:
@@ -118,19 +142,28 @@ def tune(
             continue
 
         def evaluate(lr: float, method: Method = method) -> dict[str, float]:
-            result = method.run(Job(workload, train, val, epochs, config.batch_size, lr, 0, profile), context)
-            return {"val_accuracy": result.accuracy, "val_loss": result.loss}
+            scored = []
+            for train, val in sets:
+                result = method.run(Job(workload, train, val, epochs, config.batch_size, lr, 0, profile, schedule), context)
+                scored.append(
+                    {"val_accuracy": result.accuracy, "val_loss": result.loss, "val_calibrated_loss": result.calibrated_loss, "n": len(val)}
+                )
+            return lr_select.pooled(scored)
 
         try:
-            scores = lr_grid.search(evaluate, grid(method, config.grid_for(workload)), config.grid_extend)
+            scores = lr_grid.search(evaluate, grid(method, config.grid_for(workload)), config.grid_extend, config.lr_rule)
         except Exception as e:  # one method failing on one workload must not sink the benchmark
             failed[method.name] = f"{type(e).__name__}: {e}"
             log(f"  {method.name} failed on {workload.name}: {failed[method.name]}")
             continue
-        out[method.name] = lr_grid.record(scores)
+        out[method.name] = lr_grid.record(scores, config.lr_rule) | {"val_folds": config.val_folds, "epochs": epochs, "schedule": schedule}
         best = out[method.name]["lr"]
-        log(f"  tune {method.name}: lr {best:g} (val acc {scores[best]['val_accuracy']:.3f})")
+        log(f"  tune {method.name}: lr {best:g} (val {_brief(scores[best])})")
     return out
+
+
+def _brief(score: dict[str, float]) -> str:
+    return ", ".join(f"{k.removeprefix('val_').replace('_', ' ')} {v:.3f}" for k, v in score.items() if k != "n")
 
 
 def timed_rounds(
@@ -162,18 +195,29 @@ def timed_rounds(
 
 
 def long_rounds(
-    workload: Workload, methods: list[Method], lrs: dict[str, float], context: Context, config: BenchConfig, profile: Profile
+    workload: Workload,
+    methods: list[Method],
+    context: Context,
+    config: BenchConfig,
+    profile: Profile,
+    failed: dict[str, str],
+    known: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """LONG_METHODS at long_factor x the epochs, cosine learning rate from the tuned rate, seeds 0..repeats-1."""
+    """LONG_METHODS at long_factor x the epochs, cosine learning rate, seeds 0..repeats-1; peak rate tuned at that
+    budget (or taken from `known`, another profile's long rows)."""
     epochs = config.epochs_for(workload) * config.long_factor
+    chosen = [m for m in methods if m.name in LONG_METHODS and m.name not in failed]
+    if known is not None:
+        tuned = {name: row["tuning"] for name, row in known.items()}
+    else:
+        tuned = tune(workload, chosen, context, config, profile, failed, epochs, "cosine")
     out: dict[str, Any] = {}
-    for method in methods:
-        if method.name not in LONG_METHODS or method.name not in lrs:
+    for method in chosen:
+        if method.name not in tuned:
             continue
+        lr = tuned[method.name]["lr"]
         runs = [
-            method.run(
-                Job(workload, workload.ft, workload.test, epochs, config.batch_size, lrs[method.name], seed, profile, "cosine"), context
-            )
+            method.run(Job(workload, workload.ft, workload.test, epochs, config.batch_size, lr, seed, profile, "cosine"), context)
             for seed in range(config.repeats)
         ]
         acc_mean, acc_std = mean_std([r.accuracy for r in runs])
@@ -181,13 +225,14 @@ def long_rounds(
             "label": method.label,
             "epochs": epochs,
             "schedule": "cosine",
-            "lr": lrs[method.name],
+            "lr": lr,
+            "tuning": tuned[method.name],
             "accuracy_mean": acc_mean,
             "accuracy_std": acc_std,
             "accuracy_all": [r.accuracy for r in runs],
             "seconds_median": median([r.seconds for r in runs]),
         }
-        log(f"  long {method.name}: {epochs} epochs cosine, acc {acc_mean:.3f}")
+        log(f"  long {method.name}: {epochs} epochs cosine, lr {lr:g}, acc {acc_mean:.3f}")
     return out
 
 
@@ -255,8 +300,9 @@ def rss_all(
 
 
 def run_workload(
-    name: str, methods: list[Method], config: BenchConfig, profile: Profile, known_lrs: dict[str, Any] | None, peer_env: dict[str, str]
+    name: str, methods: list[Method], config: BenchConfig, profile: Profile, known: dict[str, Any] | None, peer_env: dict[str, str]
 ) -> dict[str, Any]:
+    """One workload's figures; `known` is another profile's result for it, whose learning rates to reuse."""
     from s2lbench.floor import cached_epoch
     from s2lbench.latency import predict_latency
 
@@ -275,6 +321,7 @@ def run_workload(
         sizes = f"{len(workload.ft)} fine-tune / {len(workload.test)} test samples"
         log(f"[{profile.name}] {name}: {sizes}, {config.epochs_for(workload)} epochs")
         failed: dict[str, str] = {}
+        known_lrs = None if known is None else known["tuning"]
         if known_lrs is not None:
             tuned = known_lrs
             failed.update({m.name: "failed in the first profile" for m in methods if m.name not in known_lrs})
@@ -285,7 +332,8 @@ def run_workload(
         runs = timed_rounds(workload, methods, lrs, context, config, profile, failed)
         methods = [m for m in methods if m.name in runs]
         lap("timed_rounds")
-        long = long_rounds(workload, methods, lrs, context, config, profile) if config.long_factor else {}
+        known_long = None if known is None else known.get("long")
+        long = long_rounds(workload, methods, context, config, profile, failed, known_long) if config.long_factor else {}
         lap("long_rounds")
         calls, batch_calls = max(50, int(config.latency_calls * scale)), max(50, int(config.latency_batch_calls * scale))
         latency = predict_latency(context.bundle(0), str(workload.onnx), workload.test.x, profile, calls, batch_calls)
@@ -340,8 +388,7 @@ def run_profile(config: BenchConfig, profile: Profile, known: dict[str, Any] | N
     started = time.perf_counter()
     workloads = {}
     for name in config.workloads:
-        known_lrs = (known or {}).get("workloads", {}).get(name, {}).get("tuning")
-        workloads[name] = run_workload(name, methods, config, profile, known_lrs, profile.child_env())
+        workloads[name] = run_workload(name, methods, config, profile, (known or {}).get("workloads", {}).get(name), profile.child_env())
     return {
         "profile": profile.name,
         "threads": profile.threads,

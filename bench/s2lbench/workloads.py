@@ -102,3 +102,15 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     out = np.zeros(len(y), bool)
     out[np.concatenate(held)] = True
     return np.flatnonzero(~out), np.flatnonzero(out)
+
+
+def stratified_folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """k disjoint, sorted held-out index sets covering every sample; each class dealt round-robin (seeded)."""
+    if k < 2:
+        raise ValueError(f"folds: expected an integer >= 2, got {k}")
+    rng = np.random.default_rng([seed, 23])
+    fold = np.empty(len(y), np.int64)
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        fold[members] = (np.arange(len(members)) + rng.integers(k)) % k
+    return [np.flatnonzero(fold == f) for f in range(k)]

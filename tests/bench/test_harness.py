@@ -133,6 +133,7 @@ def tiny_result() -> dict:
         latency_batch_calls=50,
         floor_epochs=1,
         rss_methods=("s2rt-skip2lora",),
+        val_folds=2,
     )
     return run_profile(config, PROFILES["edge"])
 
@@ -200,7 +201,7 @@ def test_a_method_that_fails_on_a_workload_is_recorded_and_the_rest_carry_on():
 
     workload = load("har").subset(40, 20)
     methods = [registry()["s2rt-skip2lora"], Method("broken", "Broken", "torch", (0.1,), broken)]
-    config = BenchConfig(workloads=("har",), epochs=1, repeats=1, grid_size=1)
+    config = BenchConfig(workloads=("har",), epochs=1, repeats=1, grid_size=1, val_folds=2)
     context = Context(workload, PROFILES["edge"], 4, 8.0, {})
     failed: dict[str, str] = {}
     tuned = tune(workload, methods, context, config, PROFILES["edge"], failed)
