@@ -176,7 +176,9 @@ class AdapterStrategy(FedAvg):
     def _solve_ridge(self, answers: list[Message]) -> tuple[ArrayRecord, MetricRecord]:
         assert self.ridge_start is not None
         parts = [
-            ridge.Statistics(m.content["arrays"]["gram"].numpy(), m.content["arrays"]["cross"].numpy(), int(m.content["metrics"][EXAMPLES]))
+            ridge.Statistics(
+                m.content["arrays"]["gram"].numpy(), m.content["arrays"]["cross"].numpy(), 0.0, int(m.content["metrics"][EXAMPLES])
+            )
             for m in answers
         ]
         start = self.ridge_start

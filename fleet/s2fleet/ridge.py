@@ -20,57 +20,37 @@ these sums need secure aggregation (the server sees only the fleet's total) or a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from s2rt.bundle.model import Loss
 from s2rt.data import Samples
+from s2rt.heads.sums import KAPPA, RidgeSums, pack, ridge_sums, unpack
 from s2rt.session import Model
 
 from s2fleet.aggregate import Adapters, refactor
 
-KAPPA = 4.0
+__all__ = ["KAPPA", "LAMBDA", "Statistics", "fit", "pack", "statistics", "to_adapters", "unpack"]
+
 LAMBDA = 1e-3
 CHUNK = 1024  # samples per frozen forward: bounds the device's memory
-
-
-@dataclass(frozen=True)
-class Statistics:
-    """One device's sums: G's upper triangle (row by row, diagonal included), X^T T, and n."""
-
-    gram: np.ndarray  # (D (D + 1) / 2,)
-    cross: np.ndarray  # (D, C)
-    examples: int
+Statistics = RidgeSums  # the daemon computes the same sums (POST /v1/fleet/statistics)
 
 
 def statistics(model: Model, samples: Samples, kappa: float = KAPPA) -> Statistics:
     """The device's sums over its samples (float64 sums, float32 on the wire)."""
     if samples.y is None or not len(samples.x):
         raise ValueError("ridge statistics need labelled samples")
-    regression = model.bundle.head.loss == Loss.MSE
-    gram = cross = None
-    for start in range(0, len(samples.x), CHUNK):
-        taps, frozen = model.frozen.run(samples.x[start : start + CHUNK])
-        x = np.asarray(taps, np.float64)
-        y = np.asarray(samples.y[start : start + CHUNK])
-        t = y.reshape(frozen.shape) - frozen if regression else kappa * (np.eye(frozen.shape[1])[y] - 1.0 / frozen.shape[1]) - frozen
-        gram = x.T @ x if gram is None else gram + x.T @ x
-        cross = x.T @ t if cross is None else cross + x.T @ t
-    assert gram is not None and cross is not None
-    return Statistics(pack(gram).astype(np.float32), cross.astype(np.float32), len(samples.x))
+    y = samples.y
 
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for start in range(0, len(samples.x), CHUNK):
+            taps, frozen = model.frozen.run(samples.x[start : start + CHUNK])
+            yield taps, frozen, y[start : start + CHUNK]
 
-def pack(gram: np.ndarray) -> np.ndarray:
-    return gram[np.triu_indices(len(gram))]
-
-
-def unpack(packed: np.ndarray, width: int) -> np.ndarray:
-    if packed.shape != (width * (width + 1) // 2,):
-        raise ValueError(f"ridge statistics: expected {width * (width + 1) // 2} Gram entries for {width} features, got {packed.shape}")
-    gram = np.zeros((width, width))
-    gram[np.triu_indices(width)] = packed
-    return gram + np.triu(gram, 1).T
+    head = model.bundle.head
+    width = sum(t.size for t in model.bundle.taps)
+    return ridge_sums(chunks(), width, head.num_outputs, kappa, regression=head.loss == Loss.MSE)
 
 
 def fit(parts: Sequence[Statistics], width: int, lam: float = LAMBDA) -> np.ndarray:

@@ -71,11 +71,11 @@ def test_pack_and_unpack_keep_the_symmetric_matrix():
 
 
 def test_bad_statistics_are_refused_by_name():
-    good = ridge.Statistics(np.zeros(6, np.float32), np.zeros((3, 2), np.float32), 1)
+    good = ridge.Statistics(np.zeros(6, np.float32), np.zeros((3, 2), np.float32), 0.0, 1)
     with pytest.raises(ValueError, match="expected 6 Gram entries for 3 features, got"):
-        ridge.fit([good, ridge.Statistics(np.zeros(5, np.float32), good.cross, 1)], 3)
+        ridge.fit([good, ridge.Statistics(np.zeros(5, np.float32), good.cross, 0.0, 1)], 3)
     with pytest.raises(ValueError, match=r"expected X\^T T of shape \(3, 2\), got \(3, 4\)"):
-        ridge.fit([good, ridge.Statistics(good.gram, np.zeros((3, 4), np.float32), 1)], 3)
+        ridge.fit([good, ridge.Statistics(good.gram, np.zeros((3, 4), np.float32), 0.0, 1)], 3)
     with pytest.raises(ValueError, match="no ridge statistics"):
         ridge.fit([], 3)
     with pytest.raises(ValueError, match="ridge lambda"):
