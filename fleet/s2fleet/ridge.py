@@ -21,6 +21,7 @@ these sums need secure aggregation (the server sees only the fleet's total) or a
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TypeAlias
 
 import numpy as np
 from s2rt.bundle.model import Loss
@@ -34,7 +35,7 @@ __all__ = ["KAPPA", "LAMBDA", "Statistics", "fit", "pack", "statistics", "to_ada
 
 LAMBDA = 1e-3
 CHUNK = 1024  # samples per frozen forward: bounds the device's memory
-Statistics = RidgeSums  # the daemon computes the same sums (POST /v1/fleet/statistics)
+Statistics: TypeAlias = RidgeSums  # the daemon computes the same sums (POST /v1/fleet/statistics)
 
 
 def statistics(model: Model, samples: Samples, kappa: float = KAPPA) -> Statistics:
