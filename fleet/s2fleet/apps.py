@@ -174,12 +174,12 @@ class AdapterStrategy(FedAvg):
         return super().configure_train(server_round, arrays, config, grid)
 
     def _answers(self, replies: Iterable[Message]) -> list[Message]:
-        """Replies that carry examples; the refusals are kept in `refused`."""
+        """Replies that carry examples (training or, in a ridge round, held-out ones); the refusals are kept in `refused`."""
         kept = []
         for msg in replies:
             if msg.has_error():
                 self.refused.append(_reason(msg.error.reason))
-            elif int(msg.content["metrics"][EXAMPLES]) > 0:
+            elif int(msg.content["metrics"][EXAMPLES]) > 0 or int(msg.content["metrics"].get(HELD_OUT + "examples", 0)) > 0:
                 kept.append(msg)
                 self.device_peak_mb = max(self.device_peak_mb, float(msg.content["metrics"].get(PEAK_RSS, 0.0)))
         return kept
@@ -204,9 +204,8 @@ class AdapterStrategy(FedAvg):
         width = sum(start.tap_sizes)
         parts = [statistics_of(m) for m in answers]
         train, held = [p[0] for p in parts], [p[1] for p in parts]
-        choice = ridge.choose_lambda(train, held, width) if start.lam is None else ridge.Choice(start.lam, "fixed", {})
+        dw, choice = ridge.fit_chosen(train, held, width, start.lam)
         self.ridge_choice = {"kappa": start.kappa, "held_out_examples": sum(h.examples for h in held), **choice.report()}
-        dw = ridge.fit(train, width, choice.lam)
         self.current = ridge.to_adapters(dw, start.tap_sizes, self.rank, start.scaling)
         got = np.concatenate(delta(self.current), axis=1) * start.scaling
         self.truncation.append(float(np.linalg.norm(got - dw) / max(float(np.linalg.norm(dw)), 1e-30)))

@@ -138,6 +138,12 @@ def choose_lambda(train: Sequence[Statistics], held: Sequence[Statistics], width
     return Choice(min(errors, key=errors.__getitem__), "held-out squared error", errors)
 
 
+def fit_chosen(train: Sequence[Statistics], held: Sequence[Statistics], width: int, lam: float | None = None) -> tuple[np.ndarray, Choice]:
+    """The server's ridge round: dW fitted to the training sums, at `lam` or (None) the lambda the held-out sums choose."""
+    choice = choose_lambda(train, held, width) if lam is None else Choice(lam, "fixed", {})
+    return fit(train, width, choice.lam), choice
+
+
 def to_adapters(dw: np.ndarray, tap_sizes: Sequence[int], rank: int, scaling: float) -> Adapters:
     """Per-tap (A_l, B_l) of `rank` with s B_l A_l the best rank-`rank` part of dW_l (all of it when rank >= C)."""
     bounds = np.cumsum((0, *tap_sizes))
