@@ -68,3 +68,16 @@ def test_bad_kappa_and_no_samples_are_refused_by_name(serve, tiny_file, fleet_pu
     assert bad.status_code == 422 and bad.json()["field"] == "kappa", bad.text
     empty = d.client.post("/v1/fleet/statistics", json={})
     assert empty.status_code == 409 and "0 labelled samples stored" in empty.json()["message"], empty.text
+
+
+def test_a_bundle_whose_fused_taps_exceed_the_limit_is_refused_naming_it(serve, tmp_path, fleet_pub):
+    from helpers.tiny import tiny_bundle, tiny_weights
+    from s2rt.bundle import write_bundle
+    from s2rt.heads.sums import MAX_WIDTH
+
+    wide = tmp_path / "wide.s2l"
+    write_bundle(tiny_bundle(tiny_weights(d_in=MAX_WIDTH, d_hidden=4)), wide)  # D = MAX_WIDTH + 4
+    d = serve(str(wide), "--fleet-key", str(fleet_pub), "--allow-unauthenticated-control")
+    refused = d.client.post("/v1/fleet/statistics", json={})
+    assert refused.status_code == 409 and refused.json()["error"] == "too_large", refused.text
+    assert f"D = {MAX_WIDTH + 4} features; the D x D sums are limited to D <= {MAX_WIDTH}" in refused.json()["message"]
