@@ -76,8 +76,9 @@ def rounds(model: Model, data: Data, settings: dict[str, Any]) -> list[float]:
     current = initial_adapters(model)
     first = 1
     if s["start"] == "ridge":
-        sums = [ridge.statistics(model, Samples(data.x[i], data.y[i])) for i in parts]
-        current = ridge.to_adapters(ridge.fit(sums, head.tap_width), head.tap_sizes, rank, head.scaling)  # type: ignore[attr-defined]
+        sums = [ridge.split_statistics(model, Samples(data.x[i], data.y[i])) for i in parts]
+        dw, _ = ridge.fit_chosen([s[0] for s in sums], [s[1] for s in sums], head.tap_width)  # type: ignore[attr-defined]
+        current = ridge.to_adapters(dw, head.tap_sizes, rank, head.scaling)  # type: ignore[attr-defined]
         first = 2
     curve = [global_accuracy(model, initial_adapters(model), data.test_x, data.test_y)]
     if first == 2:

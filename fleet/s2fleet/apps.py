@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 EXAMPLES = "num-examples"  # Flower's conventional weighting key
 PEAK_RSS = "peak-rss-mb"  # the device process's, reported with each update
+HELD_OUT = "held-out-"  # a statistics reply's sums of the device's held-out samples
 
 
 def to_record(adapters: Adapters) -> ArrayRecord:
@@ -82,10 +83,32 @@ def train_adapters(model: Model, samples: Samples, message: Message, context: Co
 
 
 def ridge_statistics(model: Model, samples: Samples, message: Message, context: Context) -> RecordDict:
-    """The ridge sums of the device's samples (`s2fleet.ridge`) and its example count."""
-    stats = ridge.statistics(model, samples, float(message.content["config"].get("ridge-kappa", ridge.KAPPA)))
-    arrays = ArrayRecord(array_dict={"gram": Array.from_numpy_ndarray(stats.gram), "cross": Array.from_numpy_ndarray(stats.cross)})
-    return RecordDict({"arrays": arrays, "metrics": MetricRecord({EXAMPLES: stats.examples, **_peak()})})
+    """The ridge sums (`s2fleet.ridge`) of the device's samples, split as the daemon's jobs split them, and its example count."""
+    kappa = float(message.content["config"].get("ridge-kappa", ridge.KAPPA))
+    train, held = ridge.split_statistics(model, samples, kappa)
+    return statistics_record(train, held, _peak())
+
+
+def statistics_record(train: ridge.Statistics, held: ridge.Statistics, extra: dict[str, float] | None = None) -> RecordDict:
+    """A statistics reply: the sums of the samples the device trains on, and of its held-out ones (they choose lambda)."""
+    arrays = {"gram": train.gram, "cross": train.cross, HELD_OUT + "gram": held.gram, HELD_OUT + "cross": held.cross}
+    metrics = {EXAMPLES: train.examples, "targets": train.targets, HELD_OUT + "examples": held.examples, HELD_OUT + "targets": held.targets}
+    record = ArrayRecord(array_dict={k: Array.from_numpy_ndarray(np.ascontiguousarray(v, np.float32)) for k, v in arrays.items()})
+    return RecordDict({"arrays": record, "metrics": MetricRecord({**metrics, **(extra or {})})})
+
+
+def statistics_of(message: Message) -> tuple[ridge.Statistics, ridge.Statistics]:
+    """The (training, held-out) sums of a statistics reply."""
+    arrays, metrics = message.content["arrays"], message.content["metrics"]
+    return tuple(  # type: ignore[return-value]
+        ridge.Statistics(
+            arrays[prefix + "gram"].numpy(),
+            arrays[prefix + "cross"].numpy(),
+            float(metrics.get(prefix + "targets", 0.0)),
+            int(metrics[EXAMPLES if not prefix else prefix + "examples"]),
+        )
+        for prefix in ("", HELD_OUT)
+    )
 
 
 def _peak() -> dict[str, float]:
@@ -120,12 +143,13 @@ def client_app(data: DeviceData) -> ClientApp:
 # -- server side -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class RidgeStart:
-    """Round 1 solves the head from the devices' ridge sums (`s2fleet.ridge`) instead of training."""
+    """Round 1 solves the head from the devices' ridge sums (`s2fleet.ridge`) instead of training.
+    `lam` None: chosen by the fit's error on the devices' held-out sums (`ridge.choose_lambda`)."""
 
     tap_sizes: tuple[int, ...]
     scaling: float
     kappa: float = ridge.KAPPA
-    lam: float = ridge.LAMBDA
+    lam: float | None = None
 
 
 class AdapterStrategy(FedAvg):
@@ -141,6 +165,7 @@ class AdapterStrategy(FedAvg):
         self.truncation: list[float] = []
         self.refused: list[str] = []
         self.device_peak_mb = 0.0  # the largest peak RSS a device reported
+        self.ridge_choice: dict[str, Any] | None = None  # with ridge_start: the lambda the first round used, and why
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         config = ConfigRecord(dict(config))  # the caller's record is the same every round
@@ -149,12 +174,12 @@ class AdapterStrategy(FedAvg):
         return super().configure_train(server_round, arrays, config, grid)
 
     def _answers(self, replies: Iterable[Message]) -> list[Message]:
-        """Replies that carry examples; the refusals are kept in `refused`."""
+        """Replies that carry examples (training or, in a ridge round, held-out ones); the refusals are kept in `refused`."""
         kept = []
         for msg in replies:
             if msg.has_error():
                 self.refused.append(_reason(msg.error.reason))
-            elif int(msg.content["metrics"][EXAMPLES]) > 0:
+            elif int(msg.content["metrics"][EXAMPLES]) > 0 or int(msg.content["metrics"].get(HELD_OUT + "examples", 0)) > 0:
                 kept.append(msg)
                 self.device_peak_mb = max(self.device_peak_mb, float(msg.content["metrics"].get(PEAK_RSS, 0.0)))
         return kept
@@ -175,17 +200,17 @@ class AdapterStrategy(FedAvg):
 
     def _solve_ridge(self, answers: list[Message]) -> tuple[ArrayRecord, MetricRecord]:
         assert self.ridge_start is not None
-        parts = [
-            ridge.Statistics(m.content["arrays"]["gram"].numpy(), m.content["arrays"]["cross"].numpy(), int(m.content["metrics"][EXAMPLES]))
-            for m in answers
-        ]
         start = self.ridge_start
-        dw = ridge.fit(parts, sum(start.tap_sizes), start.lam)
+        width = sum(start.tap_sizes)
+        parts = [statistics_of(m) for m in answers]
+        train, held = [p[0] for p in parts], [p[1] for p in parts]
+        dw, choice = ridge.fit_chosen(train, held, width, start.lam)
+        self.ridge_choice = {"kappa": start.kappa, "held_out_examples": sum(h.examples for h in held), **choice.report()}
         self.current = ridge.to_adapters(dw, start.tap_sizes, self.rank, start.scaling)
         got = np.concatenate(delta(self.current), axis=1) * start.scaling
         self.truncation.append(float(np.linalg.norm(got - dw) / max(float(np.linalg.norm(dw)), 1e-30)))
-        total = sum(p.examples for p in parts)
-        return to_record(self.current), MetricRecord({EXAMPLES: total, "devices": len(parts)})
+        total = sum(p.examples for p in train)
+        return to_record(self.current), MetricRecord({EXAMPLES: total, "devices": len(parts), "ridge-lambda": choice.lam})
 
 
 def _reason(text: str) -> str:

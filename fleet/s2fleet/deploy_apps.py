@@ -22,10 +22,17 @@ Run config (server), mode "train" (the default; mode "rollout" is `s2fleet.rollo
     min-replies     updates a round needs: with fewer (devices refused, dropped out or timed
                     out), the run stops there and `out` keeps the last completed round's version
     round-timeout   seconds a round waits for the devices' replies
+    start           adapters (the default: round 1 trains from the bundle's head) or ridge: round 1
+                    solves the head from the devices' ridge sums (`s2fleet.ridge`), signed and sent
+                    like every round's version
+    ridge-kappa     the ridge targets' margin (default s2fleet.ridge.KAPPA)
+    ridge-lambda    "auto" (the default: chosen by the devices' held-out sums) or a number
+    logit-adjustment  devices train on z + tau log(local class prior) (0: off, the default)
     out             where the global adapters go (.npz, `A.l`/`B.l` per tap, plus
                     `initial.A.l`/`initial.B.l`), rewritten after every round; a JSON report
                     beside it (`.json`): per round the test accuracy and each device's outcome
-                    (its update or why not, whether its gate activated the global version), refusals
+                    (its update or why not, whether its gate activated the global version), refusals,
+                    and with start = ridge the lambda round 1 used and the held-out error behind it
     test            optional test samples (.npz x, y or .csv) scored after each round
 
 Node config (device): a device's ClientApp drives its daemon (`s2fleet.member`) unless its
@@ -58,9 +65,9 @@ from s2rt.errors import S2LError
 from s2rt.session import Model
 from s2rt.state import save_adapters
 
-from s2fleet import member, rollout, rollout_device
+from s2fleet import member, ridge, rollout, rollout_device
 from s2fleet.aggregate import Adapters, Aggregation
-from s2fleet.apps import EXAMPLES, DeviceData, _reason, from_record, to_record
+from s2fleet.apps import EXAMPLES, DeviceData, RidgeStart, _reason, from_record, to_record
 from s2fleet.apps import client_app as make_client_app
 from s2fleet.device import global_accuracy
 from s2fleet.signing import GlobalSigner, SignedAdapterStrategy
@@ -231,6 +238,24 @@ class DeployStrategy(SignedAdapterStrategy):
         return MetricRecord(metrics | ({"local-accuracy": sum(scored) / len(scored)} if scored else {}))
 
 
+def _ridge_start(config: Any, model: Model) -> RidgeStart | None:
+    start = str(config.get("start", "adapters"))
+    if start not in ("adapters", "ridge"):
+        raise ValueError(f"run config start: expected adapters or ridge, found {start!r}")
+    if start == "adapters":
+        return None
+    kappa, lam = float(config.get("ridge-kappa", ridge.KAPPA)), str(config.get("ridge-lambda", "auto"))
+    if not 0 < kappa < float("inf"):
+        raise ValueError(f"run config ridge-kappa: expected a number > 0, found {kappa}")
+    try:
+        chosen = None if lam == "auto" else float(lam)
+    except ValueError:
+        raise ValueError(f"run config ridge-lambda: expected auto or a number > 0, found {lam!r}") from None
+    if chosen is not None and not 0 < chosen < float("inf"):
+        raise ValueError(f"run config ridge-lambda: expected auto or a number > 0, found {lam!r}")
+    return RidgeStart(model.head.tap_sizes, model.head.scaling, kappa, chosen)  # type: ignore[attr-defined]
+
+
 def _fleet_key(path: str) -> SigningKey:
     try:
         return SigningKey.load(path)
@@ -263,6 +288,7 @@ def train_fleet(grid: Grid, context: Context) -> None:
         model.bundle.head.rank,
         len(model.bundle.taps),
         step=float(config["step"]),
+        ridge_start=_ridge_start(config, model),
         min_replies=int(config.get("min-replies", 1)),
         node_timeout=float(config.get("round-timeout", 600)),
         min_train_nodes=nodes,
@@ -283,6 +309,7 @@ def train_fleet(grid: Grid, context: Context) -> None:
         "failed": None,
         "bundle-digest": model.bundle.digest,
         "signed-by": key.key_id,
+        "ridge": None,
     }
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -291,11 +318,17 @@ def train_fleet(grid: Grid, context: Context) -> None:
         if test is not None:
             curve.append(global_accuracy(model, final, test.x, np.asarray(test.y)))
         report["completed"] = server_round
+        report["ridge"] = strategy.ridge_choice
         _write(out, initial, final, report)
         return MetricRecord({"accuracy": curve[-1]}) if test is not None else None
 
     settings = ConfigRecord(
-        {"bundle-digest": model.bundle.digest, "local-epochs": int(config["local-epochs"]), "learning-rate": float(config["learning-rate"])}
+        {
+            "bundle-digest": model.bundle.digest,
+            "local-epochs": int(config["local-epochs"]),
+            "learning-rate": float(config["learning-rate"]),
+            "logit-adjustment": float(config.get("logit-adjustment", 0.0)),
+        }
     )
     strategy.current = initial
     try:

@@ -11,6 +11,11 @@ drives its API, so nothing is copied and the samples never leave the daemon. A r
 4. `GET /v1/adapters/{v}/download`: reply with the trained adapters and the job's example
    count (the samples it trained on; the held-out ones judge the gate and are not counted).
 
+A round whose task is `statistics` (the closed-form first round, `s2fleet.ridge`) only
+checks the bundle and replies with the daemon's ridge sums (`POST /v1/fleet/statistics`:
+the training samples' and, apart, the held-out ones', from the Skip-Cache); the round's
+`logit-adjustment`, if any, goes to each job as `logit_adjustment`.
+
 After each round (the evaluate message) the round's aggregate, signed, is imported the
 same way (step 2), so the last round's global version reaches the daemon too; the reply
 says whether the device's gate activated it, and why not. The next round's train message
@@ -36,12 +41,14 @@ from flwr.clientapp import ClientApp
 from s2rt.serve.client import Client, ClientError
 from s2rt.serve.fleet_signing import KEY_HEADER, SEQUENCE_HEADER, SIGNATURE_HEADER
 
+from s2fleet import ridge
 from s2fleet.aggregate import Adapters
-from s2fleet.apps import EXAMPLES, to_record
+from s2fleet.apps import EXAMPLES, statistics_record, to_record
 from s2fleet.signing import GLOBAL_FILE, GLOBAL_KEY, GLOBAL_ROUND, GLOBAL_SEQUENCE, GLOBAL_SIGNATURE
 
 DEFAULT_URL = "http://127.0.0.1:8470"
 POLL_SECONDS = (0.02, 0.5)  # first and longest wait between job polls: a short job is seen at once, a long one polled rarely
+TASKS = ("adapters", "statistics")  # as the in-process ClientApp's (s2fleet.apps.TASKS)
 TRAINED = ("succeeded", "rejected")  # rejected: the gate kept the active version, the trained one is stored anyway
 
 
@@ -65,9 +72,15 @@ def connect(node_config: dict[str, Any]) -> Client:
 
 
 def train_round(message: Message, context: Context) -> Message:
-    """One round on the daemon: check the bundle, import the signed global version, train from it, reply."""
+    """One round on the daemon: check the bundle, import the signed global version, train from it, reply
+    (or, for a round whose task is `statistics`, reply with the daemon's ridge sums)."""
     daemon = connect(dict(context.node_config))
     config = message.content["config"]
+    task = str(config.get("task", "adapters"))
+    if task not in TASKS:
+        raise RoundRefused(f"unknown task {task!r}; this device knows {', '.join(TASKS)}")
+    if task == "statistics":
+        return Message(content=_statistics(daemon, config), reply_to=message)
     try:
         taps = _check_bundle(daemon, str(config["bundle-digest"]))
         imported = _import(daemon, config)
@@ -101,6 +114,20 @@ def receive_round(message: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": MetricRecord(metrics), "gate": reason}), reply_to=message)
 
 
+def _statistics(daemon: Client, config: Any) -> RecordDict:
+    """The daemon's ridge sums of its stored samples (POST /v1/fleet/statistics), training and held-out apart."""
+    try:
+        _check_bundle(daemon, str(config["bundle-digest"]))
+        data = daemon.call("POST", "/v1/fleet/statistics", {"kappa": float(config.get("ridge-kappa", ridge.KAPPA))})
+    except ClientError as e:
+        raise RoundRefused(str(e)) from None
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        train, held = (
+            ridge.Statistics(f[p + "gram"], f[p + "cross"], float(f[p + "targets"]), int(f[p + "examples"])) for p in ("", "held_out.")
+        )
+    return statistics_record(train, held)
+
+
 def _check_bundle(daemon: Client, digest: str) -> int:
     model = daemon.call("GET", "/v1/model")
     if model["bundle_digest"] != digest:
@@ -130,6 +157,8 @@ def _train(daemon: Client, version: int, config: Any, timeout: float) -> dict[st
     }
     if "learning-rate" in config:
         options["learning_rate"] = float(config["learning-rate"])
+    if float(config.get("logit-adjustment", 0.0)):
+        options["logit_adjustment"] = float(config["logit-adjustment"])
     job: dict[str, Any] = daemon.call("POST", "/v1/jobs", options)
     deadline, wait = time.monotonic() + timeout, POLL_SECONDS[0]
     while job["state"] == "running":

@@ -140,6 +140,7 @@ def federated(run: FleetRun, data: Data, device_bundles: Sequence[str] | None = 
     out["truncation_error"] = strategy.truncation
     out["refused"] = strategy.refused
     out["device_peak_rss_mb"] = strategy.device_peak_mb
+    out["ridge"] = strategy.ridge_choice  # with --start ridge: the lambda round 1 used, chosen by the held-out sums
     out["adapters"] = strategy.current
     return out
 

@@ -56,10 +56,13 @@ def call(app, model: Model, task: str):
 def test_a_statistics_round_returns_the_devices_ridge_sums(device):
     model, samples, app = device
     reply = call(app, model, "statistics")
-    want = ridge.statistics(model, samples)
-    np.testing.assert_array_equal(reply.content["arrays"]["gram"].numpy(), want.gram)
-    np.testing.assert_array_equal(reply.content["arrays"]["cross"].numpy(), want.cross)
-    assert reply.content["metrics"]["num-examples"] == 40
+    train, held = ridge.split_statistics(model, samples)  # the daemon's split: its held-out samples choose lambda
+    for prefix, want in (("", train), ("held-out-", held)):
+        np.testing.assert_array_equal(reply.content["arrays"][prefix + "gram"].numpy(), want.gram)
+        np.testing.assert_array_equal(reply.content["arrays"][prefix + "cross"].numpy(), want.cross)
+    metrics = reply.content["metrics"]
+    assert metrics["num-examples"] == train.examples and metrics["held-out-examples"] == held.examples > 0
+    assert train.examples + held.examples == 40 and metrics["held-out-targets"] == pytest.approx(held.targets)
     assert reply.content["metrics"]["peak-rss-mb"] > 10  # the device process's peak, reported with each update
 
 

@@ -5,6 +5,7 @@ Needs the fleet extra (flwr): `make test` runs it in .venv-fleet."""
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 
@@ -113,6 +114,27 @@ def test_an_unknown_aggregation_is_named():
     assert _aggregation("damped").value == "damped"
     with pytest.raises(ValueError, match="run config aggregation: expected one of fedavg, exact, damped, found 'mean'"):
         _aggregation("mean")
+
+
+def test_the_ridge_start_is_read_from_the_run_config_and_bad_values_are_named():
+    from helpers.tiny import tiny_bundle
+    from s2fleet.deploy_apps import _ridge_start
+    from s2rt.session import Model
+
+    model = Model(tiny_bundle())
+    assert _ridge_start({}, model) is None and _ridge_start({"start": "adapters"}, model) is None
+    start = _ridge_start({"start": "ridge", "ridge-kappa": 3.0}, model)
+    assert start is not None and (start.kappa, start.lam, start.tap_sizes) == (3.0, None, tuple(model.head.tap_sizes))
+    assert _ridge_start({"start": "ridge", "ridge-lambda": "0.01"}, model).lam == 0.01  # type: ignore[union-attr]
+    cases = {
+        "run config start: expected adapters or ridge, found 'closed'": {"start": "closed"},
+        "run config ridge-kappa: expected a number > 0, found 0.0": {"start": "ridge", "ridge-kappa": 0.0},
+        "run config ridge-lambda: expected auto or a number > 0, found 'best'": {"start": "ridge", "ridge-lambda": "best"},
+        "run config ridge-lambda: expected auto or a number > 0, found '-1'": {"start": "ridge", "ridge-lambda": "-1"},
+    }
+    for message, config in cases.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _ridge_start(config, model)
 
 
 class TwoNodes:

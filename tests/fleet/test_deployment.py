@@ -8,6 +8,9 @@ authentication and an SQLite state file; beside each SuperNode a real `s2rt serv
   daemon's own accuracy gate accepts it). A device whose daemon serves another bundle
   refuses every round and is named in the report; its daemon is untouched. A SuperNode
   whose key was never registered is refused by the SuperLink.
+- A closed-form round (`start = "ridge"`): the daemons send their ridge sums (no job), the
+  server's fit is that of the daemons' training samples with lambda chosen by their held-out
+  sums, and the signed solved version reaches every daemon.
 - A device that drops out mid-round (its daemon hangs, its SuperNode stops): the round goes
   on with the others (min-replies), the report names the device.
 - A staged bundle rollout through the same deployment (`mode="rollout"`): the canary first,
@@ -42,12 +45,14 @@ import pytest
 from helpers.daemon import Daemon
 from helpers.keys import test_key
 from s2conv import ConvertOptions, convert
-from s2fleet.aggregate import Aggregation, Update, aggregate
+from s2fleet import ridge
+from s2fleet.aggregate import Aggregation, Update, aggregate, delta
 from s2fleet.device import global_accuracy
 from s2fleet.keys import node, tls
 from s2fleet.partition import partition
 from s2rt.bundle import write_bundle
 from s2rt.bundle.signing import sign_bundle_bytes
+from s2rt.data import Samples
 from s2rt.session import Model
 from s2rt.trust import open_trusted
 
@@ -403,6 +408,34 @@ def test_signed_rounds_reach_the_daemons_and_strangers_are_refused(fleet: Fleet)
     assert "No SuperNode found with the given public key" in superlink_log
 
 
+def test_a_ridge_round_through_the_deployment_is_the_fit_of_the_daemons_samples(fleet: Fleet):
+    """start = "ridge": round 1 is the daemons' ridge sums (no job), solved, signed and imported by each daemon."""
+    f = fleet
+    jobs = [len(d.client.get("/v1/jobs").json()["jobs"]) for d in f.daemons[:DEVICES]]
+    active = [d.client.get("/v1/adapters").json()["active"] for d in f.daemons[:DEVICES]]
+    out = f.tmp / "server" / "ridge.npz"
+    overrides = train_overrides(f, out, rounds=1, start='"ridge"')
+    assert f.run(report_says(out.with_suffix(".json"), 1), *overrides) == "finished:completed"
+    report = json.loads(out.with_suffix(".json").read_text())
+    model = Model.open(str(f.bundle))
+    head, taps = model.head, len(model.bundle.taps)
+    final = read_out(out, taps)
+    sums = [ridge.split_statistics(model, Samples(x.astype(np.float32), y)) for x, y in member_shards()[:DEVICES]]
+    dw, choice = ridge.fit_chosen([s[0] for s in sums], [s[1] for s in sums], head.tap_width)  # type: ignore[attr-defined]
+    assert report["ridge"]["lambda"] == choice.lam and report["ridge"]["lambda_chosen_by"] == "held-out squared error"
+    assert report["ridge"]["held_out_examples"] == sum(s[1].examples for s in sums) > 0
+    np.testing.assert_allclose(np.concatenate(delta(final), axis=1) * head.scaling, dw, rtol=1e-4, atol=1e-4 * np.abs(dw).max())  # type: ignore[attr-defined]
+    assert report["accuracy"][1] > report["accuracy"][0] + 0.1
+    for k, daemon in enumerate(f.daemons[:DEVICES]):
+        assert len(daemon.client.get("/v1/jobs").json()["jobs"]) == jobs[k]  # sums from the cache, no training
+        newest = max((v for v in versions(daemon) if v["origin"] == "fleet"), key=lambda v: v["version"])
+        for (a, b), (want_a, want_b) in zip(download(daemon, newest["version"], taps), final):
+            np.testing.assert_array_equal(a, want_a)
+            np.testing.assert_array_equal(b, want_b)
+        # the daemons serve again what they served before: the rollout test judges a new bundle against that
+        assert daemon.client.post(f"/v1/adapters/{active[k]}/activate").status_code == 200
+
+
 def connections(port: int) -> set[str]:
     """The established TCP connections to `port` on loopback, by the client's address (the kernel accepts them
     even while the listening process is stopped)."""
@@ -483,7 +516,7 @@ def test_the_superlink_state_outlives_it(fleet: Fleet):
         process.wait(timeout=30)
     with sqlite3.connect(f.database) as db:
         assert db.execute("SELECT COUNT(*) FROM node").fetchone() == (DEVICES + 1,)
-        assert db.execute("SELECT COUNT(*) FROM run").fetchone() == (3,)
+        assert db.execute("SELECT COUNT(*) FROM run").fetchone() == (4,)
     again = free_port()
     start_superlink(f.procs, "superlink-restarted", f.tls_files, f.database, again)
     f.supernode("rejoined", f.keys[0][0], f.configs[0], port=again)

@@ -235,3 +235,90 @@ def test_the_aggregated_adapters_of_each_round_reach_the_daemon_signed_once(daem
     with pytest.raises(RoundRefused, match=r"409: sequence \d+ is not above \d+, the newest fleet version this device holds \(version 5\)"):
         train_round(first_train, context(daemon))
     assert versions(daemon) == [0, 1, 2, 3, 4, 5] and daemon.client.call("GET", "/v1/adapters")["active"] == active
+
+
+def ridge_strategy(model: Any) -> Any:
+    from s2fleet.apps import RidgeStart
+
+    h = BUNDLE.head
+    return SignedAdapterStrategy(
+        GlobalSigner(BUNDLE, FLEET),
+        Aggregation.EXACT,
+        h.rank,
+        len(BUNDLE.taps),
+        ridge_start=RidgeStart(model.head.tap_sizes, model.head.scaling),
+        min_available_nodes=1,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        fraction_evaluate=1.0,
+    )
+
+
+class TwoNodes:
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+
+def test_a_ridge_round_through_daemons_gives_exactly_the_simulated_ridge_fit_and_reaches_them_signed(tmp_path):
+    from s2fleet.aggregate import delta
+    from s2fleet.apps import ridge_statistics
+    from s2rt.data import Samples
+    from s2rt.session import Model
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2 * N_SAMPLES, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 1).astype(int)
+    shards = [np.flatnonzero(y == 0), np.flatnonzero(y > 0)]  # label-skewed: one device sees one class only
+    daemons: list[Daemon] = []
+    try:
+        for k in range(2):
+            (tmp_path / f"d{k}").mkdir()
+            daemons.append(Daemon(tmp_path / f"d{k}"))
+        for d, idx in zip(daemons, shards):
+            d.client.call("POST", "/v1/samples", {"x": x[idx].tolist(), "y": y[idx].tolist()})
+        model = Model(BUNDLE)
+        h = BUNDLE.head
+        initial = to_record([(a.copy(), np.zeros((h.num_outputs, h.rank), np.float32)) for a in h.a_init])
+        config = ConfigRecord({"bundle-digest": BUNDLE.digest, "local-epochs": 2, "learning-rate": 0.05, "logit-adjustment": 0.5})
+        through, simulated = ridge_strategy(model), ridge_strategy(model)
+        messages = list(through.configure_train(1, initial, config, TwoNodes()))  # type: ignore[arg-type]
+        assert [m.content["config"]["task"] for m in messages] == ["statistics", "statistics"]
+        replies = [train_round(m, context(d)) for m, d in zip(messages, daemons)]
+        assert [d.client.call("GET", "/v1/jobs")["jobs"] for d in daemons] == [[], []]  # sums, no training
+        sim_replies = [
+            Message(content=ridge_statistics(model, Samples(x[idx], y[idx]), m, context(d)), reply_to=m)
+            for m, d, idx in zip(messages, daemons, shards)
+        ]
+        got, _ = through.aggregate_train(1, replies)
+        want, _ = simulated.aggregate_train(1, sim_replies)
+        assert got is not None and want is not None
+        for r, s_ in zip(replies, sim_replies):
+            for key in ("gram", "cross", "held-out-gram", "held-out-cross"):
+                np.testing.assert_allclose(r.content["arrays"][key].numpy(), s_.content["arrays"][key].numpy(), rtol=1e-5, atol=1e-5)
+            assert r.content["metrics"][EXAMPLES] == s_.content["metrics"][EXAMPLES] > 0
+        assert through.ridge_choice is not None and through.ridge_choice["lambda"] == simulated.ridge_choice["lambda"]
+        assert through.ridge_choice["lambda_chosen_by"] == "held-out squared error" and through.ridge_choice["held_out_examples"] > 0
+        taps = len(BUNDLE.taps)
+        for dg, dw in zip(delta(from_record(got, taps)), delta(from_record(want, taps))):
+            np.testing.assert_allclose(dg, dw, rtol=1e-5, atol=1e-6 * np.abs(dw).max())
+        # the solved version goes out signed, as every round's, and each daemon imports it through its gate
+        for m, d in zip(through.configure_evaluate(1, got, config, TwoNodes()), daemons):  # type: ignore[arg-type]
+            received = receive_round(m, context(d)).content["metrics"]
+            stored = np.load(io.BytesIO(d.client.call("GET", f"/v1/adapters/{int(received['global-version'])}/download")))
+            for t, (a, b) in enumerate(from_record(got, taps)):
+                np.testing.assert_array_equal(stored[f"A.{t}"], a)
+                np.testing.assert_array_equal(stored[f"B.{t}"], b)
+        # round 2 trains in the daemon with the round's logit adjustment
+        (message,) = through.configure_train(2, got, config, OneNode())  # type: ignore[arg-type]
+        train_round(message, context(daemons[0]))
+        (job,) = daemons[0].client.call("GET", "/v1/jobs")["jobs"]
+        assert job["options"]["logit_adjustment"] == 0.5
+    finally:
+        for d in daemons:
+            d.stop()
+
+
+def test_a_round_with_an_unknown_task_is_refused(daemon):
+    message, _ = round_message()
+    with pytest.raises(RoundRefused, match=r"refused: unknown task 'gossip'; this device knows adapters, statistics"):
+        train_round(with_config(message, task="gossip"), context(daemon))

@@ -71,11 +71,11 @@ def test_pack_and_unpack_keep_the_symmetric_matrix():
 
 
 def test_bad_statistics_are_refused_by_name():
-    good = ridge.Statistics(np.zeros(6, np.float32), np.zeros((3, 2), np.float32), 1)
+    good = ridge.Statistics(np.zeros(6, np.float32), np.zeros((3, 2), np.float32), 0.0, 1)
     with pytest.raises(ValueError, match="expected 6 Gram entries for 3 features, got"):
-        ridge.fit([good, ridge.Statistics(np.zeros(5, np.float32), good.cross, 1)], 3)
+        ridge.fit([good, ridge.Statistics(np.zeros(5, np.float32), good.cross, 0.0, 1)], 3)
     with pytest.raises(ValueError, match=r"expected X\^T T of shape \(3, 2\), got \(3, 4\)"):
-        ridge.fit([good, ridge.Statistics(good.gram, np.zeros((3, 4), np.float32), 1)], 3)
+        ridge.fit([good, ridge.Statistics(good.gram, np.zeros((3, 4), np.float32), 0.0, 1)], 3)
     with pytest.raises(ValueError, match="no ridge statistics"):
         ridge.fit([], 3)
     with pytest.raises(ValueError, match="ridge lambda"):
@@ -99,3 +99,33 @@ def test_a_regression_bundle_fits_the_residual_of_its_targets():
     G = X.T @ X
     want = np.linalg.solve(G + 1e-3 * np.mean(np.diag(G)) * np.eye(len(G)), X.T @ (y - frozen)).T
     np.testing.assert_allclose(ridge.fit(parts, X.shape[1]), want, rtol=1e-3, atol=1e-4)
+
+
+def test_lambda_is_chosen_by_the_error_on_held_out_sums_which_equals_the_error_on_the_held_out_samples(tmp_path_factory):
+    from s2rt.heads.sums import targets
+
+    model, data = har(tmp_path_factory.mktemp("ridge"))
+    width = model.head.tap_width  # type: ignore[attr-defined]
+    devices = [ridge.split_statistics(model, Samples(data.x[i], data.y[i])) for i in partition("shards", data.y, 20, seed=1)]
+    train, held = [d[0] for d in devices], [d[1] for d in devices]
+    choice = ridge.choose_lambda(train, held, width)
+    assert choice.how == "held-out squared error" and set(choice.errors) == set(ridge.LAMBDAS)
+    assert choice.errors[choice.lam] == min(choice.errors.values())
+    assert max(choice.errors.values()) > 1.05 * choice.errors[choice.lam]  # the grid matters on this data
+    # the error from the sums is the error of the fit on the held-out samples themselves
+    from s2rt.serve.gate import VAL_FRACTION, held_out
+
+    val = held_out(data.x, VAL_FRACTION)
+    taps, frozen = model.frozen.run(data.x[val])
+    t = targets(frozen, data.y[val], ridge.KAPPA, regression=False)
+    dw = ridge.fit(train, width, choice.lam)
+    direct = float(np.sum((np.asarray(taps, np.float64) @ dw.T - t) ** 2))
+    assert choice.errors[choice.lam] == pytest.approx(direct, rel=1e-4)
+    assert sum(h.examples for h in held) == int(val.sum())
+
+
+def test_without_held_out_samples_the_default_lambda_is_used():
+    empty = ridge.Statistics(np.zeros(6, np.float32), np.zeros((3, 2), np.float32), 0.0, 0)
+    some = ridge.Statistics(np.ones(6, np.float32), np.zeros((3, 2), np.float32), 0.0, 4)
+    choice = ridge.choose_lambda([some], [empty], 3)
+    assert (choice.lam, choice.how) == (ridge.LAMBDA, "default (no held-out samples)")

@@ -55,8 +55,8 @@ def without_flower(run: FleetRun, data: Data, skip: int) -> list:
     current = initial_adapters(model)
     if run.start == "ridge":
         head = model.head
-        sums = [ridge.statistics(model, Samples(data.x[i], data.y[i])) for k, i in enumerate(parts) if k != skip]
-        dw = ridge.fit(sums, head.tap_width)  # type: ignore[attr-defined]
+        sums = [ridge.split_statistics(model, Samples(data.x[i], data.y[i])) for k, i in enumerate(parts) if k != skip]
+        dw, _ = ridge.fit_chosen([s[0] for s in sums], [s[1] for s in sums], head.tap_width)  # type: ignore[attr-defined]
         current = ridge.to_adapters(dw, head.tap_sizes, head.rank, head.scaling)  # type: ignore[attr-defined]
     for r in range(2 if run.start == "ridge" else 1, run.rounds + 1):
         updates = [

@@ -2,7 +2,8 @@
 
 Control endpoints deploy a bundle (whose ONNX onnxruntime then parses inside the
 daemon), start or cancel fine-tune jobs, import, activate or roll back adapter versions,
-or commit the online head as a version (`--online`).
+or commit the online head as a version (`--online`); and the fleet's ridge sums, which
+reveal the samples' second moments.
 On TCP loopback every local user and process can connect, so there they need a bearer
 token (`--token-file`, checked by `BearerAuth` for every endpoint) unless the operator
 opts out with `--allow-unauthenticated-control`. The Unix socket is mode 0600: only the
@@ -30,6 +31,7 @@ CONTROL: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("POST", re.compile(r"/v1/adapters/rollback")),
     ("POST", re.compile(r"/v1/adapters")),  # import a signed global version (fleet)
     ("POST", re.compile(r"/v1/online/snapshot")),  # commit the online head as a version
+    ("POST", re.compile(r"/v1/fleet/statistics")),  # the device's ridge sums: second moments of its samples
 )
 OPEN_WRITES = frozenset({("POST", "/v1/predict"), ("POST", "/v1/predict/npy"), ("POST", "/v1/samples")})
 

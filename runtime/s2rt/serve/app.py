@@ -30,6 +30,7 @@ from s2rt.serve.access import Access, ControlGuard
 from s2rt.serve.errors import ApiError, disk_full, not_found
 from s2rt.serve.fleet import import_version as import_version_of
 from s2rt.serve.fleet_signing import KEY_HEADER, SEQUENCE_HEADER, SIGNATURE_HEADER
+from s2rt.serve.fleet_statistics import statistics as fleet_statistics
 from s2rt.serve.jobs import JobOptions
 from s2rt.serve.middleware import BearerAuth, BodyLimit, Options, RequestMetrics
 from s2rt.serve.service import Service, store_call
@@ -71,6 +72,7 @@ def create_app(
     _adapters(app, service)
     _bundle(app, service)
     _online(app, service)
+    _fleet(app, service)
     _openapi_examples(app, service)
     uploads = _spool_dir(service.state_dir)
     app.add_middleware(
@@ -356,6 +358,18 @@ def _online(app: FastAPI, service: Service) -> None:
         """Commit the online head as an adapter version now, if the accuracy gate accepts it on the held-out samples
         (then it is activated: the rollback point and what a restart resumes from); 409 while it warms up."""
         return service.snapshot()
+
+
+def _fleet(app: FastAPI, service: Service) -> None:
+    binary: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {}}}}
+
+    @app.post("/v1/fleet/statistics", tags=["fleet"], responses=binary)
+    def statistics(body: s.StatisticsRequest) -> Response:
+        """This device's ridge sums for the fleet's closed-form round (--fleet-key; 403 without): an .npz of G = X^T X
+        (upper triangle), X^T T, tr(T^T T) and the count over the samples jobs train on, and the same prefixed
+        `held_out.` over the gate's held-out samples. 409 while a job runs, or when the bundle's fused taps exceed
+        the width the sums allow."""
+        return Response(fleet_statistics(service, body.kappa), media_type="application/octet-stream")
 
 
 def _spool_dir(state_dir: FilePath) -> FilePath:

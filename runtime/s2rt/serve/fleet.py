@@ -36,13 +36,14 @@ if TYPE_CHECKING:
 _IMPORTS = threading.Lock()  # the replay check and the store it reads change together
 
 
-def check_fleet_allowed(service: Service) -> None:
+def check_fleet_allowed(service: Service, what: str = "importing adapter versions") -> None:
+    """403 unless the daemon is a fleet member (`--fleet-key`)."""
     if not service.config.fleet_keys:
         raise ApiError(
             403,
             "fleet_disabled",
-            "importing adapter versions is off: start the daemon with --fleet-key PUB (the fleet server's public key); "
-            "versions must then be signed by that key",
+            f"{what} is off: start the daemon with --fleet-key PUB (the fleet server's public key); "
+            "imported versions must then be signed by that key",
             "body",
         )
 
@@ -113,4 +114,3 @@ def _parse(service: Service, data: bytes, bundle: Any) -> tuple[Any, dict[str, A
 
 def _stored_only(current: Serving) -> dict[str, Any]:
     return {"accepted": False, "reason": "stored, not activated (activate was not requested)", "metrics": {}}
-

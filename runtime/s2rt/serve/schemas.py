@@ -206,6 +206,10 @@ class Imported(BaseModel):
     active_val_accuracy: float | None = None
 
 
+class StatisticsRequest(Strict):
+    kappa: float = Field(4.0, gt=0, le=1000, allow_inf_nan=False, description="the target margin: T = kappa (onehot - 1/C) - frozen logits")
+
+
 class OnlineStatus(BaseModel):
     method: str = Field(description="the online head's method: oselm or oselm-rf")
     warmup: int = Field(description="learnable samples fitted in closed form before learning goes sample by sample")
