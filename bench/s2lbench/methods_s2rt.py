@@ -12,6 +12,11 @@ from typing import Any
 
 from s2lbench.methods import ADAPTER_GRID, CLOSED_FORM, Job, Method, RunResult, score
 
+try:
+    from s2rt.heads.oselm import RANDOM_FEATURES
+except ImportError:  # older runtimes (no oselm-rf)
+    RANDOM_FEATURES = 0
+
 # s2rt method name (s2rt.methods) -> (benchmark name, label, learning-rate grid)
 S2RT_METHODS = {
     "skip2lora": ("s2rt-skip2lora", "Skip2-LoRA (s2rt)", ADAPTER_GRID),
@@ -21,7 +26,7 @@ S2RT_METHODS = {
     "ft-bias": ("s2rt-ft-bias", "FT-Bias, last layer (s2rt)", ADAPTER_GRID),
     "skip2relu": ("s2rt-skip2relu", "Skip2-ReLU r=32, standardized taps (s2rt)", ADAPTER_GRID),
     "oselm": ("s2rt-oselm", "OS-ELM ridge, one pass (s2rt)", CLOSED_FORM),
-    "oselm-rf": ("s2rt-oselm-rf", "OS-ELM, 1024 random ReLU features (s2rt)", CLOSED_FORM),
+    "oselm-rf": ("s2rt-oselm-rf", f"OS-ELM, {RANDOM_FEATURES} random ReLU features (s2rt)", CLOSED_FORM),
 }
 
 

@@ -8,7 +8,7 @@ features (the fused tap row X and the frozen logits F), with the `AdapterHead` i
     ft-bias    the last layer's bias fine-tuned:     z = F + db
     skip2relu  per tap A_l -> ReLU -> B_l on standardized taps, r=32 (`s2rt.heads.nonlinear`)
     oselm      closed-form ridge on standardized taps to the logit residual (`s2rt.heads.oselm`)
-    oselm-rf   the same with 1,024 random ReLU features of the standardized taps
+    oselm-rf   the same with 256 random ReLU features of the standardized taps
 
 The last tap is the classifier's input x_L and F = W x_L + b, so ft-last is exactly
 fine-tuning the last layer (W + dW, b + db) without needing W, and lora-last is LoRA on

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers.tiny import tiny_bundle, tiny_weights
 from s2rt.data import Samples
-from s2rt.errors import RuntimeInputError
-from s2rt.heads.oselm import KAPPAS, OSELMHead, random_features
+from s2rt.errors import RuntimeInputError, StateError
+from s2rt.heads.oselm import KAPPAS, MAX_RANDOM_FEATURES, RANDOM_FEATURES, OSELMHead, _Accumulator, random_features
 from s2rt.heads.rls import RecursiveRidge
 from s2rt.heads.standardize import safe_std
 from s2rt.session import Model
@@ -83,7 +83,7 @@ def reference_fit(head: OSELMHead, X, F, y, idx, kappa, lam):
     return batch_ridge(phi, kappa * onehot - F[idx].astype(np.float64), lam)
 
 
-@pytest.mark.parametrize("features", [0, 32])
+@pytest.mark.parametrize("features", [0, 32, 200])  # 200: more features than fit rows (the kernel side)
 @pytest.mark.parametrize("val_fraction", [0.0, 0.25])
 def test_fit_is_the_ridge_solution_for_the_picked_kappa_and_lambda(features, val_fraction):
     X, F, y = data()
@@ -183,3 +183,51 @@ def test_a_regression_bundle_is_refused_by_name():
     X, F, y = data(n=40)
     with pytest.raises(RuntimeInputError, match="oselm fits classifiers.*MSE"):
         OSELMHead((5, 7), 3).fit(ArraySource(X, F), y, np.arange(40), np.arange(0), TrainConfig(loss="MSE"))
+
+
+def test_an_oselm_rf_file_with_another_feature_count_loads_with_that_count():
+    """oselm-rf files from the earlier 1,024-feature default keep loading: the count comes from beta's rows."""
+    X, F, y = data()
+    old = OSELMHead((5, 7), 3, 1024, seed=3)
+    old.fit(ArraySource(X, F), y, np.arange(150), np.arange(0), TrainConfig())
+    head = OSELMHead((5, 7), 3, RANDOM_FEATURES, seed=3)
+    assert RANDOM_FEATURES != 1024 and head.beta.shape != old.beta.shape
+    head.load_state_dict(old.state_dict())
+    assert head.features == 1024 and head.num_parameters == old.num_parameters
+    np.testing.assert_array_equal(head.forward(X, F), old.forward(X, F))
+    linear = OSELMHead((5, 7), 3, 0)
+    with pytest.raises(StateError, match=r"beta: expected shape \(13, 3\)"):
+        linear.load_state_dict(old.state_dict())  # oselm does not turn into oselm-rf
+
+
+@pytest.mark.parametrize("rows", [5 + 7 + 1, 5 + 7 + 1 + MAX_RANDOM_FEATURES + 1])
+def test_an_oselm_rf_file_with_no_or_too_many_features_is_refused_by_name(rows):
+    head = OSELMHead((5, 7), 3, RANDOM_FEATURES, seed=3)
+    state = head.state_dict() | {"beta": np.zeros((rows, 3), np.float32)}
+    with pytest.raises(StateError, match=f"random features, found {rows} rows"):
+        head.load_state_dict(state)
+    assert head.features == RANDOM_FEATURES
+
+
+@pytest.mark.parametrize("features", [100, 300])
+def test_the_kernel_side_picks_what_the_gram_side_picks(features):
+    """With fewer fit rows than features the selection decomposes Phi Phi^T instead of Phi^T Phi:
+    the same validation predictions, so the same kappa, lambda and metrics."""
+    X, F, y = data(n=150)
+    head = OSELMHead((5, 7), 3, features, seed=3)
+    head.standardizer.fit(ArraySource(X, F), np.arange(150), head.tap_sizes)
+    acc = _Accumulator(head, ArraySource(X, F), y, np.arange(110), np.arange(110, 150))
+    assert acc.fit_phi is not None and acc.fit_phi.shape == (110, head.dim)
+    kernel = head._select(acc)
+    acc.fit_phi = None  # the Gram side
+    gram = head._select(acc)
+    assert kernel[:2] == gram[:2]
+    assert kernel[2]["val_accuracy"] == gram[2]["val_accuracy"]
+    assert kernel[2]["val_loss"] == pytest.approx(gram[2]["val_loss"], rel=1e-6)
+
+
+def test_enough_fit_rows_keep_no_copy_of_them():
+    X, F, y = data(n=150)
+    head = OSELMHead((5, 7), 3, 32, seed=3)
+    head.standardizer.fit(ArraySource(X, F), np.arange(150), head.tap_sizes)
+    assert _Accumulator(head, ArraySource(X, F), y, np.arange(110), np.arange(110, 150)).fit_phi is None

@@ -224,7 +224,7 @@ def test_cli_trains_every_method_and_refuses_a_mismatched_init(tmp_path):
         "ft-bias": 3,
         "skip2relu": 32 * 11 + 2 * 32 + 3 * 2 * 32,  # A, c, B (r = 32)
         "oselm": (11 + 1) * 3,  # beta over [u, 1]
-        "oselm-rf": (11 + 1 + 1024) * 3,
+        "oselm-rf": (11 + 1 + 256) * 3,
     }
     bad = s2rt(
         "train", bundle, "--data", tmp_path / "d.npz", "--method", "ft-last", "--init", tmp_path / "ft-bias.npz", "-o", tmp_path / "x.npz"

@@ -37,7 +37,8 @@ from s2rt.heads.rls import RecursiveRidge, ridge_solve
 from s2rt.heads.standardize import Standardizer, chunks
 from s2rt.lora_init import lora_a
 
-RANDOM_FEATURES = 1024  # oselm-rf
+RANDOM_FEATURES = 256  # oselm-rf (files written with another count, e.g. the earlier 1,024, still load)
+MAX_RANDOM_FEATURES = 4096  # bounds what an adapter file can make `load_state_dict` regenerate
 RF_STREAM = 1 << 20  # lora_a tap_index of R (b: RF_STREAM + 1): far beyond any tap index
 KAPPAS = tuple(2.0**k for k in range(-1, 9))
 LAMBDAS = tuple(10.0**k for k in range(-6, 2))  # times mean(diag(Phi^T Phi))
@@ -59,16 +60,20 @@ class OSELMHead(FlatParameters):
             raise RuntimeInputError(f"oselm needs taps of positive size and outputs; got {self.tap_sizes}, {num_outputs}")
         self.tap_width = sum(self.tap_sizes)
         self.num_outputs = num_outputs
-        self.features = features
-        self.dim = self.tap_width + 1 + features
-        self._theta = np.zeros(self.dim * num_outputs, FLOAT)
-        self._grad = np.zeros_like(self._theta)
-        self.beta = self._theta.reshape(self.dim, num_outputs)
+        self.seed = seed
         self.kappa, self.lam = 1.0, 1.0
         self.standardizer = Standardizer(self.tap_width)
-        self._rf = random_features(features, self.tap_width, seed) if features else None
+        self._set_features(features)
         self._gram: tuple[np.ndarray, np.ndarray, int] | None = None  # for `learn`: Phi^T Phi, Phi^T T, rows
         self._rls: RecursiveRidge | None = None
+
+    def _set_features(self, features: int) -> None:
+        self.features = features
+        self.dim = self.tap_width + 1 + features
+        self._theta = np.zeros(self.dim * self.num_outputs, FLOAT)
+        self._grad = np.zeros_like(self._theta)
+        self.beta = self._theta.reshape(self.dim, self.num_outputs)
+        self._rf = random_features(features, self.tap_width, self.seed) if features else None
 
     # -- features ----------------------------------------------------------------------
     def phi(self, u: np.ndarray) -> np.ndarray:
@@ -159,10 +164,8 @@ class OSELMHead(FlatParameters):
 
     def _select(self, acc: _Accumulator | _Held) -> tuple[float, float, dict[str, float]]:
         """(kappa, lam, validation metrics) with the best validation accuracy (ties: lower loss)."""
-        e, v = np.linalg.eigh(acc.gram)
-        q = acc.held_phi @ v
-        wy, wf = v.T @ acc.cross_y, v.T @ acc.cross_f
-        scale = float(np.trace(acc.gram)) / len(e)
+        e, q, wy, wf = _spectrum(acc)
+        scale = float(np.trace(acc.gram)) / acc.gram.shape[0]
         kappas = np.array(KAPPAS)[:, None, None]
         rows = np.arange(len(acc.held_y))
         best: tuple[float, float, float, float] | None = None  # (acc, -loss, kappa, lam)
@@ -246,6 +249,7 @@ class OSELMHead(FlatParameters):
         if set(state) != names:
             missing, extra = sorted(names - set(state)), sorted(set(state) - names)
             raise StateError(f"adapter state arrays: missing {missing}, unexpected {extra}")
+        self._adopt_feature_count(state["beta"])
         for name, shape in (("beta", self.beta.shape), ("ridge", (2,))):
             if np.shape(state[name]) != shape:
                 raise StateError(f"adapter state array {name}: expected shape {shape}, found {np.shape(state[name])}")
@@ -255,6 +259,34 @@ class OSELMHead(FlatParameters):
         self.beta[...] = state["beta"]
         self.kappa, self.lam = (float(v) for v in state["ridge"])
         self._gram = self._rls = None
+
+    def _adopt_feature_count(self, beta: np.ndarray) -> None:
+        """An oselm-rf file's beta rows say how many random features it was fitted with: take
+        that count (the features are regenerated from the seed), so files from an earlier
+        default keep loading."""
+        if not self.features or np.ndim(beta) != 2 or np.shape(beta)[0] == self.dim:
+            return
+        features = np.shape(beta)[0] - self.tap_width - 1
+        if not 1 <= features <= MAX_RANDOM_FEATURES:
+            raise StateError(
+                f"adapter state array beta: expected {self.tap_width} + 1 + K rows with 1 <= K <= {MAX_RANDOM_FEATURES} "
+                f"random features, found {np.shape(beta)[0]} rows"
+            )
+        self._set_features(features)
+
+
+def _spectrum(acc: _Accumulator | _Held) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(e, q, wy, wf): every ridge fit of `_select` in one eigenbasis, so that the held-out rows'
+    fitted residual is q diag(1 / (e + lam)) (kappa wy - wf). From the smaller side: the
+    dim x dim Gram matrix, or, when fewer rows are fitted than there are features (random
+    features on a small fine-tune set), the rows' kernel matrix Phi Phi^T, since
+    (Phi^T Phi + lam I)^-1 Phi^T = Phi^T (Phi Phi^T + lam I)^-1: the same predictions, an
+    eigendecomposition of rows^3 instead of dim^3."""
+    if isinstance(acc, _Accumulator) and acc.fit_phi is not None:
+        e, u = np.linalg.eigh(acc.fit_phi @ acc.fit_phi.T)
+        return e, (acc.held_phi @ acc.fit_phi.T) @ u, u.T @ acc.fit_y0, u.T @ acc.fit_f
+    e, v = np.linalg.eigh(acc.gram)
+    return e, acc.held_phi @ v, v.T @ acc.cross_y, v.T @ acc.cross_f
 
 
 @dataclass(frozen=True)
@@ -269,7 +301,9 @@ class _Held:
 
 class _Accumulator:
     """One chunked pass: Phi^T Phi, Phi^T Y0 and Phi^T F (float64) of the fit rows and of
-    the held-out rows separately; the held-out rows' Phi, F and labels are kept for selection."""
+    the held-out rows separately; the held-out rows' Phi, F and labels are kept for selection,
+    and the fit rows' Phi, F and centred one-hot too when they are fewer than the features
+    (`_spectrum` then decomposes their kernel matrix; they take no more room than the Gram)."""
 
     def __init__(self, head: OSELMHead, source: object, targets: np.ndarray, fit_idx: np.ndarray, held_idx: np.ndarray) -> None:
         dim, c = head.dim, head.num_outputs
@@ -278,6 +312,7 @@ class _Accumulator:
         self.sq_y = self.sq_yf = self.sq_f = 0.0
         self.rows = len(fit_idx)
         held_phi, held_f = [], []
+        fit_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = [] if len(fit_idx) < dim else None
         self.seconds_features = 0.0
         order = np.concatenate([fit_idx, held_idx])
         is_held = np.zeros(len(order), bool)
@@ -301,6 +336,8 @@ class _Accumulator:
                     g += p.T @ p
                     cy += p.T @ y0[mask]
                     cf += p.T @ F64[mask]
+            if fit_rows is not None and (~held).any():
+                fit_rows.append((phi[~held], y0[~held], F64[~held]))
             if (~held).any():
                 self.sq_y += float(np.vdot(y0[~held], y0[~held]))
                 self.sq_yf += float(np.vdot(y0[~held], F64[~held]))
@@ -311,6 +348,10 @@ class _Accumulator:
         self.held_phi = np.concatenate(held_phi) if held_phi else np.zeros((0, dim))
         self.held_f = np.concatenate(held_f) if held_f else np.zeros((0, c))
         self.held_y = targets[held_idx]
+        self.fit_phi: np.ndarray | None = None
+        self.fit_y0 = self.fit_f = np.zeros((0, c))
+        if fit_rows:
+            self.fit_phi, self.fit_y0, self.fit_f = (np.concatenate(part) for part in zip(*fit_rows))
 
     def fit_loss(self, beta: np.ndarray, kappa: float) -> float:
         """Mean squared residual ||Phi beta - T||^2 / (rows * C) on the fit rows, from the sums."""

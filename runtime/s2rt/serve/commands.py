@@ -89,7 +89,7 @@ def add_serve(sub: Subparsers) -> None:
         nargs="?",
         const="oselm",
         choices=["oselm", "oselm-rf"],
-        help="learn online: the served head is an OS-ELM head (default oselm; oselm-rf adds 1,024 random ReLU features) "
+        help="learn online: the served head is an OS-ELM head (default oselm; oselm-rf adds 256 random ReLU features) "
         "that learns every labelled sample (POST /v1/samples; but the --online-holdout share) by one recursive-least-squares "
         "step before answering, so "
         "the next prediction already reflects it; after a closed-form warm-up fit on the first --online-warmup samples. "
