@@ -68,7 +68,7 @@ def load_adapters(path: str | os.PathLike[str], bundle: Bundle) -> tuple[Adapter
         raise StateError(
             f"{path}: the adapters add classes {list(meta['new_labels'])[:5]} the bundle does not have; "
             "their head has more outputs than the bundle's (per-tap A, B) form: use them with s2rt (train, eval, "
-            "predict, Model.open(..., adapters=...)); exporting them is not supported yet"
+            "predict, serve, Model.open(..., adapters=...)) or s2conv export"
         )
     return _adapters(Path(path), arrays, bundle), meta
 

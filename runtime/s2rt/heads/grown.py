@@ -34,6 +34,7 @@ import numpy as np
 
 from s2rt.errors import RuntimeInputError, S2LError, StateError
 from s2rt.head import FLOAT, AdapterHead
+from s2rt.heads.branches import Branch
 
 MAX_NEW_CLASSES = 1024
 MAX_LABEL_CHARS = 200
@@ -135,6 +136,16 @@ class GrownHead:
             rhs += x.T @ (top[:, None] + margin * signs)
         gram[np.diag_indices_from(gram)] += RIDGE * max(float(np.trace(gram)) / d, 1e-12)
         self._new[fresh] = np.linalg.solve(gram, rhs).T[fresh].astype(FLOAT)
+
+    def export_branches(self) -> list[Branch]:
+        """One linear branch over C + K logits: W_l = s B_l A_l per tap, the new rows' W added
+        to the last tap's, their b as the bias (0 for the old classes). The export widens the
+        frozen logits to C + K with zeros first, as `pad_logits` does."""
+        weights = [(self.base.scaling * (b.astype(np.float64) @ a.astype(np.float64))) for a, b in self.base.per_tap()]
+        weights[-1][self.frozen_outputs :] += self._new[:, :-1]
+        bias = np.zeros(self.num_outputs, np.float32)
+        bias[self.frozen_outputs :] = self._new[:, -1]
+        return [Branch(tuple(w.astype(np.float32) for w in weights), bias, False, None)]
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return self.base.state_dict() | {NEW_W: self._new[:, :-1].copy(), NEW_B: self._new[:, -1].copy()}
