@@ -18,6 +18,7 @@ import io
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,59 @@ import numpy as np
 from s2rt.atomic import atomic_write_bytes
 from s2rt.bundle.model import Bundle
 from s2rt.errors import StateError
-from s2rt.methods import DEFAULT_METHOD, METHODS, get_method
+from s2rt.methods import DEFAULT_METHOD, METHODS, TrainableHead, get_method
 from s2rt.npz import read_npz
 
 STATE_FORMAT = 2  # 2: a `digest` member, the SHA-256 of every other member, checked on load
 DIGEST = "digest"
 Adapters = list[tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class HeadState:
+    """What an adapter version holds: a fine-tuning method and its head's named arrays (`head.state_dict()`)."""
+
+    method: str
+    arrays: Mapping[str, np.ndarray]
+
+    @classmethod
+    def of(cls, method: str, head: TrainableHead) -> HeadState:
+        """A copy of `head`'s numbers (`state_dict` copies)."""
+        return cls(get_method(method).name, head.state_dict())
+
+    @classmethod
+    def skip2lora(cls, adapters: Adapters) -> HeadState:
+        return cls(DEFAULT_METHOD, {f"{name}.{i}": a for i, pair in enumerate(adapters) for name, a in zip("AB", pair)})
+
+    def head(self, bundle: Bundle) -> TrainableHead:
+        """A new head of this method for `bundle` holding these numbers; StateError if they do not fit it."""
+        head = get_method(self.method).make_head(bundle)
+        head.load_state_dict(self.arrays)
+        return head
+
+    def adapters(self) -> Adapters:
+        """The per-tap (A, B) pairs of a skip2lora-family state."""
+        if METHODS[self.method].family != DEFAULT_METHOD:
+            raise StateError(f"{self.method} state has no per-tap (A, B) adapters")
+        taps = len(self.arrays) // 2
+        return [(self.arrays[f"A.{i}"], self.arrays[f"B.{i}"]) for i in range(taps)]
+
+    def save(self, path: str | os.PathLike[str], bundle: Bundle, **meta: Any) -> None:
+        save_state(path, self.arrays, bundle, self.method, **meta)
+
+
+def load_head_state(path: str | os.PathLike[str], bundle: Bundle) -> tuple[HeadState, dict[str, Any]]:
+    """Read a state file of any method for `bundle`, checked by loading it into a head of its method;
+    StateError if it is unreadable, belongs to another bundle or does not fit the bundle's head."""
+    arrays, meta = load_state(path, bundle)
+    if "new_labels" in meta:
+        raise StateError(f"{path}: the adapters add classes {list(meta['new_labels'])[:5]} the bundle does not have")
+    state = HeadState(meta["method"], arrays)
+    try:
+        state.head(bundle)
+    except StateError as e:
+        raise StateError(f"{path}: {e}") from None
+    return state, meta
 
 
 def save_adapters(path: str | os.PathLike[str], adapters: Adapters, bundle: Bundle, **meta: Any) -> None:

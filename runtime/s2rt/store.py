@@ -2,9 +2,11 @@
 
     DIR/<bundle digest[:16]>/
         index.json        {"bundle_digest": ..., "active": 3, "history": [0, 2, 3]}
-        v000001.npz ...   one file per version, written by `state.save_adapters`
+        v000001.npz ...   one file per version, written by `state.save_state`
 
-Version 0 is the bundle's own initial head (random A, B = 0) and has no file. A version
+A version holds any fine-tuning method's head (`state.HeadState`; the file's meta names
+the method), so the daemon serves whichever method the active version has. Version 0 is
+the bundle's own initial skip2lora head (random A, B = 0) and has no file. A version
 file is complete on disk before the index may name it, and both are replaced atomically
 (temp file, fsync, rename), so a crash at any instant leaves an index that points at a
 complete file. `history` lists activations, latest last: rolling back re-activates the
@@ -27,7 +29,8 @@ import numpy as np
 from s2rt.atomic import atomic_write_bytes
 from s2rt.bundle.model import Bundle
 from s2rt.errors import StateError
-from s2rt.state import Adapters, load_adapters, save_adapters
+from s2rt.methods import DEFAULT_METHOD
+from s2rt.state import HeadState, load_head_state
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class VersionInfo:
             "parent": self.meta.get("parent"),
             "origin": self.meta.get("origin"),
             "fleet_round": self.meta.get("fleet_round"),
+            "method": self.meta.get("method", DEFAULT_METHOD),
             "loadable": self.error is None,
             "error": self.error,
         }
@@ -94,19 +98,19 @@ class AdapterStore:
                 raise UnknownVersionError(f"adapter version {number} does not exist (versions: {known})")
             return self._versions[number]
 
-    def load(self, number: int) -> Adapters:
-        """The per-tap (A, B) pairs of a version; StateError if its file is unreadable."""
+    def load(self, number: int) -> HeadState:
+        """The method and arrays of a version; StateError if its file is unreadable."""
         self.info(number)
         if number == 0:
             return self.initial()
-        adapters, _ = load_adapters(self.path(number), self.bundle)
-        return adapters
+        state, _ = load_head_state(self.path(number), self.bundle)
+        return state
 
-    def initial(self) -> Adapters:
+    def initial(self) -> HeadState:
         h = self.bundle.head
-        return [(a.copy(), np.zeros((h.num_outputs, h.rank), np.float32)) for a in h.a_init]
+        return HeadState.skip2lora([(a.copy(), np.zeros((h.num_outputs, h.rank), np.float32)) for a in h.a_init])
 
-    def load_active(self) -> tuple[int, Adapters]:
+    def load_active(self) -> tuple[int, HeadState]:
         """The active version, or if it cannot be loaded the latest loadable one activated before it."""
         with self._lock:
             for pos in range(len(self.history) - 1, -1, -1):
@@ -124,16 +128,16 @@ class AdapterStore:
             return 0, self.initial()
 
     # -- changing --------------------------------------------------------------------
-    def commit(self, adapters: Adapters, **meta: Any) -> int:
-        """Write `adapters` as a new version (not yet active) and return its number."""
+    def commit(self, state: HeadState, **meta: Any) -> int:
+        """Write `state` as a new version (not yet active) and return its number."""
         with self._lock:
             number = max(self._versions) + 1
-            save_adapters(self.path(number), adapters, self.bundle, version=number, **meta)
+            state.save(self.path(number), self.bundle, version=number, **meta)
             self._versions[number] = self._inspect(number, self.path(number))
             log.info("adapter version %d written", number)
             return number
 
-    def activate(self, number: int) -> Adapters:
+    def activate(self, number: int) -> HeadState:
         """Make `number` the active version; it is loaded and checked first, so a bad file never becomes active."""
         with self._lock:
             adapters = self.load(number)
@@ -141,7 +145,7 @@ class AdapterStore:
             log.info("adapter version %d activated", number)
             return adapters
 
-    def rollback(self) -> tuple[int, Adapters]:
+    def rollback(self) -> tuple[int, HeadState]:
         """Re-activate the version activated before the current one (skipping unloadable ones)."""
         with self._lock:
             history = list(self.history)
@@ -161,7 +165,7 @@ class AdapterStore:
     # -- internals -------------------------------------------------------------------
     def _inspect(self, number: int, path: Path) -> VersionInfo:
         try:
-            _, meta = load_adapters(path, self.bundle)
+            _, meta = load_head_state(path, self.bundle)
         except StateError as e:
             log.error("adapter version %d is unreadable: %s", number, e)
             return VersionInfo(number, error=str(e))

@@ -9,15 +9,19 @@ import numpy as np
 import pytest
 from helpers.tiny import tiny_bundle
 from s2rt.errors import StateError
+from s2rt.state import HeadState
 from s2rt.store import AdapterStore, UnknownVersionError
 
 
-def adapters(bundle, value: float):
-    return [(a + value, np.full((bundle.head.num_outputs, bundle.head.rank), value, np.float32)) for a in bundle.head.a_init]
+def adapters(bundle, value: float) -> HeadState:
+    h = bundle.head
+    return HeadState.skip2lora([(a + value, np.full((h.num_outputs, h.rank), value, np.float32)) for a in h.a_init])
 
 
-def same(got, want) -> bool:
-    return all(np.array_equal(a, c) and np.array_equal(b, d) for (a, b), (c, d) in zip(got, want))
+def same(got: HeadState, want: HeadState) -> bool:
+    pairs = list(zip(got.adapters(), want.adapters()))
+    equal = all(np.array_equal(a, c) and np.array_equal(b, d) for (a, b), (c, d) in pairs)
+    return got.method == want.method and len(pairs) > 0 and equal
 
 
 @pytest.fixture

@@ -162,7 +162,12 @@ def _health(app: FastAPI, service: Service) -> None:
             "labels": list(b.labels),
             "loss": b.head.loss.name.lower(),
             "taps": [{"name": t.name, "layer": t.layer, "shape": list(t.shape), "reduction": t.reduction.name.lower()} for t in b.taps],
-            "head": {"rank": b.head.rank, "alpha": b.head.alpha, "trainable_parameters": b.head.num_parameters},
+            "head": {
+                "rank": b.head.rank,
+                "alpha": b.head.alpha,
+                "trainable_parameters": b.head.num_parameters,
+                "method": serving.method,
+            },
             "train_defaults": {
                 "optimizer": b.head.defaults.optimizer.name.lower(),
                 "learning_rate": b.head.defaults.learning_rate,

@@ -20,7 +20,7 @@ from s2rt.features import CachedFeatures
 from s2rt.serve.errors import ApiError
 from s2rt.serve.fleet_signing import verify
 from s2rt.serve.gate import AccuracyGate, held_out
-from s2rt.state import load_adapters
+from s2rt.state import HeadState, load_adapters
 
 if TYPE_CHECKING:
     from s2rt.serve.service import Deployment, Service, Serving
@@ -48,12 +48,13 @@ def import_version(service: Service, data: bytes, signature: str | None, key_id:
     except SignatureError as e:
         raise ApiError(403, "bad_signature", str(e), "signature") from None
     adapters, meta = _parse(service, data, deployment.bundle)
-    head = deployment.head(adapters)
+    candidate = HeadState.skip2lora(adapters)
+    head = deployment.head(candidate)
     round_ = meta.get("round")
     origin = {"origin": "fleet", "fleet_key": key.key_id, "fleet_round": round_ if type(round_) is int else None}
     with service.jobs.exclusive("activating an imported version") if activate else contextlib.nullcontext():
         gate = _gate(service, deployment, head) if activate else _stored_only
-        result = service.swap_in(deployment, head, gate, commit_always=True, **origin)
+        result = service.swap_in(deployment, candidate, gate, commit_always=True, **origin)
         deployment.cache.flush()
     if "version" not in result:  # the bundle was replaced between the check and the swap
         raise ApiError(409, "conflict", result["reason"])

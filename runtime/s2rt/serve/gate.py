@@ -14,7 +14,7 @@ import numpy as np
 
 from s2rt.cache import sample_keys
 from s2rt.features import CachedFeatures
-from s2rt.head import AdapterHead
+from s2rt.methods import TrainableHead
 from s2rt.trainer import evaluate
 
 if TYPE_CHECKING:
@@ -31,14 +31,14 @@ def held_out(x: np.ndarray, fraction: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AccuracyGate:
-    head: AdapterHead  # the new adapters
+    head: TrainableHead  # the new adapters (any method)
     val: CachedFeatures | None  # the held-out samples' features
     y_val: np.ndarray
     n_train: int
     batch_size: int
     check: bool  # False: accept without comparing
 
-    def accuracy(self, head: AdapterHead) -> float:
+    def accuracy(self, head: TrainableHead) -> float:
         assert self.val is not None
         return float(evaluate(head, self.val, self.y_val, self.batch_size)["accuracy"])
 

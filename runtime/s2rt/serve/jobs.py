@@ -1,7 +1,7 @@
 """Fine-tune jobs: one at a time, in a worker thread, while predictions keep being answered.
 
 A job trains a copy of the active adapters (or of the bundle's initial head, or of a
-stored version: `start_from`) on a snapshot of the stored samples, minus the held-out
+stored version: `start_from`), with that version's method, on a snapshot of the stored samples, minus the held-out
 split (`gate.held_out`); `examples` is how many it trains on. When the run ends, the new
 adapters are committed and activated only if `gate.AccuracyGate` accepts them: held-out
 accuracy not worse than the version active at that moment; otherwise the active version
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from s2rt.bundle import Optimizer
+from s2rt.bundle import Bundle, Optimizer
 from s2rt.errors import S2LError, StateError
 from s2rt.features import CachedFeatures
-from s2rt.head import AdapterHead
+from s2rt.methods import METHODS, TrainableHead, get_method
 from s2rt.serve.errors import ApiError, conflict, disk_full, not_found
 from s2rt.serve.gate import AccuracyGate, held_out
-from s2rt.state import Adapters
+from s2rt.state import HeadState
 from s2rt.store import UnknownVersionError
 from s2rt.trainer import TrainConfig, evaluate, train
 
@@ -57,6 +57,7 @@ class JobOptions:
     check_accuracy: bool = True
     start_from: str | int = "active"  # "active", "initial" or a version number (e.g. an imported global version)
     commit: str = "accepted"  # "always": keep the trained adapters as a new version even when the gate keeps the active one
+    method: str | None = None  # None: the start version's method (s2rt.methods)
 
 
 class JobCancelled(Exception):
@@ -71,7 +72,7 @@ class Plan:
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
-    start: Adapters
+    start: HeadState
     start_version: int
     check_accuracy: bool
     commit_always: bool
@@ -191,6 +192,7 @@ class JobRunner:
         except S2LError as e:
             raise ApiError(422, "invalid_input", str(e)) from None
         start_version, start = _start(serving, options.start_from)
+        start = _with_method(start, options.method, bundle)
         return Plan(
             deployment,
             config,
@@ -198,7 +200,7 @@ class JobRunner:
             samples.y[~val],
             samples.x[val],
             samples.y[val],
-            [(a.copy(), b.copy()) for a, b in start],
+            start,
             start_version,
             options.check_accuracy,
             options.commit == "always",
@@ -220,7 +222,13 @@ class JobRunner:
             else:
                 gate = AccuracyGate(head, val_src, plan.y_val, len(plan.y_train), plan.config.batch_size, plan.check_accuracy)
                 result = self.service.swap_in(
-                    deployment, head, gate, plan.commit_always, job=job.id, epochs=report.epochs_run, start=plan.start_version
+                    deployment,
+                    HeadState.of(plan.start.method, head),
+                    gate,
+                    plan.commit_always,
+                    job=job.id,
+                    epochs=report.epochs_run,
+                    start=plan.start_version,
                 )
                 state = "succeeded" if result["accepted"] else "rejected"
                 message = result["reason"]
@@ -329,7 +337,7 @@ class JobRunner:
 class _Listener:
     """Per batch: progress and the cancel check. Per epoch: held-out loss and accuracy."""
 
-    def __init__(self, job: Job, head: AdapterHead, val: CachedFeatures | None, plan: Plan) -> None:
+    def __init__(self, job: Job, head: TrainableHead, val: CachedFeatures | None, plan: Plan) -> None:
         self.job, self.head, self.val, self.plan = job, head, val, plan
 
     def __call__(self, epoch: int, epochs: int, batch: int, batches: int, loss: float) -> None:
@@ -351,11 +359,11 @@ class _Listener:
         pass
 
 
-def _start(serving: Serving, start_from: str | int) -> tuple[int, Adapters]:
-    """The version a job starts from and its adapters: the active one, the bundle's initial head, or a stored version."""
+def _start(serving: Serving, start_from: str | int) -> tuple[int, HeadState]:
+    """The version a job starts from and its head state (a copy): the active one, the bundle's initial head, or a stored version."""
     store = serving.deployment.adapters
     if start_from == "active":
-        return serving.version, serving.head.per_tap()
+        return serving.version, serving.state()
     number = 0 if start_from == "initial" else int(start_from)
     try:
         return number, store.load(number)
@@ -363,6 +371,19 @@ def _start(serving: Serving, start_from: str | int) -> tuple[int, Adapters]:
         raise not_found(str(e), "start_from") from None
     except StateError as e:
         raise conflict(f"start_from: {e}", "start_from") from None
+
+
+def _with_method(start: HeadState, method: str | None, bundle: Bundle) -> HeadState:
+    """`start` trained by `method`: the same numbers within a method family, the method's fresh head otherwise."""
+    if method is None:
+        return start
+    try:
+        chosen = get_method(method)
+    except S2LError as e:
+        raise ApiError(422, "invalid_input", f"method: {e}", "method") from None
+    if chosen.family == METHODS[start.method].family:
+        return HeadState(chosen.name, start.arrays)
+    return HeadState.of(chosen.name, chosen.make_head(bundle))
 
 
 def _finite(v: Any) -> Any:

@@ -122,6 +122,12 @@ class TrainRequest(Strict):
         description="continue the active adapters, start afresh from the bundle's initial head, or start from this adapter "
         "version (e.g. a global version imported with POST /v1/adapters)",
     )
+    method: str | None = Field(
+        None,
+        max_length=32,
+        description="the fine-tuning method (as s2rt train --method: skip2lora, ft-last, skip2relu, oselm, ...); "
+        "default: the start version's; another method's family starts from that method's fresh head",
+    )
     commit: Literal["accepted", "always"] = Field(
         "accepted",
         description="accepted: keep the trained adapters only if the accuracy gate activates them; always: keep them as a new "
@@ -161,6 +167,7 @@ class VersionInfoModel(BaseModel):
     parent: int | None
     origin: str | None = Field(None, description="where the version came from: 'fleet' for an imported global version")
     fleet_round: int | None = Field(None, description="the fleet round of an imported global version, when its file names one")
+    method: str = Field("skip2lora", description="the fine-tuning method whose head the version holds (s2rt train --method)")
     loadable: bool
     error: str | None
 

@@ -1,7 +1,7 @@
 """The daemon's core, without HTTP: the deployed bundle, its active adapters, samples and jobs.
 
-What predictions use is one immutable `Serving` (bundle, frozen model, adapter head,
-version) swapped as a single reference, so a request sees the old adapters or the new
+What predictions use is one immutable `Serving` (bundle, frozen model, adapter head of
+the active version's method, version) swapped as a single reference, so a request sees the old adapters or the new
 ones, never a mix, and a swap never waits for requests. Every change of what is served
 (activate, roll back, a finished job, a deploy) is durable on disk before the swap.
 
@@ -36,9 +36,9 @@ from s2rt.bundle import Bundle, Loss
 from s2rt.bundle.signing import PublicKey
 from s2rt.cache import SkipCache
 from s2rt.errors import BackendError, BundleError, S2LError, StateError
-from s2rt.folded import fold
+from s2rt.folded import AFFINE_METHODS, fold
 from s2rt.frozen import FrozenModel
-from s2rt.head import AdapterHead
+from s2rt.methods import TrainableHead
 from s2rt.serve.db import Database
 from s2rt.serve.deploy import BundleShelf, Copy, better_copy
 from s2rt.serve.errors import ApiError, conflict, not_found
@@ -46,8 +46,8 @@ from s2rt.serve.inputs import labels_from_json, samples_from_json, samples_from_
 from s2rt.serve.jobs import JobRunner
 from s2rt.serve.metrics import Metrics
 from s2rt.serve.samples import SampleStore, signature
-from s2rt.session import new_head, softmax
-from s2rt.state import Adapters
+from s2rt.session import softmax
+from s2rt.state import HeadState
 from s2rt.store import AdapterStore, UnknownVersionError
 from s2rt.trainer import predict_logits
 from s2rt.trust import open_trusted
@@ -76,7 +76,7 @@ class Deployment:
         self.frozen = frozen
         self.signature = signature(bundle)
         self.classify = bundle.head.loss == Loss.SOFTMAX_CROSS_ENTROPY
-        # predictions in one onnxruntime call, the active adapters bound as inputs (see Serving.folded)
+        # predictions in one onnxruntime call, an affine head's fold bound as inputs (see Serving.folded)
         on_onnx = frozen.backend.name == "onnx" and predict_graph.enabled()
         self.graph = PredictGraph(bundle, frozen.segment, frozen.backend.threads) if on_onnx else None
         self.adapters = AdapterStore(state_dir / "adapters", bundle)
@@ -95,10 +95,12 @@ class Deployment:
         other.data, other.bundle = copy
         return other
 
-    def head(self, adapters: Adapters) -> AdapterHead:
-        head = new_head(self.bundle)
-        head.load_per_tap(adapters)
-        return head
+    def head(self, state: HeadState) -> TrainableHead:
+        """A new head of `state`'s method holding its numbers."""
+        return state.head(self.bundle)
+
+    def serving(self, state: HeadState, version: int) -> Serving:
+        return Serving(self, self.head(state), version, state.method)
 
     def close(self) -> None:
         self.cache.close()
@@ -107,12 +109,19 @@ class Deployment:
 @dataclass(frozen=True)
 class Serving:
     deployment: Deployment
-    head: AdapterHead
+    head: TrainableHead  # never changed once served: a new head is a new Serving
     version: int
-    folded: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False)  # the head as (W, b) for the predict graph
+    method: str
+    # an affine head as (W, b) for the predict graph; None: the head runs in NumPy
+    folded: tuple[np.ndarray, np.ndarray] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "folded", fold(self.head))
+        affine = self.deployment.graph is not None and self.method in AFFINE_METHODS
+        object.__setattr__(self, "folded", fold(self.head) if affine else None)
+
+    def state(self) -> HeadState:
+        """A copy of the served head's method and numbers."""
+        return HeadState.of(self.method, self.head)
 
 
 class Service:
@@ -143,8 +152,8 @@ class Service:
         return FrozenModel(bundle, open_backend(bundle, self.config.backend, self.config.threads))
 
     def _serving(self, deployment: Deployment) -> Serving:
-        version, adapters = deployment.adapters.load_active()
-        return Serving(deployment, deployment.head(adapters), version)
+        version, state = deployment.adapters.load_active()
+        return deployment.serving(state, version)
 
     def _sample_count(self) -> float:
         return self.samples.count(self.serving.deployment.signature)
@@ -160,11 +169,11 @@ class Service:
 
     def predict(self, x: np.ndarray, serving: Serving | None = None) -> dict[str, Any]:
         """Predictions for `x`, checked against `serving` (default: the one serving now): one
-        onnxruntime call with the predict graph, the head in NumPy on other backends."""
+        onnxruntime call with the predict graph for an affine head, else the head in NumPy."""
         s = serving or self.serving
         deployment = s.deployment
         x = deployment.frozen.check_input(x)
-        if deployment.graph is None:
+        if s.folded is None or deployment.graph is None:
             taps, frozen_logits = deployment.frozen.run_checked(x)
             z = predict_logits(s.head, taps, frozen_logits)
             classes, probabilities = z.argmax(axis=1), softmax(z)
@@ -203,38 +212,38 @@ class Service:
     def activate(self, number: int) -> int:
         with self._swap:
             deployment = self.serving.deployment
-            adapters = store_call(lambda: deployment.adapters.activate(number))
-            self.serving = Serving(deployment, deployment.head(adapters), number)
+            state = store_call(lambda: deployment.adapters.activate(number))
+            self.serving = deployment.serving(state, number)
             return number
 
     def rollback(self) -> int:
         with self._swap:
             deployment = self.serving.deployment
-            number, adapters = store_call(deployment.adapters.rollback)
-            self.serving = Serving(deployment, deployment.head(adapters), number)
+            number, state = store_call(deployment.adapters.rollback)
+            self.serving = deployment.serving(state, number)
             return number
 
     def swap_in(
         self,
         deployment: Deployment,
-        head: AdapterHead,
+        candidate: HeadState,
         decide: Callable[[Serving], dict[str, Any]],
         commit_always: bool = False,
         **meta: Any,
     ) -> dict[str, Any]:
-        """Commit and activate `head` if `decide(current serving)` accepts it (with `commit_always`, commit it
-        as a new inactive version otherwise); atomic with respect to other swaps."""
+        """Commit and activate `candidate` if `decide(current serving)` accepts it (with `commit_always`, commit
+        it as a new inactive version otherwise); atomic with respect to other swaps."""
         with self._swap:
             current = self.serving
             if current.deployment is not deployment:
                 return {"accepted": False, "reason": "the bundle was replaced while the job ran"}
             verdict = decide(current)
             if verdict["accepted"] or commit_always:
-                number = deployment.adapters.commit(head.per_tap(), parent=current.version, metrics=verdict["metrics"], **meta)
+                number = deployment.adapters.commit(candidate, parent=current.version, metrics=verdict["metrics"], **meta)
                 verdict["version"] = number
             if verdict["accepted"]:
-                adapters = deployment.adapters.activate(number)
-                self.serving = Serving(deployment, deployment.head(adapters), number)
+                state = deployment.adapters.activate(number)
+                self.serving = deployment.serving(state, number)
             return verdict
 
     # -- deploy ------------------------------------------------------------------------
