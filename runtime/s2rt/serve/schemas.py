@@ -43,7 +43,12 @@ class ModelInfo(BaseModel):
     format_version: list[int]
     input: dict[str, Any]
     signature: str
-    labels: list[str]
+    labels: list[str] = Field(
+        description="the served classes, in the order of predict's probabilities: the bundle's, then the active version's new_labels"
+    )
+    new_labels: list[str] = Field(
+        [], description="classes the active adapter version learned on the device (s2rt serve --allow-new-classes)"
+    )
     loss: str
     taps: list[dict[str, Any]]
     head: dict[str, Any]
@@ -62,14 +67,18 @@ class PredictRequest(Strict):
 class PredictResponse(BaseModel):
     adapter_version: int = Field(description="the adapter version that made these predictions")
     classes: list[int]
-    labels: list[str]
+    labels: list[str] = Field(description="the class names, from the active version's labels (see /v1/model)")
     probabilities: list[list[float]] | None = None
     outputs: list[list[float]] | None = Field(None, description="regression heads: the outputs")
 
 
 class SamplesRequest(Strict):
     x: Samples = Field(min_length=1, description="one sample or a list of samples, as for predict")
-    y: LabelOrLabels = Field(description="class index or label name; a list of them for a list of samples")
+    y: LabelOrLabels = Field(
+        description="class index or label name; a list of them for a list of samples. A name the bundle lacks is refused, "
+        "or with s2rt serve --allow-new-classes stored as a new class (index after the bundle's labels and the earlier "
+        "new classes; see /v1/samples' labels) that the next job learns"
+    )
 
 
 class SamplesCreated(BaseModel):
@@ -81,6 +90,9 @@ class SamplesSummary(BaseModel):
     signature: str
     count: int = Field(description="samples of the served bundle's input signature")
     count_all_signatures: int
+    labels: list[str] = Field(
+        [], description="the names of by_label's class indices: the bundle's labels, then the new classes samples brought"
+    )
     by_label: dict[int, int]
     ids: list[int]
     next_after_id: int | None
@@ -168,6 +180,7 @@ class VersionInfoModel(BaseModel):
     origin: str | None = Field(None, description="where the version came from: 'fleet' for an imported global version")
     fleet_round: int | None = Field(None, description="the fleet round of an imported global version, when its file names one")
     method: str = Field("skip2lora", description="the fine-tuning method whose head the version holds (s2rt train --method)")
+    new_labels: list[str] = Field([], description="classes the version learned beyond the bundle's labels")
     loadable: bool
     error: str | None
 

@@ -1,0 +1,106 @@
+"""New classes in the daemon (`s2rt serve --allow-new-classes`), on a real server process:
+samples that name classes the bundle lacks are refused by default and stored as new
+classes when allowed; a job grows the head; the served labels (/v1/model, predict,
+OpenAPI) follow the active version, also through rollback and a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.daemon import wait_job
+from s2rt.bundle import write_bundle
+from s2rt.session import Model
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+OLD = tuple((MODELS / "data" / "har_open_labels.txt").read_text().split())  # HAR without TRAP and ROW
+
+
+@pytest.fixture(scope="module")
+def open_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from s2conv import ConvertOptions, convert
+
+    path = tmp_path_factory.mktemp("har_open") / "har_open.s2l"
+    write_bundle(convert(MODELS / "har_open_mlp.onnx", ConvertOptions(labels=OLD)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def open_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ft, test = (np.load(MODELS / "data" / f"har_open_{s}.npz", allow_pickle=False) for s in ("ft", "test"))
+    return ft["x"].astype(np.float32), ft["y"], test["x"].astype(np.float32), test["y"]
+
+
+def first_seen(names: np.ndarray) -> tuple[str, ...]:
+    """The new class names in the order they first appear: the daemon numbers them so."""
+    return tuple(dict.fromkeys(n for n in names.tolist() if n not in OLD))
+
+
+def test_unknown_label_names_are_refused_without_the_flag(serve, open_bundle, open_data):
+    x, y, _, _ = open_data
+    d = serve(str(open_bundle))
+    new = int(np.flatnonzero(~np.isin(y, OLD))[0])
+    r = d.client.post("/v1/samples", json={"x": x[: new + 1].tolist(), "y": y[: new + 1].tolist()})
+    assert r.status_code == 422 and r.json()["field"] == f"y[{new}]"
+    assert repr(str(y[new])) in r.json()["message"] and "--allow-new-classes" in r.json()["message"]
+    assert d.client.get("/v1/samples").json()["count"] == 0  # nothing of the batch was stored
+
+
+def test_new_classes_are_learned_served_rolled_back_and_kept_across_a_restart(serve, open_bundle, open_data, tmp_path):
+    x, y, x_test, y_test = open_data
+    new = first_seen(y)
+    assert set(new) == {"ROW", "TRAP"}
+    d = serve(str(open_bundle), "--allow-new-classes", "--allow-unauthenticated-control")
+    c = d.client
+    assert c.post("/v1/samples", json={"x": x.tolist(), "y": y.tolist()}).status_code == 201
+    summary = c.get("/v1/samples").json()
+    assert summary["labels"] == [*OLD, *new] and set(summary["by_label"]) == {str(k) for k in range(len(OLD) + 2)}
+    assert c.get("/v1/model").json()["labels"] == list(OLD)  # no version has learned them yet
+    assert len(c.post("/v1/predict", json={"x": x_test[:3].tolist()}).json()["probabilities"][0]) == len(OLD)
+
+    job = wait_job(c, c.post("/v1/jobs", json={}).json()["id"])
+    assert job["state"] == "succeeded", job
+    model = c.get("/v1/model").json()
+    assert model["labels"] == [*OLD, *new] and model["new_labels"] == list(new) and model["adapter_version"] == 1
+    assert c.get("/v1/adapters/1").json()["new_labels"] == list(new)
+
+    served = c.post("/v1/predict", json={"x": x_test.tolist()}).json()
+    assert len(served["probabilities"][0]) == len(OLD) + 2
+    predicted = np.array(served["labels"])
+    for name in new:  # the grown head recognises the new classes on the shifted test split (trained on 80%: 0.9 with all)
+        assert np.mean(predicted[y_test == name] == name) >= 0.8, name
+    (tmp_path / "v1.npz").write_bytes(c.get("/v1/adapters/1/download").content)
+    library = Model.open(open_bundle, adapters=tmp_path / "v1.npz")
+    assert library.labels == (*OLD, *new)
+    classes, probabilities = library.classify(x_test)
+    assert served["classes"] == classes.tolist() and served["labels"] == [library.labels[k] for k in classes]
+    np.testing.assert_allclose(served["probabilities"], probabilities, rtol=1e-4, atol=1e-5)
+
+    example = c.get("/v1/openapi.json").json()
+    assert "new_labels" in example["components"]["schemas"]["ModelInfo"]["properties"]
+    assert "--allow-new-classes" in example["components"]["schemas"]["SamplesRequest"]["properties"]["y"]["description"]
+
+    assert c.post("/v1/adapters/rollback").json() == {"active": 0}
+    assert c.get("/v1/model").json()["labels"] == list(OLD)
+    rolled = c.post("/v1/predict", json={"x": x_test[:20].tolist()}).json()
+    assert set(rolled["labels"]) <= set(OLD) and len(rolled["probabilities"][0]) == len(OLD)
+    assert c.post("/v1/adapters/1/activate").json() == {"active": 1}
+    assert d.stop() == 0
+
+    again = serve(str(open_bundle), "--allow-unauthenticated-control")  # without the flag: known classes stay usable
+    assert again.client.get("/v1/model").json()["labels"] == [*OLD, *new]
+    r = again.client.post("/v1/samples", json={"x": x[:2].tolist(), "y": [new[1], len(OLD)]})
+    assert r.status_code == 201
+    r = again.client.post("/v1/samples", json={"x": x[:1].tolist(), "y": ["SHRUG"]})
+    assert r.status_code == 422 and "--allow-new-classes" in r.json()["message"]
+    assert again.client.get("/v1/samples").json()["labels"] == [*OLD, *new]
+
+
+def test_new_classes_need_a_skip2lora_job(serve, open_bundle, open_data):
+    x, y, _, _ = open_data
+    d = serve(str(open_bundle), "--allow-new-classes", "--allow-unauthenticated-control")
+    d.client.post("/v1/samples", json={"x": x[:400].tolist(), "y": y[:400].tolist()})
+    r = d.client.post("/v1/jobs", json={"method": "oselm"})
+    assert r.status_code == 422 and r.json()["field"] == "method"
+    assert "only skip2lora" in r.json()["message"] and "oselm" in r.json()["message"]
