@@ -121,3 +121,25 @@ def test_a_file_without_labels_metadata_is_named(tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     with pytest.raises(ConversionError, match=r"m.onnx: has no s2l.labels metadata"):
         exported_labels(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("backend", ["both", "tflite"])
+def test_output_activation_covers_the_new_classes(tmp_path, backend):
+    """A source model ending in Softmax: the export's softmax runs over C + K probabilities."""
+    from test_export import softmax_mlp
+
+    path = tmp_path / "sm.s2l"
+    write_bundle(convert(softmax_mlp(tmp_path), ConvertOptions(backend=backend)), path)
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    names = np.array(["class_0", "class_1", "class_2", "novel"])[rng.integers(0, 4, 60)]
+    model = Model.open(path)
+    model.fine_tune(model.samples(x, names, allow_new_classes=True), epochs=3, seed=0)
+    model.save_adapters(tmp_path / "a.npz")
+    for suffix in (".onnx", ".tflite") if backend == "both" else (".tflite",):
+        out = tmp_path / f"t{suffix}"
+        export_file(read_bundle(path), tmp_path / "a.npz", out)
+        got = run_onnx(out.read_bytes(), x) if suffix == ".onnx" else run_tflite(out.read_bytes(), x)
+        assert list(got) == ["probabilities"] and got["probabilities"].shape == (60, 4)
+        np.testing.assert_allclose(got["probabilities"], model.predict_proba(x), rtol=REL, atol=REL)
+        assert exported_labels(out) == ("class_0", "class_1", "class_2", "novel")
