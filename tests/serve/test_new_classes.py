@@ -104,3 +104,29 @@ def test_new_classes_need_a_skip2lora_job(serve, open_bundle, open_data):
     r = d.client.post("/v1/jobs", json={"method": "oselm"})
     assert r.status_code == 422 and r.json()["field"] == "method"
     assert "only skip2lora" in r.json()["message"] and "oselm" in r.json()["message"]
+
+
+def test_online_learning_leaves_new_classes_to_jobs(serve, open_bundle, open_data, tmp_path):
+    """--online cannot be combined with --allow-new-classes; an online daemon on a state dir whose
+    samples hold new classes learns only the bundle's classes from them."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers.daemon import ROOT
+
+    x, y, _, _ = open_data
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime")}
+    command = [sys.executable, "-m", "s2rt", "serve", str(open_bundle), "--state-dir", str(tmp_path / "s"), "--port", "0"]
+    out = subprocess.run([*command, "--online", "--allow-new-classes"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "--allow-new-classes" in out.stderr and "Traceback" not in out.stderr
+
+    state = tmp_path / "state"
+    d = serve(str(open_bundle), "--allow-new-classes", state=state)
+    assert d.client.post("/v1/samples", json={"x": x[:400].tolist(), "y": y[:400].tolist()}).status_code == 201
+    assert d.stop() == 0
+    online = serve(str(open_bundle), "--online", "--online-warmup", "100", state=state)
+    status = online.client.get("/v1/online").json()
+    old = np.isin(y[:400], OLD)
+    assert 0 < status["learned_samples"] <= old.sum() < 400  # the new-class samples were not learned
+    assert online.client.get("/v1/model").json()["labels"] == list(OLD)

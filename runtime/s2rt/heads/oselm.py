@@ -20,6 +20,7 @@ it by RLS, one sample or chunk at a time (OS-ELM's online sequential phase).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -174,14 +175,36 @@ class OSELMHead(FlatParameters):
     # -- online: one RLS step per labelled sample -----------------------------------------
     def learn(self, X: np.ndarray, F: np.ndarray, y: np.ndarray) -> None:
         """Update beta with labelled rows by recursive least squares (after `fit`)."""
+        rls = self.rls()
+        u = self.split_taps(X)[0]
+        rls.update(self.phi(u).astype(np.float64), self.residual_target(np.asarray(F, np.float64), np.asarray(y)))
+        self.beta[...] = rls.beta
+
+    def rls(self) -> RecursiveRidge:
+        """The recursive least squares state `learn` continues (made from `fit`'s Gram matrix on first use)."""
         if self._rls is None:
             if self._gram is None:
                 raise RuntimeInputError("oselm.learn: fit the head first (its kappa, lambda and Gram matrix come from fit)")
             gram, cross, rows = self._gram
             self._rls = RecursiveRidge.from_gram(gram, cross, self.lam, rows)
-        u = self.split_taps(X)[0]
-        self._rls.update(self.phi(u).astype(np.float64), self.residual_target(np.asarray(F, np.float64), np.asarray(y)))
-        self.beta[...] = self._rls.beta
+        return self._rls
+
+    def resume(self, rls: RecursiveRidge) -> None:
+        """Continue learning from a saved RLS state (the head's standardization and kappa must be the ones it was made with)."""
+        if rls.beta.shape != self.beta.shape:
+            raise StateError(f"oselm RLS state: expected beta of shape {self.beta.shape}, found {rls.beta.shape}")
+        self._rls, self._gram = rls, None
+        self.beta[...] = rls.beta
+
+    def snapshot(self) -> OSELMHead:
+        """A copy to serve while this head keeps learning: its own beta, the same standardization and
+        random features (never changed after `fit`), no RLS state."""
+        out = copy.copy(self)
+        out._theta = self._theta.copy()
+        out._grad = np.zeros_like(out._theta)
+        out.beta = out._theta.reshape(self.dim, self.num_outputs)
+        out._gram = out._rls = None
+        return out
 
     # -- export and state ------------------------------------------------------------------
     def export_branches(self) -> list[Branch]:

@@ -38,6 +38,23 @@ class RecursiveRidge:
         out.rows = rows
         return out
 
+    def state(self) -> dict[str, np.ndarray]:
+        """P, beta and the row counters as arrays: enough to continue bit for bit (`from_state`)."""
+        return {"P": self.P.copy(), "beta": self.beta.copy(), "counters": np.array([self.rows, self._since_symmetric], np.int64)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], lam: float) -> RecursiveRidge:
+        P, beta, counters = (np.asarray(state[k]) for k in ("P", "beta", "counters"))
+        dim = P.shape[0] if P.ndim == 2 else -1
+        if P.shape != (dim, dim) or beta.ndim != 2 or beta.shape[0] != dim or counters.shape != (2,):
+            raise ValueError(f"RLS state: P {P.shape}, beta {beta.shape}, counters {counters.shape} do not fit together")
+        if not (np.all(np.isfinite(P)) and np.all(np.isfinite(beta))):
+            raise ValueError("RLS state holds NaN or inf")
+        out = cls(dim, beta.shape[1], lam)
+        out.P, out.beta = P.astype(np.float64), beta.astype(np.float64)
+        out.rows, out._since_symmetric = int(counters[0]), int(counters[1])
+        return out
+
     def update(self, phi: np.ndarray, target: np.ndarray) -> None:
         """Learn rows `phi` (k x dim) with targets (k x outputs)."""
         phi = np.atleast_2d(np.asarray(phi, dtype=np.float64))

@@ -1,13 +1,16 @@
 """Who may change what the daemon serves: the control endpoints and the guard in front of them.
 
 Control endpoints deploy a bundle (whose ONNX onnxruntime then parses inside the
-daemon), start or cancel fine-tune jobs, import, activate or roll back adapter versions.
+daemon), start or cancel fine-tune jobs, import, activate or roll back adapter versions,
+or commit the online head as a version (`--online`).
 On TCP loopback every local user and process can connect, so there they need a bearer
 token (`--token-file`, checked by `BearerAuth` for every endpoint) unless the operator
 opts out with `--allow-unauthenticated-control`. The Unix socket is mode 0600: only the
 daemon's user (and root) can connect, so connecting is the authentication. Predictions,
 samples and reads stay open on loopback: a sample only changes what is served through
-a job, which is a control endpoint.
+a job, which is a control endpoint. (With `--online` a sample does change the served head
+at once: that is what the operator turned on; versions still change only through the
+gated snapshots.)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ CONTROL: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("POST", re.compile(r"/v1/adapters/[^/]+/activate")),
     ("POST", re.compile(r"/v1/adapters/rollback")),
     ("POST", re.compile(r"/v1/adapters")),  # import a signed global version (fleet)
+    ("POST", re.compile(r"/v1/online/snapshot")),  # commit the online head as a version
 )
 OPEN_WRITES = frozenset({("POST", "/v1/predict"), ("POST", "/v1/predict/npy"), ("POST", "/v1/samples")})
 

@@ -70,6 +70,7 @@ def create_app(
     _jobs(app, service)
     _adapters(app, service)
     _bundle(app, service)
+    _online(app, service)
     _openapi_examples(app, service)
     uploads = _spool_dir(service.state_dir)
     app.add_middleware(
@@ -339,6 +340,24 @@ def _bundle(app: FastAPI, service: Service) -> None:
             return service.deploy(upload.read_bytes())
 
         return await run_in_threadpool(read_and_deploy)
+
+
+def _online(app: FastAPI, service: Service) -> None:
+    @app.get("/v1/online", response_model=s.OnlineStatus, tags=["online"])
+    def status() -> dict[str, Any]:
+        """The online learner (--online): samples learned, warm-up, samples since the last snapshot (409 without --online)."""
+        learner = service.online_learner()
+        with learner.lock:
+            body = learner.status()
+        o = learner.options
+        schedule = {"snapshot_every": o.snapshot_every, "snapshot_seconds": o.snapshot_seconds}
+        return {**body, **schedule, "adapter_version": service.serving.version}
+
+    @app.post("/v1/online/snapshot", response_model=s.Snapshot, tags=["online"], responses=WRITES)
+    def snapshot() -> dict[str, Any]:
+        """Commit the online head as an adapter version now, if the accuracy gate accepts it on the held-out samples
+        (then it is activated: the rollback point and what a restart resumes from); 409 while it warms up."""
+        return service.snapshot()
 
 
 def _spool_dir(state_dir: FilePath) -> FilePath:

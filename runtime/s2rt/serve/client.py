@@ -126,6 +126,8 @@ def add_client_commands(sub: Subparsers) -> None:
     action("jobs", "latest fine-tune jobs", get="/v1/jobs")
     action("adapters", "adapter versions with their metrics", get="/v1/adapters")
     action("rollback", "re-activate the previous adapter version", post="/v1/adapters/rollback")
+    action("online", "the online learner (s2rt serve --online): samples learned, since the last snapshot", get="/v1/online")
+    action("snapshot", "commit the online head as an adapter version if the accuracy gate accepts it", post="/v1/online/snapshot")
     for name, help, path, post in (
         ("job", "one job's state and progress", "/v1/jobs/{id}", False),
         ("cancel", "cancel a running job", "/v1/jobs/{id}/cancel", True),
@@ -151,6 +153,7 @@ def add_client_commands(sub: Subparsers) -> None:
     for flag, kind in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--seed", int), ("--val-fraction", float)):
         a.add_argument(flag, type=kind)
     a.add_argument("--optimizer", choices=["sgd", "adam"])
+    a.add_argument("--method", help="fine-tuning method (as s2rt train --method; default: the start version's)")
     a.add_argument("--no-check", action="store_true", help="activate without the held-out accuracy check")
     start = a.add_mutually_exclusive_group()
     start.add_argument("--from-initial", action="store_true", help="start from the bundle's initial head, not the active adapters")
@@ -236,6 +239,7 @@ def _train(client: Client, args: argparse.Namespace) -> Any:
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
         "optimizer": args.optimizer,
+        "method": args.method,
         "seed": args.seed,
         "val_fraction": args.val_fraction,
         "check_accuracy": False if args.no_check else None,

@@ -91,6 +91,40 @@ def add_serve(sub: Subparsers) -> None:
         help="on TCP without --token-file, let any local process deploy bundles, start or cancel jobs and activate or "
         "roll back adapters (by default these need a token or the --uds socket)",
     )
+    p.add_argument(
+        "--online",
+        nargs="?",
+        const="oselm",
+        choices=["oselm", "oselm-rf"],
+        help="learn online: the served head is an OS-ELM head (default oselm; oselm-rf adds 1,024 random ReLU features) "
+        "that learns every labelled sample (POST /v1/samples) by one recursive-least-squares step before answering, so "
+        "the next prediction already reflects it; after a closed-form warm-up fit on the first --online-warmup samples. "
+        "Snapshots become adapter versions through the accuracy gate (--snapshot-every, --snapshot-seconds, "
+        "POST /v1/online/snapshot); a restart resumes from the last one plus the samples stored after it. "
+        "Jobs, activate and rollback are refused meanwhile. Classifier bundles only",
+    )
+    p.add_argument(
+        "--online-warmup",
+        type=int_at_least(10),
+        help="with --online: learnable samples fitted in closed form (standardization, kappa, lambda fixed from them) "
+        "before learning goes sample by sample (default 64)",
+    )
+    p.add_argument(
+        "--online-holdout",
+        type=_share,
+        help="with --online: share of samples (fixed by content, as for jobs) that judge snapshots and are never learned "
+        "(default 0.2; 0 learns every sample and commits snapshots unchecked)",
+    )
+    p.add_argument(
+        "--snapshot-every",
+        type=int_at_least(0),
+        help="with --online: take a snapshot after this many newly learned samples (default 256; 0: not by count)",
+    )
+    p.add_argument(
+        "--snapshot-seconds",
+        type=_snapshot_seconds,
+        help="with --online: also take one this many seconds after the last when samples were learned meanwhile (default 0: off)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -140,6 +174,20 @@ def _seconds(text: str) -> float:
 
 
 _positive = int_at_least(1)
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1), got {value}")
+    return value
+
+
+def _snapshot_seconds(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0.0") else _seconds(text)
 
 
 def _port(text: str) -> int:

@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from s2rt.errors import SignatureError, StateError
-from s2rt.features import CachedFeatures
 from s2rt.serve.errors import ApiError
 from s2rt.serve.fleet_signing import verify
-from s2rt.serve.gate import AccuracyGate, held_out
+from s2rt.serve.gate import VAL_FRACTION, stored_gate
 from s2rt.state import HeadState, load_adapters
 
 if TYPE_CHECKING:
-    from s2rt.serve.service import Deployment, Service, Serving
-
-VAL_FRACTION = 0.2  # the jobs' default split, so the gate judges global and local versions on the same samples
+    from s2rt.serve.service import Service, Serving
 
 
 def check_fleet_allowed(service: Service) -> None:
@@ -42,6 +39,8 @@ def check_fleet_allowed(service: Service) -> None:
 def import_version(service: Service, data: bytes, signature: str | None, key_id: str | None, activate: bool) -> dict[str, Any]:
     """Verify, store and (if asked and the gate agrees) activate a signed global adapter version."""
     check_fleet_allowed(service)
+    if activate:
+        service.check_not_online("activating an imported version")
     deployment = service.serving.deployment
     try:
         key = verify(data, deployment.bundle.digest, signature, key_id, service.config.fleet_keys)
@@ -53,7 +52,7 @@ def import_version(service: Service, data: bytes, signature: str | None, key_id:
     round_ = meta.get("round")
     origin = {"origin": "fleet", "fleet_key": key.key_id, "fleet_round": round_ if type(round_) is int else None}
     with service.jobs.exclusive("activating an imported version") if activate else contextlib.nullcontext():
-        gate = _gate(service, deployment, head) if activate else _stored_only
+        gate = stored_gate(service.samples, deployment, head, VAL_FRACTION) if activate else _stored_only
         result = service.swap_in(deployment, candidate, gate, commit_always=True, **origin)
         deployment.cache.flush()
     if "version" not in result:  # the bundle was replaced between the check and the swap
@@ -76,10 +75,3 @@ def _parse(service: Service, data: bytes, bundle: Any) -> tuple[Any, dict[str, A
 def _stored_only(current: Serving) -> dict[str, Any]:
     return {"accepted": False, "reason": "stored, not activated (activate was not requested)", "metrics": {}}
 
-
-def _gate(service: Service, deployment: Deployment, head: Any) -> AccuracyGate:
-    bundle = deployment.bundle
-    samples = service.samples.load(deployment.signature, bundle.input.shape, bundle.input.dtype.numpy)
-    val = held_out(samples.x, VAL_FRACTION)
-    features = CachedFeatures(deployment.frozen, samples.x[val], samples.y[val], deployment.cache) if val.any() else None
-    return AccuracyGate(head, features, samples.y[val], 0, bundle.head.defaults.batch_size, True)

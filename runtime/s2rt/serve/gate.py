@@ -20,7 +20,10 @@ from s2rt.methods import TrainableHead
 from s2rt.trainer import evaluate
 
 if TYPE_CHECKING:
-    from s2rt.serve.service import Serving
+    from s2rt.serve.samples import SampleStore
+    from s2rt.serve.service import Deployment, Serving
+
+VAL_FRACTION = 0.2  # the jobs' default split: versions from jobs, fleet imports and online snapshots are judged alike
 
 
 def held_out(x: np.ndarray, fraction: float) -> np.ndarray:
@@ -72,3 +75,12 @@ class AccuracyGate:
             )
             return verdict | {"accepted": False, "reason": reason}
         return verdict | {"accepted": True, "reason": f"held-out accuracy {new:.4f} >= {active:.4f} of version {current.version}"}
+
+
+def stored_gate(samples: SampleStore, deployment: Deployment, head: TrainableHead, fraction: float = VAL_FRACTION) -> AccuracyGate:
+    """The gate for `head`, a version made outside a job, on the held-out part of every stored sample of the bundle."""
+    bundle = deployment.bundle
+    stored = samples.load(deployment.signature, bundle.input.shape, bundle.input.dtype.numpy)
+    val = held_out(stored.x, fraction)
+    features = CachedFeatures(deployment.frozen, stored.x[val], stored.y[val], deployment.cache) if val.any() else None
+    return AccuracyGate(head, features, stored.y[val], 0, bundle.head.defaults.batch_size, True)

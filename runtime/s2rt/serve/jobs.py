@@ -136,6 +136,7 @@ class JobRunner:
     # -- starting ----------------------------------------------------------------------
     def start(self, options: JobOptions) -> dict[str, Any]:
         with self.exclusive("starting another"):
+            self.service.check_not_online("starting a fine-tune job")
             if self.service.closing:
                 raise ApiError(503, "shutting_down", "the daemon is shutting down")
             serving = self.service.serving

@@ -105,10 +105,12 @@ class SampleStore:
             row = c.execute("SELECT signature, x, label, created FROM samples WHERE id = ?", (sample_id,)).fetchone()
         return None if row is None else (row[0], bytes(row[1]), int(row[2]), float(row[3]))
 
-    def load(self, sig: str, shape: tuple[int, ...], dtype: np.dtype) -> SampleSet:
-        """Every sample of signature `sig`, in id order (a consistent snapshot)."""
+    def load(self, sig: str, shape: tuple[int, ...], dtype: np.dtype, after_id: int = 0) -> SampleSet:
+        """Every sample of signature `sig` (with an id above `after_id`), in id order (a consistent snapshot)."""
         with self.db.reading() as c:
-            rows = c.execute("SELECT id, x, label FROM samples WHERE signature = ? ORDER BY id", (sig,)).fetchall()
+            rows = c.execute(
+                "SELECT id, x, label FROM samples WHERE signature = ? AND id > ? ORDER BY id", (sig, after_id)
+            ).fetchall()
         size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         good = [r for r in rows if len(r[1]) == size]
         if len(good) != len(rows):  # cannot happen through the API; a hand-edited database could

@@ -70,6 +70,9 @@ class PredictResponse(BaseModel):
     labels: list[str] = Field(description="the class names, from the active version's labels (see /v1/model)")
     probabilities: list[list[float]] | None = None
     outputs: list[list[float]] | None = Field(None, description="regression heads: the outputs")
+    learned_samples: int | None = Field(
+        None, description="with --online: the labelled samples the served head has learned (adapter_version is the last snapshot)"
+    )
 
 
 class SamplesRequest(Strict):
@@ -201,6 +204,32 @@ class Imported(BaseModel):
     activated: bool
     reason: str
     signed_by: str = Field(description="the fleet key id that signed it")
+    val_accuracy: float | None = None
+    active_val_accuracy: float | None = None
+
+
+class OnlineStatus(BaseModel):
+    method: str = Field(description="the online head's method: oselm or oselm-rf")
+    warmup: int = Field(description="learnable samples fitted in closed form before learning goes sample by sample")
+    holdout: float = Field(description="share of samples (fixed by content) that judge snapshots and are never learned")
+    learned_samples: int
+    warming_up: bool
+    warmup_samples: int = Field(description="learnable samples collected for the warm-up fit")
+    since_snapshot: int = Field(description="samples learned since the last snapshot")
+    through_sample: int = Field(description="the id of the last stored sample the learner has seen")
+    kappa: float | None
+    lambda_: float | None = Field(alias="lambda")
+    adapter_version: int = Field(description="the active version: the last accepted snapshot")
+    snapshot_every: int
+    snapshot_seconds: float
+
+
+class Snapshot(BaseModel):
+    accepted: bool
+    reason: str
+    version: int | None = Field(None, description="the new version, when the gate accepted the snapshot")
+    learned_samples: int
+    active_version: int = Field(description="the version the snapshot was judged against")
     val_accuracy: float | None = None
     active_val_accuracy: float | None = None
 

@@ -32,6 +32,7 @@ from s2rt.serve.access import Access
 from s2rt.serve.app import Limits, create_app
 from s2rt.serve.connections import Deadlines, guarded_protocol
 from s2rt.serve.logs import setup_logging
+from s2rt.serve.online import OnlineOptions
 from s2rt.serve.service import Service, ServiceConfig
 from s2rt.trust import load_trusted_keys, trusted_keys_from
 
@@ -53,6 +54,22 @@ class Daemon(uvicorn.Server):
             self.on_ready()
 
 
+def online_options(args: argparse.Namespace) -> OnlineOptions | None:
+    """--online and its settings; a setting without --online is an error rather than silently ignored."""
+    settings = {
+        "warmup": ("--online-warmup", args.online_warmup),
+        "holdout": ("--online-holdout", args.online_holdout),
+        "snapshot_every": ("--snapshot-every", args.snapshot_every),
+        "snapshot_seconds": ("--snapshot-seconds", args.snapshot_seconds),
+    }
+    given = {name: value for name, (_, value) in settings.items() if value is not None}
+    if args.online is None:
+        if given:
+            raise RuntimeInputError(f"{', '.join(settings[name][0] for name in given)}: only with --online")
+        return None
+    return OnlineOptions(args.online, **given)
+
+
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     started = time.perf_counter()
@@ -69,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         allow_unsigned_deploy=args.allow_unsigned_deploy,
         fleet_keys=fleet_keys(args.fleet_key),
         allow_new_classes=args.allow_new_classes,
+        online=online_options(args),
     )
     access = Access(bool(tokens), args.uds is not None, args.allow_unauthenticated_control)
     for warning in access.warnings():

@@ -35,7 +35,7 @@ from s2rt.backend.predict_graph import CLASSES, LOGITS, PROBABILITIES, PredictGr
 from s2rt.bundle import Bundle, Loss
 from s2rt.bundle.signing import PublicKey
 from s2rt.cache import SkipCache
-from s2rt.errors import BackendError, BundleError, S2LError, StateError
+from s2rt.errors import BackendError, BundleError, RuntimeInputError, S2LError, StateError
 from s2rt.folded import AFFINE_METHODS, fold
 from s2rt.frozen import FrozenModel
 from s2rt.heads.grown import MAX_NEW_CLASSES, pad_logits
@@ -46,7 +46,9 @@ from s2rt.serve.errors import ApiError, conflict, invalid, not_found
 from s2rt.serve.inputs import labels_and_new_classes, samples_from_json, samples_from_npy
 from s2rt.serve.jobs import JobRunner
 from s2rt.serve.metrics import Metrics
+from s2rt.serve.online import OnlineLearner, OnlineOptions
 from s2rt.serve.samples import SampleStore, signature
+from s2rt.serve.snapshots import Scheduler, take_snapshot
 from s2rt.session import softmax
 from s2rt.state import HeadState
 from s2rt.store import AdapterStore, UnknownVersionError
@@ -67,6 +69,7 @@ class ServiceConfig:
     allow_unsigned_deploy: bool = False  # without trusted keys, accept uploaded bundles anyway (unsigned or unverifiable)
     fleet_keys: tuple[PublicKey, ...] = ()  # who may sign imported global adapter versions (s2rt.serve.fleet); none: imports off
     allow_new_classes: bool = False  # samples may name classes the bundle lacks; jobs then grow the head (s2rt.heads.grown)
+    online: OnlineOptions | None = None  # --online: the served head learns every labelled sample (s2rt.serve.online)
 
 
 class Deployment:
@@ -102,7 +105,7 @@ class Deployment:
         return state.head(self.bundle)
 
     def serving(self, state: HeadState, version: int) -> Serving:
-        return Serving(self, self.head(state), version, state.method, state.new_labels)
+        return Serving(self, self.head(state), version, state.method, new_labels=state.new_labels)
 
     def close(self) -> None:
         self.cache.close()
@@ -112,8 +115,9 @@ class Deployment:
 class Serving:
     deployment: Deployment
     head: TrainableHead  # never changed once served: a new head is a new Serving
-    version: int
+    version: int  # the active committed version (with --online, the live head has learned more since)
     method: str
+    learned: int | None = None  # with --online: the samples the served head has learned
     new_labels: tuple[str, ...] = ()  # the classes this version learned beyond the bundle's
     # an affine head as (W, b) for the predict graph; None: the head runs in NumPy (also a grown head: C + K outputs)
     folded: tuple[np.ndarray, np.ndarray] | None = field(init=False, repr=False)
@@ -145,24 +149,42 @@ class Service:
         if config.allow_unsigned_deploy and not config.trusted_keys:
             log.warning("--allow-unsigned-deploy: uploaded bundles are served without a signature check")
         copy = self.shelf.startup(config.bundle)
+        if config.online is not None and copy[1].head.loss != Loss.SOFTMAX_CROSS_ENTROPY:
+            raise RuntimeInputError(f"--online {config.online.method}: {ONLINE_REGRESSION}")
+        if config.online is not None and config.allow_new_classes:
+            raise RuntimeInputError(
+                f"--online {config.online.method} cannot be combined with --allow-new-classes: the online head does not grow "
+                "new classes (jobs learn them); choose one"
+            )
         deployment = Deployment(copy, self._frozen(copy[1]), self.state_dir, config.cache_capacity)
         deployment.prune_caches()
-        self._swap = threading.Lock()
+        self._swap = self.swap_lock = threading.Lock()
         self._labelling = threading.Lock()
-        self.serving = self._serving(deployment)
+        self.online = self._learner(deployment)
+        self.serving = self._serving(deployment, self.online)
+        self.scheduler = Scheduler(self, lambda: self.online, config.online.snapshot_seconds) if config.online else None
         self.jobs = JobRunner(self)
         self.closing = False
         self.metrics.gauge("s2rt_active_adapter_version", "adapter version serving predictions", lambda: self.serving.version)
         self.metrics.gauge("s2rt_samples_stored", "labelled samples for the bundle's input signature", self._sample_count)
         self.metrics.gauge("s2rt_cache_records", "samples in the Skip-Cache", lambda: self.serving.deployment.cache.count)
         self.metrics.gauge("s2rt_training_active", "1 while a fine-tune job runs", lambda: float(self.jobs.busy))
+        if config.online is not None:
+            self.metrics.gauge("s2rt_online_learned_samples", "samples the online head has learned", lambda: self.serving.learned or 0)
 
     def _frozen(self, bundle: Bundle) -> FrozenModel:
         return FrozenModel(bundle, open_backend(bundle, self.config.backend, self.config.threads))
 
-    def _serving(self, deployment: Deployment) -> Serving:
+    def _serving(self, deployment: Deployment, learner: OnlineLearner | None) -> Serving:
         version, state = deployment.adapters.load_active()
-        return deployment.serving(state, version)
+        head = None if learner is None else learner.served()
+        if learner is None or head is None:
+            return deployment.serving(state, version)
+        return Serving(deployment, head, version, learner.options.method, learner.learned)
+
+    def _learner(self, deployment: Deployment) -> OnlineLearner | None:
+        options = self.config.online
+        return None if options is None else OnlineLearner(deployment, self.samples, self.state_dir, options)
 
     def _sample_count(self) -> float:
         return self.samples.count(self.serving.deployment.signature)
@@ -194,12 +216,15 @@ class Service:
         if not deployment.classify:
             return {"adapter_version": s.version, "classes": [], "labels": [], "outputs": z.tolist()}
         labels = s.labels
-        return {
+        out = {
             "adapter_version": s.version,
             "classes": classes.tolist(),
             "labels": [labels[c] for c in classes],
             "probabilities": probabilities.tolist(),
         }
+        if s.learned is not None:
+            out["learned_samples"] = s.learned
+        return out
 
     def ingest_json(self, x_value: Any, y_value: Any) -> list[int]:
         """Store labelled samples from a JSON payload: parsed, labelled and stored against one bundle.
@@ -226,12 +251,51 @@ class Service:
         deployment = deployment or self.serving.deployment
         if not deployment.classify:
             raise conflict("this bundle's head is a regression (MSE) head; the daemon collects class-labelled samples only")
-        ids = self.samples.add(deployment.signature, x, y, new_classes, known)
+        learner = self.online
+        if learner is None or learner.deployment.bundle.digest != deployment.bundle.digest:
+            ids = self.samples.add(deployment.signature, x, y, new_classes, known)
+        else:
+            with learner.lock:  # stored and learned in id order; answered once the served head has learned them
+                ids = self.samples.add(deployment.signature, x, y, new_classes, known)
+                if learner.catch_up():
+                    self._publish(learner)
+                due = learner.snapshot_due()
+            if due and self.scheduler is not None:
+                self.scheduler.poke()
         self.metrics.ingested.inc(len(ids))
         return ids
 
+    def _publish(self, learner: OnlineLearner) -> None:
+        """Serve a copy of the learner's head (caller holds the learner's lock)."""
+        head = learner.served()
+        with self._swap:
+            current = self.serving
+            d = current.deployment
+            if head is not None and d.bundle.digest == learner.deployment.bundle.digest:
+                self.serving = Serving(d, head, d.adapters.active, learner.options.method, learner.learned)
+
+    # -- online learning ---------------------------------------------------------------
+    def online_learner(self) -> OnlineLearner:
+        if self.online is None:
+            raise conflict("the daemon does not learn online: start it with --online (s2rt serve --help)")
+        return self.online
+
+    def snapshot(self) -> dict[str, Any]:
+        """Commit the online head as an adapter version now, if the accuracy gate accepts it."""
+        return take_snapshot(self, self.online_learner(), "request")
+
+    def check_not_online(self, what: str) -> None:
+        """409 while the daemon learns online: the served head follows the samples, not a chosen version."""
+        if self.online is not None:
+            raise conflict(
+                f"the daemon learns online (--online {self.online.options.method}): the served head follows every labelled "
+                f"sample, so {what} is refused; snapshots become versions (POST /v1/online/snapshot); restart without "
+                "--online to serve versions by hand"
+            )
+
     # -- adapter versions --------------------------------------------------------------
     def activate(self, number: int) -> int:
+        self.check_not_online("activating a version")
         with self._swap:
             deployment = self.serving.deployment
             state = store_call(lambda: deployment.adapters.activate(number))
@@ -239,6 +303,7 @@ class Service:
             return number
 
     def rollback(self) -> int:
+        self.check_not_online("rolling back")
         with self._swap:
             deployment = self.serving.deployment
             number, state = store_call(deployment.adapters.rollback)
@@ -288,18 +353,21 @@ class Service:
             frozen = None if bundle.digest == self.serving.deployment.bundle.digest else self._frozen(bundle)
         except (BundleError, BackendError) as e:
             raise ApiError(422, "invalid_bundle", str(e), "body") from None
+        if self.config.online is not None and bundle.head.loss != Loss.SOFTMAX_CROSS_ENTROPY:
+            raise conflict(f"the daemon learns online (--online {self.config.online.method}): {ONLINE_REGRESSION}", "body")
         with self.jobs.exclusive("deploying a bundle"), self._swap:
             old = self.serving.deployment
             if bundle.digest == old.bundle.digest:
                 return self._refile(old, (data, bundle))
             deployment = Deployment((data, bundle), frozen or self._frozen(bundle), self.state_dir, self.config.cache_capacity)
             try:
-                serving = self._serving(deployment)
+                learner = self._learner(deployment)
+                serving = self._serving(deployment, learner)
                 self.shelf.install((data, bundle))
             except BaseException:
                 deployment.close()
                 raise
-            self.serving = serving
+            self.serving, self.online = serving, learner
             old.close()
             deployment.prune_caches()
             kept = self.samples.count(deployment.signature)
@@ -324,10 +392,15 @@ class Service:
     def close(self, timeout: float) -> None:
         """Stop the running job (bounded wait), flush the cache, close the database, release the state dir."""
         self.closing = True
+        if self.scheduler is not None:
+            self.scheduler.stop(timeout / 2)
         self.jobs.shutdown(timeout)
         self.serving.deployment.close()
         self.db.close()
         self._lock_file.close()
+
+
+ONLINE_REGRESSION = "the bundle's head is a regression (MSE) head, and online OS-ELM learns class-labelled samples only"
 
 
 def store_call(call: Callable[[], Any]) -> Any:

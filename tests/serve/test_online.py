@@ -1,0 +1,186 @@
+"""`s2rt serve --online`: every labelled sample is learned before its answer, the served head is the
+batch ridge solution of the samples learned, snapshots pass the gate, kill -9 loses nothing learned."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from helpers.daemon import ROOT
+from s2rt.bundle import Loss, write_bundle
+from s2rt.heads.rls import ridge_solve
+from s2rt.serve.gate import held_out
+from s2rt.session import Model
+from s2rt.state import load_state
+
+CONTROL = "--allow-unauthenticated-control"
+
+
+def online(serve, bundle, *flags: str, state: Path | None = None):
+    return serve(str(bundle), CONTROL, "--online", *flags, state=state)
+
+
+def post(client, x, y) -> list[int]:
+    r = client.post("/v1/samples", json={"x": x.tolist(), "y": y.tolist()})
+    assert r.status_code == 201, r.text
+    return r.json()["ids"]
+
+
+def stream(client, x, y, sizes=(1, 5, 2, 9)) -> None:
+    """The samples in requests of varying size (the learner must not care)."""
+    start, k = 0, 0
+    while start < len(x):
+        n = sizes[k % len(sizes)]
+        post(client, x[start : start + n], y[start : start + n])
+        start, k = start + n, k + 1
+
+
+def download(client, version: int, path: Path) -> Path:
+    path.write_bytes(client.get(f"/v1/adapters/{version}/download").content)
+    return path
+
+
+def test_each_sample_is_learned_before_its_answer_and_the_head_is_the_batch_ridge_fit(serve, har_bundle, har_data, tmp_path):
+    x, y = har_data
+    d = online(serve, har_bundle, "--online-warmup", "32", "--online-holdout", "0", "--snapshot-every", "0")
+    c = d.client
+    stream(c, x[:31], y[:31])
+    status = c.get("/v1/online").json()
+    assert status["warming_up"] is True and status["learned_samples"] == 31
+    refused = c.post("/v1/online/snapshot")
+    assert refused.status_code == 409 and "warming up" in refused.json()["message"]
+    assert "learned_samples" not in c.post("/v1/predict", json={"x": x[:1].tolist()}).json(), "the active version serves until the fit"
+    stream(c, x[31:150], y[31:150])
+    assert c.get("/v1/online").json()["warming_up"] is False
+
+    # the next prediction already reflects the sample just acknowledged: one the head is unsure of, with its runner-up label
+    unsure = np.array(c.post("/v1/predict", json={"x": x[150:].tolist()}).json()["probabilities"])
+    i = 150 + int(np.flatnonzero(unsure.max(axis=1) < 0.9)[0])
+    probe, label = x[i : i + 1], np.argsort(unsure[i - 150])[-2:-1]
+    before = c.post("/v1/predict", json={"x": probe.tolist()}).json()
+    post(c, probe, label)
+    after = c.post("/v1/predict", json={"x": probe.tolist()}).json()
+    assert (before["learned_samples"], after["learned_samples"]) == (150, 151)
+    assert after["probabilities"][0][label[0]] > before["probabilities"][0][label[0]]
+    assert after["adapter_version"] == 0, "no snapshot was taken: version 0 stays the committed one"
+
+    snap = c.post("/v1/online/snapshot").json()
+    assert snap["accepted"] is True and snap["version"] == 1 and snap["learned_samples"] == 151
+    path = download(c, 1, tmp_path / "v1.npz")
+    served = c.post("/v1/predict", json={"x": x[:64].tolist()}).json()
+    classes, probabilities = Model.open(har_bundle, adapters=path).classify(x[:64])
+    assert served["adapter_version"] == 1 and served["classes"] == classes.tolist()
+    np.testing.assert_allclose(served["probabilities"], probabilities, rtol=1e-4, atol=1e-5)
+
+    # the served beta is the batch ridge solution over the 151 samples, with the warm-up's standardization, kappa and lambda
+    arrays, meta = load_state(path, Model.open(har_bundle).bundle)
+    assert meta["method"] == "oselm" and meta["origin"] == "online"
+    kappa, lam = (float(v) for v in arrays["ridge"])
+    model = Model.open(har_bundle)
+    X, F = model.frozen.run(np.vstack([x[:150], probe]))
+    u = (X.astype(np.float64) - arrays["mean"]) / arrays["std"]
+    phi = np.hstack([u, np.ones((len(u), 1))])
+    target = np.full(F.shape, -1.0 / F.shape[1])
+    target[np.arange(151), np.append(y[:150], label)] += 1.0
+    target = kappa * target - F
+    batch = ridge_solve(phi.T @ phi, phi.T @ target, lam)
+    scale = np.abs(batch).max()
+    np.testing.assert_allclose(arrays["beta"], batch, rtol=0, atol=2e-4 * scale)
+    warmup_only = ridge_solve(phi[:32].T @ phi[:32], phi[:32].T @ target[:32], lam)
+    assert np.abs(arrays["beta"] - batch).max() < 0.01 * np.abs(batch - warmup_only).max()
+
+
+def test_a_snapshot_worse_than_the_active_version_is_refused_and_learning_goes_on(serve, har_bundle, har_data):
+    x, y = har_data
+    x, y = x[:300], y[:300].copy()
+    judges = held_out(x, 0.2)
+    assert judges.any() and (~judges).any()
+    y[~judges] = (y[~judges] + 1) % 7  # the learned samples are labelled wrongly, the judges rightly
+    d = online(serve, har_bundle, "--online-warmup", "20", "--snapshot-every", "0")
+    c = d.client
+    stream(c, x, y)
+    verdict = c.post("/v1/online/snapshot").json()
+    assert verdict["accepted"] is False and verdict.get("version") is None
+    assert "below the active version 0" in verdict["reason"] and verdict["val_accuracy"] < verdict["active_val_accuracy"]
+    listed = c.get("/v1/adapters").json()
+    assert listed["active"] == 0 and [v["version"] for v in listed["versions"]] == [0]
+    learned = c.get("/v1/online").json()["learned_samples"]
+    assert learned == int((~judges).sum()) and c.get("/v1/online").json()["since_snapshot"] == 0
+    k = int(np.flatnonzero(~judges)[0])
+    post(c, x[k : k + 1], y[k : k + 1])
+    assert c.get("/v1/online").json()["learned_samples"] == learned + 1
+
+
+def test_kill_9_then_restart_serves_the_same_head_from_a_snapshot_or_from_the_samples(serve, har_bundle, har_data, tmp_path):
+    x, y = har_data
+    state = tmp_path / "state"
+    flags = ("--online-warmup", "32", "--snapshot-every", "100")
+    d = online(serve, har_bundle, *flags, state=state)
+    stream(d.client, x[:260], y[:260], sizes=(7, 3))
+    deadline = time.monotonic() + 60
+    while len(d.client.get("/v1/adapters").json()["versions"]) < 3:  # the scheduled snapshots after 100 and 200 learned samples
+        assert time.monotonic() < deadline, d.client.get("/v1/adapters").json()
+        time.sleep(0.05)
+    stream(d.client, x[260:330], y[260:330], sizes=(4,))  # learned after the last snapshot
+    expected = d.client.post("/v1/predict", json={"x": x[400:464].tolist()}).json()
+    learned = d.client.get("/v1/online").json()["learned_samples"]
+    d.kill()
+
+    again = online(serve, har_bundle, *flags, state=state)
+    ready = next(e for e in again.events() if e.get("event") == "online_ready")
+    assert ready["learned"] == learned and 0 < ready["replayed"] < learned, "resumed from the last snapshot, not from scratch"
+    assert again.client.post("/v1/predict", json={"x": x[400:464].tolist()}).json() == expected
+    again.kill()
+
+    shutil.rmtree(state / "online")  # without the saved RLS states: every stored sample is learned again
+    rebuilt = online(serve, har_bundle, *flags, state=state)
+    ready = next(e for e in rebuilt.events() if e.get("event") == "online_ready")
+    assert ready["replayed"] == learned
+    got = rebuilt.client.post("/v1/predict", json={"x": x[400:464].tolist()}).json()
+    assert got["classes"] == expected["classes"] and got["learned_samples"] == learned
+    np.testing.assert_allclose(got["probabilities"], expected["probabilities"], rtol=0, atol=1e-6)
+
+
+def test_online_mode_refuses_what_would_replace_the_learning_head(serve, har_bundle, har_data):
+    x, y = har_data
+    d = online(serve, har_bundle, "--online-warmup", "16")
+    c = d.client
+    stream(c, x[:40], y[:40])
+    for path, body in (("/v1/jobs", {}), ("/v1/adapters/0/activate", None), ("/v1/adapters/rollback", None)):
+        r = c.post(path, json=body)
+        assert r.status_code == 409 and "--online" in r.json()["message"], (path, r.text)
+    schema = c.get("/v1/openapi.json").json()
+    assert "/v1/online/snapshot" in schema["paths"] and "/v1/online" in schema["paths"]
+
+
+def test_the_snapshot_endpoint_is_a_control_endpoint(serve, har_bundle):
+    d = serve(str(har_bundle), "--online")
+    r = d.client.post("/v1/online/snapshot")
+    assert r.status_code == 403 and "--token-file" in r.json()["message"]
+
+
+def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime")}
+    return subprocess.run([sys.executable, "-m", "s2rt", "serve", *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_online_on_a_regression_bundle_and_online_settings_alone_are_refused(serve, har_bundle, tiny_file, tmp_path):
+    from s2rt.bundle import read_bundle
+
+    tiny = read_bundle(tiny_file)
+    regression = tmp_path / "regression.s2l"
+    write_bundle(replace(tiny, head=replace(tiny.head, loss=Loss.MSE)), regression)
+    out = run_serve(str(regression), "--state-dir", str(tmp_path / "s"), "--online", "--port", "0")
+    assert out.returncode == 1 and "--online oselm" in out.stderr and "regression (MSE)" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = run_serve(str(har_bundle), "--state-dir", str(tmp_path / "s2"), "--snapshot-every", "5", "--port", "0")
+    assert out.returncode == 1 and "--snapshot-every: only with --online" in out.stderr
+    d = serve(str(har_bundle))
+    r = d.client.get("/v1/online")
+    assert r.status_code == 409 and "--online" in r.json()["message"]
