@@ -110,6 +110,30 @@ def test_old_classes_train_as_without_the_new_then_stay_pinned(bundle_path):
     assert np.abs(model.logits(test)[:, 3]).max() > 0.1  # the new row learned
 
 
+def test_progress_runs_once_over_both_stages(bundle_path):
+    """A bar or a daemon job sees epochs 1..2E in order; epoch ends and close come from stage 2 only."""
+
+    class Recorder:
+        def __init__(self):
+            self.batches, self.ends, self.closed = [], [], 0
+
+        def __call__(self, epoch, epochs, batch, batches, loss):
+            self.batches.append((epoch, epochs))
+
+        def epoch_end(self, epoch, epochs, metrics):
+            self.ends.append((epoch, epochs))
+
+        def close(self):
+            self.closed += 1
+
+    model = Model.open(bundle_path)
+    recorder = Recorder()
+    model.fine_tune(model.samples(*novel_data(), allow_new_classes=True), epochs=3, progress=recorder)
+    assert [e for e, _ in recorder.batches] == sorted(e for e, _ in recorder.batches)
+    assert {e for e, _ in recorder.batches} == {1, 2, 3, 4, 5, 6} and {n for _, n in recorder.batches} == {6}
+    assert recorder.ends == [(4, 6), (5, 6), (6, 6)] and recorder.closed == 1
+
+
 def test_growing_keeps_trained_adapters_and_new_rows():
     head = grown_head(old=5, extra=1)
     bigger = grow(head, 5, 3)

@@ -16,12 +16,13 @@ old classes; in two stages the largest loss is 0.1 point (README, "New classes")
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from s2rt.heads.grown import GrownHead, PaddedFeatures
-from s2rt.progress import ProgressCallback
+from s2rt.progress import EpochListener, ProgressCallback
 from s2rt.trainer import TrainConfig, TrainReport, train
 
 
@@ -44,26 +45,43 @@ def train_grown(head: GrownHead, source: Any, y: np.ndarray, config: TrainConfig
     y = np.asarray(y)
     old = np.flatnonzero(y < head.frozen_outputs)
     first = None
+    stages = 2 if len(old) else 1
     if len(old):
         plain = head.old_head()
-        per_batch = None if progress is None else _per_batch(progress)
+        per_batch = None if progress is None else _Stage(progress, 0, stages)
         first = train(plain, RowSubset(source, old), y[old], config, progress=per_batch)
         head.set_old(plain)
     head.pinned = True
     try:
-        second = train(head, PaddedFeatures(source, head.num_outputs), y, config, progress=progress)
+        listener = None if progress is None else _Listener(progress, stages - 1, stages)
+        second = train(head, PaddedFeatures(source, head.num_outputs), y, config, progress=listener)
     finally:
         head.pinned = False
     return second if first is None else _merged(first, second)
 
 
-def _per_batch(progress: ProgressCallback) -> ProgressCallback:
-    """`progress` as a per-batch callback only: the epoch listener (bar, job record) closes once, after stage 2."""
+class _Stage:
+    """`progress` for one stage: epochs counted on over the stages (stage 2's epoch 1 is E + 1 of 2E),
+    so a bar or a job's progress runs once from 0 to 1. Per batch only: the epoch listener
+    (the held-out check of the grown head, the bar's close) is stage 2's."""
 
-    def call(epoch: int, epochs: int, batch: int, batches: int, loss: float) -> None:
-        progress(epoch, epochs, batch, batches, loss)
+    def __init__(self, progress: ProgressCallback, stage: int, stages: int) -> None:
+        self.progress, self.stage, self.stages = progress, stage, stages
 
-    return call
+    def __call__(self, epoch: int, epochs: int, batch: int, batches: int, loss: float) -> None:
+        self.progress(self.stage * epochs + epoch, self.stages * epochs, batch, batches, loss)
+
+
+class _Listener(_Stage):
+    """The last stage's `_Stage`, passing on the epoch ends and the close when `progress` listens for them."""
+
+    def epoch_end(self, epoch: int, epochs: int, metrics: Mapping[str, float]) -> None:
+        if isinstance(self.progress, EpochListener):
+            self.progress.epoch_end(self.stage * epochs + epoch, self.stages * epochs, metrics)
+
+    def close(self) -> None:
+        if isinstance(self.progress, EpochListener):
+            self.progress.close()
 
 
 def _merged(first: TrainReport, second: TrainReport) -> TrainReport:
