@@ -7,10 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import numpy as np
 from helpers.daemon import ROOT
 from s2rt.bundle import Loss, write_bundle
@@ -147,6 +149,49 @@ def test_kill_9_then_restart_serves_the_same_head_from_a_snapshot_or_from_the_sa
     np.testing.assert_allclose(got["probabilities"], expected["probabilities"], rtol=0, atol=1e-6)
 
 
+def test_kill_9_while_samples_stream_in_and_snapshots_are_taken(serve, har_bundle, har_data, tmp_path):
+    """Whatever the moment of the kill (mid-request, mid-snapshot), the restarted learner equals one
+    rebuilt from the stored samples alone, and has learned every acknowledged sample."""
+    x, y = har_data
+    state = tmp_path / "state"
+    flags = ("--online-warmup", "16", "--snapshot-every", "20")
+    d = online(serve, har_bundle, *flags, state=state)
+    acknowledged: list[int] = []
+    lock, enough = threading.Lock(), threading.Event()
+
+    def ingest(worker: int) -> None:
+        with httpx.Client(base_url=d.url, timeout=10) as c:
+            for i in range(worker * 300, worker * 300 + 300, 3):
+                try:
+                    r = c.post("/v1/samples", json={"x": x[i : i + 3].tolist(), "y": y[i : i + 3].tolist()})
+                except httpx.HTTPError:
+                    return
+                with lock:
+                    acknowledged.extend(r.json()["ids"])
+                    if len(acknowledged) >= 240:
+                        enough.set()
+
+    threads = [threading.Thread(target=ingest, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    assert enough.wait(60)
+    d.kill()
+    for t in threads:
+        t.join(30)
+
+    again = online(serve, har_bundle, *flags, state=state)
+    status = again.client.get("/v1/online").json()
+    assert status["through_sample"] >= max(acknowledged)
+    resumed = again.client.post("/v1/predict", json={"x": x[900:964].tolist()}).json()
+    assert again.stop() == 0
+    shutil.rmtree(state / "online")
+    rebuilt = online(serve, har_bundle, *flags, state=state)
+    assert rebuilt.client.get("/v1/online").json()["learned_samples"] == status["learned_samples"]
+    got = rebuilt.client.post("/v1/predict", json={"x": x[900:964].tolist()}).json()
+    assert got["classes"] == resumed["classes"]
+    np.testing.assert_allclose(got["probabilities"], resumed["probabilities"], rtol=0, atol=1e-6)
+
+
 def test_online_mode_refuses_what_would_replace_the_learning_head(serve, har_bundle, har_data):
     x, y = har_data
     d = online(serve, har_bundle, "--online-warmup", "16")
@@ -184,3 +229,59 @@ def test_online_on_a_regression_bundle_and_online_settings_alone_are_refused(ser
     d = serve(str(har_bundle))
     r = d.client.get("/v1/online")
     assert r.status_code == 409 and "--online" in r.json()["message"]
+
+
+def test_oselm_rf_learns_online_and_its_snapshot_serves_like_the_library(serve, har_bundle, har_data, tmp_path):
+    x, y = har_data
+    d = serve(str(har_bundle), CONTROL, "--online", "oselm-rf", "--online-warmup", "16", "--online-holdout", "0", "--snapshot-every", "0")
+    c = d.client
+    stream(c, x[:60], y[:60])
+    assert c.get("/v1/online").json()["method"] == "oselm-rf"
+    snap = c.post("/v1/online/snapshot").json()
+    assert snap["accepted"] is True and c.get(f"/v1/adapters/{snap['version']}").json()["method"] == "oselm-rf"
+    classes, probabilities = Model.open(har_bundle, adapters=download(c, snap["version"], tmp_path / "rf.npz")).classify(x[100:132])
+    served = c.post("/v1/predict", json={"x": x[100:132].tolist()}).json()
+    assert served["classes"] == classes.tolist() and served["learned_samples"] == 60
+    np.testing.assert_allclose(served["probabilities"], probabilities, rtol=1e-4, atol=1e-5)
+
+
+def test_snapshots_on_a_timer(serve, har_bundle, har_data):
+    x, y = har_data
+    d = online(serve, har_bundle, "--online-warmup", "16", "--online-holdout", "0", "--snapshot-every", "0", "--snapshot-seconds", "0.2")
+    c = d.client
+    stream(c, x[:40], y[:40])
+    deadline = time.monotonic() + 30
+    while (c.get("/v1/adapters/{}".format(c.get("/v1/adapters").json()["active"])).json()["online"] or {}).get("learned") != 40:
+        assert time.monotonic() < deadline  # the timer takes snapshots until one holds every sample
+        time.sleep(0.05)
+    version = c.get("/v1/adapters").json()["active"]
+    assert c.get(f"/v1/adapters/{version}").json()["online"]["trigger"] == "schedule"
+    time.sleep(0.6)  # nothing learned since: no further snapshot
+    assert c.get("/v1/adapters").json()["active"] == version
+
+
+def test_a_deployed_bundle_gets_its_own_learner_and_a_regression_bundle_is_refused(serve, har_bundle, har_data, tiny_file, tmp_path):
+    from s2conv import ConvertOptions, convert
+    from s2rt.bundle import read_bundle
+
+    x, y = har_data
+    d = online(serve, har_bundle, "--online-warmup", "16", "--allow-unsigned-deploy")
+    c = d.client
+    stream(c, x[:80], y[:80])
+    before = c.post("/v1/predict", json={"x": x[200:232].tolist()}).json()
+
+    tiny = read_bundle(tiny_file)
+    regression = tmp_path / "regression.s2l"
+    write_bundle(replace(tiny, head=replace(tiny.head, loss=Loss.MSE)), regression)
+    r = c.put("/v1/bundle", content=regression.read_bytes())
+    assert r.status_code == 409 and "regression (MSE)" in r.json()["message"] and "--online" in r.json()["message"]
+
+    labels = tuple((ROOT / "models" / "data" / "har_labels.txt").read_text().split())
+    other = tmp_path / "har_seed3.s2l"  # another digest, the same signature; oselm does not use the head's seeded A
+    write_bundle(convert(ROOT / "models" / "har_mlp.onnx", ConvertOptions(labels=labels, rank=2, seed=3)), other)
+    assert c.put("/v1/bundle", content=other.read_bytes()).json()["changed"] is True
+    after = c.post("/v1/predict", json={"x": x[200:232].tolist()}).json()
+    assert after["learned_samples"] == before["learned_samples"] and after["classes"] == before["classes"]
+    np.testing.assert_allclose(after["probabilities"], before["probabilities"], rtol=1e-5, atol=1e-6)
+    post(c, x[80:81], y[80:81])
+    assert c.get("/v1/online").json()["through_sample"] == 81

@@ -184,6 +184,9 @@ class VersionInfoModel(BaseModel):
     fleet_round: int | None = Field(None, description="the fleet round of an imported global version, when its file names one")
     method: str = Field("skip2lora", description="the fine-tuning method whose head the version holds (s2rt train --method)")
     new_labels: list[str] = Field([], description="classes the version learned beyond the bundle's labels")
+    online: dict[str, Any] | None = Field(
+        None, description="an online snapshot (--online): samples learned, the last sample id seen, what triggered it"
+    )
     loadable: bool
     error: str | None
 

@@ -1,9 +1,11 @@
 """The daemon's core, without HTTP: the deployed bundle, its active adapters, samples and jobs.
 
-What predictions use is one immutable `Serving` (bundle, frozen model, adapter head of
-the active version's method, version) swapped as a single reference, so a request sees the old adapters or the new
-ones, never a mix, and a swap never waits for requests. Every change of what is served
-(activate, roll back, a finished job, a deploy) is durable on disk before the swap.
+What predictions use is one immutable `Serving` (bundle, frozen model, a head of the
+active version's method, version) swapped as a single reference, so a request sees the
+old adapters or the new ones, never a mix, and a swap never waits for requests. Every
+change of what is served (activate, roll back, a finished job, a deploy) is durable on
+disk before the swap. With `--online` (`s2rt.serve.online`) each stored sample is learned
+and a copy of the learning head swapped in before the sample is acknowledged.
 
 A request reads `self.serving` once and uses that snapshot from parsing its payload to
 its answer: a sample whose label name was resolved against one bundle is stored under
@@ -158,7 +160,7 @@ class Service:
             )
         deployment = Deployment(copy, self._frozen(copy[1]), self.state_dir, config.cache_capacity)
         deployment.prune_caches()
-        self._swap = self.swap_lock = threading.Lock()
+        self._swap = threading.Lock()
         self._labelling = threading.Lock()
         self.online = self._learner(deployment)
         self.serving = self._serving(deployment, self.online)
@@ -171,6 +173,11 @@ class Service:
         self.metrics.gauge("s2rt_training_active", "1 while a fine-tune job runs", lambda: float(self.jobs.busy))
         if config.online is not None:
             self.metrics.gauge("s2rt_online_learned_samples", "samples the online head has learned", lambda: self.serving.learned or 0)
+
+    @property
+    def swap_lock(self) -> threading.Lock:
+        """Held while what is served changes (swaps are atomic with respect to each other)."""
+        return self._swap
 
     def _frozen(self, bundle: Bundle) -> FrozenModel:
         return FrozenModel(bundle, open_backend(bundle, self.config.backend, self.config.threads))
