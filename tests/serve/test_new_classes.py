@@ -53,7 +53,12 @@ def test_new_classes_are_learned_served_rolled_back_and_kept_across_a_restart(se
     assert set(new) == {"ROW", "TRAP"}
     d = serve(str(open_bundle), "--allow-new-classes", "--allow-unauthenticated-control")
     c = d.client
-    assert c.post("/v1/samples", json={"x": x.tolist(), "y": y.tolist()}).status_code == 201
+    posted = c.post("/v1/samples", json={"x": x.tolist(), "y": y.tolist()})
+    assert posted.status_code == 201
+    first_new = posted.json()["ids"][int(np.flatnonzero(y == new[0])[0])]
+    assert c.get(f"/v1/samples/{first_new}").json() | {"x": None, "created": 0} == {
+        "id": first_new, "signature": c.get("/v1/model").json()["signature"], "x": None, "y": len(OLD), "label": new[0], "created": 0
+    }
     summary = c.get("/v1/samples").json()
     assert summary["labels"] == [*OLD, *new] and set(summary["by_label"]) == {str(k) for k in range(len(OLD) + 2)}
     assert c.get("/v1/model").json()["labels"] == list(OLD)  # no version has learned them yet
