@@ -98,6 +98,36 @@ def test_each_sample_is_learned_before_its_answer_and_the_head_is_the_batch_ridg
     assert np.abs(arrays["beta"] - batch).max() < 0.01 * np.abs(batch - warmup_only).max()
 
 
+def batch_ridge(bundle, x, y, arrays) -> np.ndarray:
+    """The ridge solution over the rows (x, y) with the standardization, kappa and lambda of an oselm state file."""
+    kappa, lam = (float(v) for v in arrays["ridge"])
+    X, F = Model.open(bundle).frozen.run(x)
+    u = (X.astype(np.float64) - arrays["mean"]) / arrays["std"]
+    phi = np.hstack([u, np.ones((len(u), 1))])
+    target = np.full(F.shape, -1.0 / F.shape[1])
+    target[np.arange(len(y)), y] += 1.0
+    return ridge_solve(phi.T @ phi, phi.T @ (kappa * target - F), lam)
+
+
+def test_kappa_and_lambda_are_picked_again_on_the_held_out_samples_and_beta_stays_exact(serve, har_bundle, har_data, tmp_path):
+    x, y = har_data
+    x, y = x[:200], y[:200]
+    d = online(serve, har_bundle, "--online-warmup", "16", "--snapshot-every", "0")
+    c = d.client
+    stream(c, x, y)
+    learned = ~held_out(x, 0.2)
+    status = c.get("/v1/online").json()
+    assert status["learned_samples"] == learned.sum() and status["held_out_seen"] == (~learned).sum()
+    picks = [e for e in d.events() if "picked again" in e.get("msg", "")]
+    assert [p["msg"].split(" at ")[1].split()[0] for p in picks] == ["32", "64", "128"]
+    snap = c.post("/v1/online/snapshot").json()
+    assert snap["accepted"] is True, snap
+    arrays, _ = load_state(download(c, snap["version"], tmp_path / "v.npz"), Model.open(har_bundle).bundle)
+    assert float(arrays["ridge"][0]) == status["kappa"]
+    batch = batch_ridge(har_bundle, x[learned], y[learned], arrays)
+    np.testing.assert_allclose(arrays["beta"], batch, rtol=0, atol=2e-4 * np.abs(batch).max())
+
+
 def test_a_snapshot_worse_than_the_active_version_is_refused_and_learning_goes_on(serve, har_bundle, har_data):
     x, y = har_data
     x, y = x[:300], y[:300].copy()

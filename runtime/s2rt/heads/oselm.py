@@ -24,6 +24,7 @@ import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -149,7 +150,14 @@ class OSELMHead(FlatParameters):
         report.time_total = time.perf_counter() - start
         return report
 
-    def _select(self, acc: _Accumulator) -> tuple[float, float, dict[str, float]]:
+    def select(
+        self, gram: np.ndarray, cross_y: np.ndarray, cross_f: np.ndarray, held_phi: np.ndarray, held_f: np.ndarray, held_y: np.ndarray
+    ) -> tuple[float, float, dict[str, float]]:
+        """`fit`'s choice of (kappa, lambda) from the training rows' sums (Phi^T Phi, Phi^T Y0, Phi^T F,
+        float64) and the validation rows' Phi, F and labels: what an online learner re-picks them with."""
+        return self._select(_Held(gram, cross_y, cross_f, held_phi, held_f, held_y))
+
+    def _select(self, acc: _Accumulator | _Held) -> tuple[float, float, dict[str, float]]:
         """(kappa, lam, validation metrics) with the best validation accuracy (ties: lower loss)."""
         e, v = np.linalg.eigh(acc.gram)
         q = acc.held_phi @ v
@@ -239,6 +247,16 @@ class OSELMHead(FlatParameters):
         self.beta[...] = state["beta"]
         self.kappa, self.lam = (float(v) for v in state["ridge"])
         self._gram = self._rls = None
+
+
+@dataclass(frozen=True)
+class _Held:
+    gram: np.ndarray
+    cross_y: np.ndarray
+    cross_f: np.ndarray
+    held_phi: np.ndarray
+    held_f: np.ndarray
+    held_y: np.ndarray
 
 
 class _Accumulator:

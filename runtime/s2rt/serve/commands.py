@@ -106,14 +106,15 @@ def add_serve(sub: Subparsers) -> None:
     p.add_argument(
         "--online-warmup",
         type=int_at_least(10),
-        help="with --online: learnable samples fitted in closed form (standardization, kappa, lambda fixed from them) "
-        "before learning goes sample by sample (default 64)",
+        help="with --online: learnable samples fitted in closed form (the tap standardization is fixed from them) "
+        "before learning goes sample by sample; kappa and lambda are picked again at 2, 4, 8, ... times as many (default 64)",
     )
     p.add_argument(
         "--online-holdout",
         type=_share,
-        help="with --online: share of samples (fixed by content, as for jobs) that judge snapshots and are never learned "
-        "(default 0.2; 0 learns every sample and commits snapshots unchecked)",
+        help="with --online: share of samples (fixed by content, as for jobs) that judge snapshots and pick kappa and lambda "
+        "and are never learned (default 0.2; 0 learns every sample, keeps the warm-up's kappa and lambda and commits "
+        "snapshots unchecked)",
     )
     p.add_argument(
         "--snapshot-every",

@@ -7,20 +7,26 @@
               (`OSELMHead.learn`) before its POST /v1/samples is answered, and the
               served head is replaced by a copy of the new one (one reference swap).
 
-A sample is learnable unless it falls in the gate's held-out split (`gate.held_out`,
-fixed by content): those judge snapshots and are never learned, as in jobs.
+    re-pick   when 2, 4, 8, ... times `warmup` samples have been learned, kappa and lambda
+              are picked again (`OSELMHead.select`) on the held-out samples seen so far,
+              and beta re-solved exactly from the kept sums Phi^T Phi, Phi^T Y0, Phi^T F.
 
-The standardization, kappa and lambda are fixed by the warm-up fit: RLS is exact only for a
-fixed feature map, and re-standardizing would change the features of every past row, a
-refit from all raw rows rather than an O(dim^2) step. So after n learnable samples the
-served beta is, up to rounding, the batch ridge solution over those n rows with the warm-up's
-standardization, kappa and lambda (`tests/serve/test_online.py` checks this). The bundle
-carries no tap statistics of the field data, and the pretraining domain's would be the
-wrong ones under drift; the warm-up samples are field data.
+A sample is learnable unless it falls in the gate's held-out split (`gate.held_out`,
+fixed by content): those judge snapshots and are never learned, as in jobs; they also
+pick kappa and lambda at the re-picks (a dozen warm-up samples pick them badly).
+
+The standardization is fixed by the warm-up fit: RLS is exact only for a fixed feature
+map, and re-standardizing would change the features of every past row, a refit from all
+raw rows rather than an O(dim^2) step (kappa and lambda do not change the features, so
+a re-pick is one solve from the sums). So after n learnable samples the served beta is,
+up to rounding, the batch ridge solution over those n rows with the warm-up's
+standardization and the current kappa and lambda (`tests/serve/test_online.py` checks
+this). The bundle carries no tap statistics of the field data, and the pretraining
+domain's would be the wrong ones under drift; the warm-up samples are field data.
 
 Everything is computed from the stored samples in id order, one sample at a time (the
-frozen forward too, so batch composition cannot change a bit), which makes the learner a
-deterministic function of the sample sequence. Crash safety follows: a snapshot that the
+frozen forward too, so batch composition cannot change a bit), and the re-picks happen at
+fixed counts, which makes the learner a deterministic function of the sample sequence. Crash safety follows: a snapshot that the
 accuracy gate accepts is committed as an adapter version, with its exact RLS state (P and
 beta in float64) beside it in DIR/online/<bundle digest[:16]>/; a restart restores the
 latest such state and learns the samples stored after it, or, with none, replays every
@@ -57,14 +63,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ONLINE_METHODS = ("oselm", "oselm-rf")
-RLS_FORMAT = 1
+RLS_FORMAT = 2  # 2: the kept sums for the re-picks
+SUMS = ("gram", "cross_y", "cross_f")
 
 
 @dataclass(frozen=True)
 class OnlineOptions:
     method: str = "oselm"  # oselm or oselm-rf
     warmup: int = 64  # learnable samples fitted in closed form before learning goes sample by sample
-    holdout: float = 0.2  # share of samples (by content) that judge snapshots and are never learned
+    holdout: float = 0.2  # share of samples (by content) that judge snapshots and pick kappa, lambda; never learned
     snapshot_every: int = 256  # learned samples between scheduled snapshots (0: none by count)
     snapshot_seconds: float = 0.0  # seconds between scheduled snapshots when samples were learned (0: none by time)
 
@@ -88,6 +95,7 @@ class Candidate:
     state: HeadState
     head: OSELMHead
     rls: dict[str, np.ndarray]
+    sums: dict[str, np.ndarray]
     through: int  # the last sample id considered
     learned: int
 
@@ -106,6 +114,8 @@ class OnlineLearner:
         self.since_snapshot = 0
         self.last_snapshot = time.monotonic()
         self._warmup: list[tuple[np.ndarray, np.ndarray, int]] = []  # (X row, F row, label) until the fit
+        self._judges: list[tuple[np.ndarray, np.ndarray, int]] = []  # the held-out samples seen: they pick kappa, lambda
+        self._sums: dict[str, np.ndarray] = {}  # Phi^T Phi, Phi^T Y0, Phi^T F of the learned rows, from the fit on
         started = time.perf_counter()
         with self.lock:
             self._resume()
@@ -129,23 +139,62 @@ class OnlineLearner:
         classes = len(d.bundle.labels)
         learned = 0
         for i, sample_id in enumerate(new.ids):
-            if not judges[i] and new.y[i] < classes:  # classes learned on the device (a run with --allow-new-classes) do not grow it
-                self._learn(new.x[i : i + 1], int(new.y[i]))
+            if new.y[i] >= classes:  # a class learned on the device (--allow-new-classes): the online head does not grow
+                self.through = int(sample_id)
+                continue
+            X, F = self.deployment.frozen.run(new.x[i : i + 1])  # one sample at a time: the same bits whatever the batch
+            if judges[i]:
+                self._judges.append((X[0], F[0], int(new.y[i])))
+            else:
+                self._learn(X, F, int(new.y[i]))
                 learned += 1
-                self.learned += 1
-                self.since_snapshot += 1
             self.through = int(sample_id)  # per sample: a failure part-way never learns a sample twice
         return learned
 
-    def _learn(self, x: np.ndarray, label: int) -> None:
-        X, F = self.deployment.frozen.run(x)  # one sample at a time: the same bits whatever the batch
-        if self.head is not None:
-            self.head.learn(X, F, np.array([label]))
+    def _learn(self, X: np.ndarray, F: np.ndarray, label: int) -> None:
+        self.learned += 1
+        self.since_snapshot += 1
+        if self.head is None:
+            self._warmup.append((X[0], F[0], label))
+            if len(self._warmup) == self.options.warmup:
+                self.head = self._fit()
+                self._warmup = []
             return
-        self._warmup.append((X[0], F[0], label))
-        if len(self._warmup) == self.options.warmup:
-            self.head = self._fit()
-            self._warmup = []
+        self.head.learn(X, F, np.array([label]))
+        self._accumulate(self.head, X, F, np.array([label]))
+        rounds, rest = divmod(self.learned, self.options.warmup)
+        if self._judges and not rest and rounds >= 2 and rounds & (rounds - 1) == 0:  # at 2, 4, 8, ... x warmup
+            self._repick()
+
+    def _accumulate(self, head: OSELMHead, X: np.ndarray, F: np.ndarray, y: np.ndarray) -> None:
+        phi = head.phi(head.split_taps(X)[0]).astype(np.float64)
+        y0 = head.residual_target(np.zeros(F.shape), y, kappa=1.0)
+        parts = {"gram": phi.T @ phi, "cross_y": phi.T @ y0, "cross_f": phi.T @ F.astype(np.float64)}
+        for name, part in parts.items():
+            if name in self._sums:
+                self._sums[name] += part
+            else:
+                self._sums[name] = part
+
+    def _repick(self) -> None:
+        """kappa and lambda picked again on the held-out samples seen so far; beta re-solved from the sums."""
+        head, s = self.head, self._sums
+        assert head is not None
+        X = np.stack([j[0] for j in self._judges])
+        F = np.stack([j[1] for j in self._judges]).astype(np.float64)
+        y = np.array([j[2] for j in self._judges], np.int64)
+        phi = head.phi(head.split_taps(X)[0]).astype(np.float64)
+        kappa, lam, val = head.select(s["gram"], s["cross_y"], s["cross_f"], phi, F, y)
+        head.kappa, head.lam = kappa, lam
+        head.resume(RecursiveRidge.from_gram(s["gram"], kappa * s["cross_y"] - s["cross_f"], lam, self.learned))
+        log.info(
+            "online kappa=%g, lambda=%.3g picked again at %d learned samples on %d held-out ones (accuracy %.3f)",
+            kappa,
+            lam,
+            self.learned,
+            len(y),
+            val["val_accuracy"],
+        )
 
     def _fit(self) -> OSELMHead:
         X = np.stack([r[0] for r in self._warmup])
@@ -155,6 +204,7 @@ class OnlineLearner:
         config = TrainConfig(loss=self.deployment.bundle.head.loss, seed=0)
         head.fit(_Rows(X, F), y, np.arange(len(y)), np.zeros(0, np.int64), config)
         head.rls()  # the RLS state starts here, so a saved state continues exactly this head
+        self._accumulate(head, X, F, y)
         log.info("online warm-up fitted on %d samples: kappa=%g, lambda=%.3g", len(y), head.kappa, head.lam)
         return head
 
@@ -170,6 +220,7 @@ class OnlineLearner:
             "learned_samples": self.learned,
             "warming_up": self.head is None,
             "warmup_samples": self.learned if self.head is None else self.options.warmup,
+            "held_out_seen": len(self._judges),
             "since_snapshot": self.since_snapshot,
             "through_sample": self.through,
             "kappa": None if self.head is None else self.head.kappa,
@@ -185,7 +236,8 @@ class OnlineLearner:
         if self.head is None:
             return None
         head = self.head.snapshot()
-        return Candidate(HeadState.of(self.options.method, head), head, self.head.rls().state(), self.through, self.learned)
+        sums = {name: a.copy() for name, a in self._sums.items()}
+        return Candidate(HeadState.of(self.options.method, head), head, self.head.rls().state(), sums, self.through, self.learned)
 
     def snapshot_attempted(self) -> None:
         self.since_snapshot = 0
@@ -213,7 +265,7 @@ class OnlineLearner:
             "lambda": self.head.lam,
             **self.options.describe(),
         }
-        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), **candidate.rls}
+        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), **candidate.rls, **candidate.sums}
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy stubs mistake **arrays for allow_pickle
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -227,13 +279,26 @@ class OnlineLearner:
                 saved.append(self._read(path))
             except (StateError, ValueError, KeyError, TypeError) as e:
                 log.error("online state %s is not used: %s", path, e)
-        for meta, head, rls in sorted(saved, key=lambda s: s[0]["through"], reverse=True):
+        for meta, head, rls, sums in sorted(saved, key=lambda s: s[0]["through"], reverse=True):
             head.resume(rls)
-            self.head, self.through, self.learned = head, int(meta["through"]), int(meta["learned"])
+            self.head, self._sums = head, sums
+            self.through, self.learned = int(meta["through"]), int(meta["learned"])
+            self._judges = self._judges_through(self.through)
             log.info("online learner resumed from version %d (%d samples learned)", meta["version"], self.learned)
             return
 
-    def _read(self, path: Path) -> tuple[dict[str, Any], OSELMHead, RecursiveRidge]:
+    def _judges_through(self, last_id: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """The held-out samples among those stored up to `last_id`, with their features (as `catch_up` makes them)."""
+        d = self.deployment
+        stored = self.samples.load(d.signature, d.bundle.input.shape, d.bundle.input.dtype.numpy)
+        keep = (stored.ids <= last_id) & held_out(stored.x, self.options.holdout)
+        out = []
+        for i in np.flatnonzero(keep):
+            X, F = d.frozen.run(stored.x[i : i + 1])
+            out.append((X[0], F[0], int(stored.y[i])))
+        return out
+
+    def _read(self, path: Path) -> tuple[dict[str, Any], OSELMHead, RecursiveRidge, dict[str, np.ndarray]]:
         arrays = read_npz(path, StateError, "online state file")
         meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
         if meta.get("format") != RLS_FORMAT or meta.get("bundle_digest") != self.deployment.bundle.digest:
@@ -244,7 +309,12 @@ class OnlineLearner:
         head = self._new_head()
         head.load_state_dict(state.arrays)
         head.kappa, head.lam = float(meta["kappa"]), float(meta["lambda"])
-        return meta, head, RecursiveRidge.from_state(arrays, head.lam)
+        sums = {name: np.asarray(arrays[name], np.float64) for name in SUMS}
+        dim, outputs = head.dim, head.num_outputs
+        for name, shape in zip(SUMS, ((dim, dim), (dim, outputs), (dim, outputs))):
+            if sums[name].shape != shape:
+                raise StateError(f"{name}: expected shape {shape}, found {sums[name].shape}")
+        return meta, head, RecursiveRidge.from_state(arrays, head.lam), sums
 
 
 class _Rows:

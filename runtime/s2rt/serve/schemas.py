@@ -214,10 +214,11 @@ class Imported(BaseModel):
 class OnlineStatus(BaseModel):
     method: str = Field(description="the online head's method: oselm or oselm-rf")
     warmup: int = Field(description="learnable samples fitted in closed form before learning goes sample by sample")
-    holdout: float = Field(description="share of samples (fixed by content) that judge snapshots and are never learned")
+    holdout: float = Field(description="share of samples (fixed by content) that judge snapshots, pick kappa and lambda, are never learned")
     learned_samples: int
     warming_up: bool
     warmup_samples: int = Field(description="learnable samples collected for the warm-up fit")
+    held_out_seen: int = Field(description="held-out samples seen: they pick kappa and lambda again at 2, 4, 8, ... x warmup learned")
     since_snapshot: int = Field(description="samples learned since the last snapshot")
     through_sample: int = Field(description="the id of the last stored sample the learner has seen")
     kappa: float | None
