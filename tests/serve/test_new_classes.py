@@ -102,13 +102,19 @@ def test_new_classes_are_learned_served_rolled_back_and_kept_across_a_restart(se
     assert again.client.get("/v1/samples").json()["labels"] == [*OLD, *new]
 
 
-def test_new_classes_need_a_skip2lora_job(serve, open_bundle, open_data):
+def test_new_classes_need_a_skip2lora_job_and_can_be_left_out(serve, open_bundle, open_data):
     x, y, _, _ = open_data
     d = serve(str(open_bundle), "--allow-new-classes", "--allow-unauthenticated-control")
     d.client.post("/v1/samples", json={"x": x[:400].tolist(), "y": y[:400].tolist()})
     r = d.client.post("/v1/jobs", json={"method": "oselm"})
     assert r.status_code == 422 and r.json()["field"] == "method"
     assert "only skip2lora" in r.json()["message"] and "oselm" in r.json()["message"]
+
+    # a fleet round's job: the bundle's classes only (the global adapters hold those), the others left out
+    job = wait_job(d.client, d.client.post("/v1/jobs", json={"new_classes": False, "check_accuracy": False}).json()["id"])
+    assert job["state"] == "succeeded", job
+    assert job["n_train"] + job["n_val"] == int(np.isin(y[:400], OLD).sum())
+    assert d.client.get("/v1/adapters/1").json()["new_labels"] == [] and d.client.get("/v1/model").json()["labels"] == list(OLD)
 
 
 def test_online_learning_leaves_new_classes_to_jobs(serve, open_bundle, open_data, tmp_path):

@@ -39,6 +39,7 @@ from s2rt.heads.grown_train import train_grown
 from s2rt.methods import METHODS, TrainableHead, get_method
 from s2rt.serve.errors import ApiError, conflict, disk_full, not_found
 from s2rt.serve.gate import AccuracyGate, held_out
+from s2rt.serve.samples import SampleSet
 from s2rt.state import HeadState
 from s2rt.store import UnknownVersionError
 from s2rt.trainer import TrainConfig, evaluate, train
@@ -64,6 +65,7 @@ class JobOptions:
     start_from: str | int = "active"  # "active", "initial" or a version number (e.g. an imported global version)
     commit: str = "accepted"  # "always": keep the trained adapters as a new version even when the gate keeps the active one
     method: str | None = None  # None: the start version's method (s2rt.methods)
+    new_classes: bool = True  # learn the classes stored samples brought beyond the start version's (grow the head)
 
 
 class JobCancelled(Exception):
@@ -174,6 +176,11 @@ class JobRunner:
         if options.check_accuracy and not options.val_fraction:
             raise ApiError(422, "invalid_input", "val_fraction: must be > 0 when check_accuracy is true", "val_fraction")
         samples = self.service.samples.load(deployment.signature, bundle.input.shape, bundle.input.dtype.numpy)
+        start_version, start = _start(serving, options.start_from)
+        start = _with_method(start, options.method, bundle)
+        if not options.new_classes:  # only the classes the start version has (a fleet round: the global adapters' classes)
+            keep = samples.y < len(bundle.labels) + len(start.new_labels)
+            samples = SampleSet(samples.ids[keep], samples.x[keep], samples.y[keep])
         val = held_out(samples.x, options.val_fraction)
         if not (~val).any():
             raise conflict(
@@ -198,8 +205,6 @@ class JobRunner:
             )
         except S2LError as e:
             raise ApiError(422, "invalid_input", str(e)) from None
-        start_version, start = _start(serving, options.start_from)
-        start = _with_method(start, options.method, bundle)
         start = _with_new_classes(start, self.service.samples.new_classes(deployment.signature), samples.y, bundle)
         return Plan(
             deployment,

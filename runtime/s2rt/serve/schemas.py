@@ -143,6 +143,12 @@ class TrainRequest(Strict):
         description="the fine-tuning method (as s2rt train --method: skip2lora, ft-last, skip2relu, oselm, ...); "
         "default: the start version's; another method's family starts from that method's fresh head",
     )
+    new_classes: bool = Field(
+        True,
+        description="learn the classes that stored samples brought beyond the start version's (s2rt serve --allow-new-classes: "
+        "the skip2lora head grows a row per class); false: train on the start version's classes only, leaving the other "
+        "samples out (a fleet round: the global adapters hold the bundle's classes)",
+    )
     commit: Literal["accepted", "always"] = Field(
         "accepted",
         description="accepted: keep the trained adapters only if the accuracy gate activates them; always: keep them as a new "
