@@ -141,3 +141,28 @@ def test_online_learning_leaves_new_classes_to_jobs(serve, open_bundle, open_dat
     old = np.isin(y[:400], OLD)
     assert 0 < status["learned_samples"] <= old.sum() < 400  # the new-class samples were not learned
     assert online.client.get("/v1/model").json()["labels"] == list(OLD)
+
+
+def test_client_ingests_label_names_and_trains_the_new_classes(serve, open_bundle, open_data, tmp_path, capsys):
+    """`s2rt client ingest` sends a file's label names as names, so the daemon resolves (and adds) them."""
+    import json
+
+    from s2rt.cli import main
+
+    x, y, _, _ = open_data
+    sock = tmp_path / "s.sock"
+    serve(str(open_bundle), "--uds", str(sock), "--allow-new-classes")
+    np.savez(tmp_path / "ft.npz", x=x[:500], y=y[:500])
+
+    def client(*args: str) -> dict:
+        capsys.readouterr()
+        assert main(["client", "--uds", str(sock), *args]) == 0, capsys.readouterr().err
+        return dict(json.loads(capsys.readouterr().out))
+
+    assert len(first_seen(y[:500])) == 2
+    assert client("ingest", "--data", str(tmp_path / "ft.npz"), "--batch", "128")["count"] == 500
+    assert client("samples")["labels"] == [*OLD, *first_seen(y[:500])]
+    kept = client("train", "--no-new-classes", "--no-check", "--epochs", "2", "--wait")
+    assert kept["state"] == "succeeded" and kept["options"]["new_classes"] is False
+    grown = client("train", "--no-check", "--epochs", "2", "--wait")
+    assert grown["state"] == "succeeded" and client("model")["new_labels"] == list(first_seen(y[:500]))
