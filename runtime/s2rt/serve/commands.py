@@ -97,7 +97,8 @@ def add_serve(sub: Subparsers) -> None:
         const="oselm",
         choices=["oselm", "oselm-rf"],
         help="learn online: the served head is an OS-ELM head (default oselm; oselm-rf adds 1,024 random ReLU features) "
-        "that learns every labelled sample (POST /v1/samples) by one recursive-least-squares step before answering, so "
+        "that learns every labelled sample (POST /v1/samples; but the --online-holdout share) by one recursive-least-squares "
+        "step before answering, so "
         "the next prediction already reflects it; after a closed-form warm-up fit on the first --online-warmup samples. "
         "Snapshots become adapter versions through the accuracy gate (--snapshot-every, --snapshot-seconds, "
         "POST /v1/online/snapshot); a restart resumes from the last one plus the samples stored after it. "
