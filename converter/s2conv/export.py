@@ -12,10 +12,17 @@ equals `s2rt predict`'s tuned logits (`Model.logits`), activation applied; writt
 .onnx, or as .tflite through the TFLite emitter; a bundle with only a TFLite segment gets
 the same ops appended to that segment (`s2conv.tflite.tuned`). For devices that only
 predict after tuning, or to send a tuned model home.
+
+Adapters that learned classes the bundle lacks (`new_labels`, `s2rt.heads.grown`) export
+as one linear branch over C + K logits; the frozen logits are first widened to C + K by
+a MatMul with [I | 0] (the new classes' frozen logit is 0, as in the runtime). Every
+exported file carries its class labels, in output order, as JSON under `s2l.labels`: ONNX
+`metadata_props`, TFLite Model `metadata` (`exported_labels` reads either).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from enum import Enum
@@ -25,8 +32,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from s2rt.bundle.model import Bundle, OutputActivation, SegmentBackend
-from s2rt.errors import ConversionError
+from s2rt.errors import ConversionError, StateError
+from s2rt.head import AdapterHead
 from s2rt.heads.branches import Branch
+from s2rt.heads.grown import check_new_labels, grow
 from s2rt.methods import get_method
 from s2rt.state import load_adapters, load_state
 
@@ -39,6 +48,7 @@ Adapters = Sequence[tuple[np.ndarray, np.ndarray]]
 ACTIVATION_OUTPUTS = {OutputActivation.SOFTMAX: "probabilities", OutputActivation.LOG_SOFTMAX: "log_probabilities"}
 ACTIVATION_OPS = {OutputActivation.SOFTMAX: "Softmax", OutputActivation.LOG_SOFTMAX: "LogSoftmax"}
 PREFIX = "s2l.tuned"
+LABELS_KEY = "s2l.labels"  # the exported file's class labels (JSON list), in output order
 
 
 class ExportFormat(Enum):
@@ -58,18 +68,40 @@ def export_file(bundle: Bundle, adapters_path: str | Path, output: str | Path, o
     (.onnx or .tflite, by suffix); returns the bytes written."""
     path = Path(output)
     fmt = ExportFormat.for_path(path)
-    _, meta = load_state(adapters_path, bundle)
-    if get_method(meta["method"]).family == "skip2lora":
-        adapters, _ = load_adapters(adapters_path, bundle)
-        data = tuned_bytes(bundle, adapters, fmt, output_name)
-    else:
-        data = tuned_bytes(bundle, head_branches(bundle, adapters_path), fmt, output_name)
+    head, labels = exported_head(bundle, adapters_path)
+    data = tuned_bytes(bundle, head, fmt, output_name, labels)
     try:
         path.write_bytes(data)
     except OSError as e:
         raise ConversionError(f"{path}: cannot write the tuned model: {e.strerror or e}") from e
     log.info("wrote tuned model %s (%d bytes)", path, len(data))
     return len(data)
+
+
+def exported_head(bundle: Bundle, adapters_path: str | Path) -> tuple[Adapters | list[Branch], tuple[str, ...]]:
+    """The head of an adapter file in graph form (skip2lora's (A, B) pairs, or branches) and
+    the labels of its outputs: the bundle's, then the file's `new_labels`."""
+    _, meta = load_state(adapters_path, bundle)
+    if "new_labels" in meta:
+        new = check_new_labels(meta["new_labels"], bundle.labels, f"{adapters_path}: new_labels")
+        return grown_branches(bundle, adapters_path, len(new)), bundle.labels + new
+    if get_method(meta["method"]).family == "skip2lora":
+        return load_adapters(adapters_path, bundle)[0], bundle.labels
+    return head_branches(bundle, adapters_path), bundle.labels
+
+
+def grown_branches(bundle: Bundle, adapters_path: str | Path, extra: int) -> list[Branch]:
+    """The graph form of a skip2lora file grown by `extra` classes (`GrownHead.export_branches`)."""
+    arrays, meta = load_state(adapters_path, bundle, "skip2lora")
+    base = get_method(meta["method"]).make_head(bundle)
+    if not isinstance(base, AdapterHead):
+        raise StateError(f"{adapters_path}: new classes are learned by skip2lora heads, this file holds {meta['method']} state")
+    head = grow(base, bundle.head.num_outputs, extra)
+    try:
+        head.load_state_dict(arrays)
+    except StateError as e:
+        raise StateError(f"{adapters_path}: {e}") from None
+    return head.export_branches()
 
 
 def head_branches(bundle: Bundle, adapters_path: str | Path) -> list[Branch]:
@@ -86,20 +118,33 @@ def head_branches(bundle: Bundle, adapters_path: str | Path) -> list[Branch]:
     return list(export())
 
 
-def tuned_bytes(bundle: Bundle, adapters: Adapters | Sequence[Branch], fmt: ExportFormat, output_name: str | None = None) -> bytes:
+def tuned_bytes(
+    bundle: Bundle,
+    adapters: Adapters | Sequence[Branch],
+    fmt: ExportFormat,
+    output_name: str | None = None,
+    labels: Sequence[str] | None = None,
+) -> bytes:
     """The tuned model file: built on the ONNX segment when the bundle has one (and emitted
     as TFLite for .tflite), else on the TFLite segment (.tflite only). `adapters`: skip2lora's
-    per-tap (A, B) pairs, or any head's branches."""
+    per-tap (A, B) pairs, or any head's branches. `labels` (default: the bundle's) name the
+    outputs, one per logit, and are stored in the file under LABELS_KEY."""
     kinds = {s.backend for s in bundle.segments}
     branches = [b for b in adapters if isinstance(b, Branch)]
     pairs = [p for p in adapters if not isinstance(p, Branch)]
+    labels = tuple(bundle.labels if labels is None else labels)
+    width = max([bundle.head.num_outputs, *(logit_width(b) for b in branches)])
+    if len(labels) != width:
+        raise ConversionError(f"export: {len(labels)} labels for a head with {width} outputs")
+    metadata = {LABELS_KEY: json.dumps(list(labels)).encode()}
     if SegmentBackend.ONNX in kinds:
         tuned = tuned_model(bundle, pairs, output_name) if not branches else tuned_model_branches(bundle, branches, output_name)
         if fmt is ExportFormat.ONNX:
+            tuned.metadata_props.add(key=LABELS_KEY, value=metadata[LABELS_KEY].decode())
             return tuned.SerializeToString()
         from s2conv.tflite import onnx_to_tflite
 
-        return onnx_to_tflite(tuned)
+        return onnx_to_tflite(tuned, metadata)
     if fmt is ExportFormat.ONNX:
         raise ConversionError(
             "the bundle has only a TFLite segment, so the tuned model can only be written as .tflite; "
@@ -113,7 +158,31 @@ def tuned_bytes(bundle: Bundle, adapters: Adapters | Sequence[Branch], fmt: Expo
     taps = [t.name for t in bundle.taps]
     if not branches:
         branches = [plain_branch(w, i, len(taps)) for i, w in enumerate(delta_weights(bundle, pairs))]
-    return tuned_tflite(bytes(segment.model), taps, segment.logits_output, branches, activation, name)
+    return tuned_tflite(bytes(segment.model), taps, segment.logits_output, branches, activation, name, metadata)
+
+
+def logit_width(branch: Branch) -> int:
+    """How many logits a branch adds to: its output layer's rows, else its own width."""
+    return branch.width if branch.out is None else int(branch.out.shape[0])
+
+
+def exported_labels(path: str | Path) -> tuple[str, ...]:
+    """The class labels an exported .onnx or .tflite file stores (LABELS_KEY), in output order."""
+    p = Path(path)
+    fmt = ExportFormat.for_path(p)
+    if fmt is ExportFormat.ONNX:
+        props = {m.key: m.value for m in onnx.load(p, load_external_data=False).metadata_props}
+        raw = props.get(LABELS_KEY)
+    else:
+        from s2conv.tflite.read import read_metadata
+
+        raw = read_metadata(p.read_bytes()).get(LABELS_KEY, b"").decode() or None
+    if raw is None:
+        raise ConversionError(f"{p}: has no {LABELS_KEY} metadata; export it with s2conv export")
+    labels = json.loads(raw)
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ConversionError(f"{p}: {LABELS_KEY} metadata: expected a JSON list of names, found {raw[:80]}")
+    return tuple(labels)
 
 
 def plain_branch(weight: np.ndarray, tap: int, taps: int) -> Branch:
@@ -133,10 +202,13 @@ def tuned_model(bundle: Bundle, adapters: Adapters, output_name: str | None = No
 def tuned_model_branches(bundle: Bundle, branches: Sequence[Branch], output_name: str | None = None) -> onnx.ModelProto:
     """The frozen segment plus each branch's MatMuls, bias, Relu and output MatMul; one output."""
     model, graph, total, name = _tuned_start(bundle, output_name)
+    width = max([bundle.head.num_outputs, *(logit_width(b) for b in branches)])
+    if width > bundle.head.num_outputs:
+        total = _widen(graph, total, bundle.head.num_outputs, width)
     flat: dict[int, str] = {}
     for b, branch in enumerate(branches):
         total = _add_branch(graph, bundle, branch, total, b, flat)
-    return _tuned_finish(bundle, model, total, name)
+    return _tuned_finish(bundle, model, total, name, width)
 
 
 def _tuned_start(bundle: Bundle, output_name: str | None) -> tuple[onnx.ModelProto, onnx.GraphProto, str, str]:
@@ -148,7 +220,20 @@ def _tuned_start(bundle: Bundle, output_name: str | None) -> tuple[onnx.ModelPro
     return model, graph, frozen_logits, name
 
 
-def _tuned_finish(bundle: Bundle, model: onnx.ModelProto, total: str, name: str) -> onnx.ModelProto:
+def _widen(graph: onnx.GraphProto, total: str, classes: int, width: int) -> str:
+    """The frozen logits (N x classes) followed by zeros to `width` columns: a MatMul by [I | 0]
+    (exact: each output is one logit times 1 plus zeros)."""
+    graph.initializer.append(numpy_helper.from_array(widening(classes, width), f"{PREFIX}.widen.W"))
+    graph.node.append(helper.make_node("MatMul", [total, f"{PREFIX}.widen.W"], [f"{PREFIX}.widened"], name=f"{PREFIX}/widen"))
+    return f"{PREFIX}.widened"
+
+
+def widening(classes: int, width: int) -> np.ndarray:
+    """[I | 0]: classes x width."""
+    return np.eye(classes, width, dtype=np.float32)
+
+
+def _tuned_finish(bundle: Bundle, model: onnx.ModelProto, total: str, name: str, width: int | None = None) -> onnx.ModelProto:
     graph = model.graph
     activation = ACTIVATION_OPS.get(bundle.output_activation)
     if activation is None:
@@ -157,7 +242,8 @@ def _tuned_finish(bundle: Bundle, model: onnx.ModelProto, total: str, name: str)
         graph.node.append(helper.make_node(activation, [total], [name], name=f"{PREFIX}/{activation}", axis=-1))
     _normalise_input(graph, bundle)
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [_batch_dim(graph), bundle.head.num_outputs]))
+    outputs = width or bundle.head.num_outputs
+    graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [_batch_dim(graph), outputs]))
     graph.name = f"{graph.name}_tuned"
     graph.doc_string = "s2l tuned model: the frozen network with its Skip2-LoRA adapters merged in"
     model.producer_name, model.producer_version = PRODUCER, __version__

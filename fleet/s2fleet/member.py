@@ -152,6 +152,7 @@ def _train(daemon: Client, version: int, config: Any, timeout: float) -> dict[st
     options = {
         "start_from": version,
         "commit": "always",
+        "new_classes": False,  # the global adapters hold the bundle's classes; classes learned on this device stay here
         "epochs": int(config["local-epochs"]),
         "seed": int(config.get("server-round", 0)),
     }

@@ -32,7 +32,8 @@ from s2rt.features import CachedFeatures
 from s2rt.folded import AFFINE_METHODS, FoldedHead
 from s2rt.frozen import FrozenModel
 from s2rt.head import AdapterHead
-from s2rt.heads.grown import GrownHead, PaddedFeatures, check_new_labels, grow, pad_logits
+from s2rt.heads.grown import GrownHead, check_new_labels, grow, pad_logits
+from s2rt.heads.grown_train import train_grown
 from s2rt.methods import DEFAULT_METHOD, TrainableHead, get_method, skip2lora_head
 from s2rt.progress import ProgressCallback
 from s2rt.state import load_state, save_state
@@ -313,8 +314,10 @@ class Model:
         start = time.perf_counter()
         decode_bytes = None if max_cache_mb is None else int(max_cache_mb * MIB)  # the budget bounds the decoded chunks too
         source = CachedFeatures(self.frozen, samples.x, samples.y, cache, max_bytes=decode_bytes)
-        feed = PaddedFeatures(source, len(self.labels)) if self.new_labels else source  # the cache keeps the bundle's C logits
-        report = train(self.head, feed, samples.y, config, progress=progress)
+        if isinstance(self.head, GrownHead):  # old classes first, then the new ones with the old pinned
+            report = train_grown(self.head, source, samples.y, config, progress=progress)
+        else:
+            report = train(self.head, source, samples.y, config, progress=progress)
         seconds = time.perf_counter() - start
         if cache is not None:
             cache.close()

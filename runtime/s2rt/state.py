@@ -28,6 +28,8 @@ import numpy as np
 from s2rt.atomic import atomic_write_bytes
 from s2rt.bundle.model import Bundle
 from s2rt.errors import StateError
+from s2rt.head import AdapterHead
+from s2rt.heads.grown import check_new_labels, grow
 from s2rt.methods import DEFAULT_METHOD, METHODS, TrainableHead, get_method
 from s2rt.npz import read_npz
 
@@ -38,15 +40,17 @@ Adapters = list[tuple[np.ndarray, np.ndarray]]
 
 @dataclass(frozen=True)
 class HeadState:
-    """What an adapter version holds: a fine-tuning method and its head's named arrays (`head.state_dict()`)."""
+    """What an adapter version holds: a fine-tuning method and its head's named arrays (`head.state_dict()`),
+    and the classes it learned beyond the bundle's (`new_labels`: a grown skip2lora head, `s2rt.heads.grown`)."""
 
     method: str
     arrays: Mapping[str, np.ndarray]
+    new_labels: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, method: str, head: TrainableHead) -> HeadState:
+    def of(cls, method: str, head: TrainableHead, new_labels: tuple[str, ...] = ()) -> HeadState:
         """A copy of `head`'s numbers (`state_dict` copies)."""
-        return cls(get_method(method).name, head.state_dict())
+        return cls(get_method(method).name, head.state_dict(), tuple(new_labels))
 
     @classmethod
     def skip2lora(cls, adapters: Adapters) -> HeadState:
@@ -55,17 +59,23 @@ class HeadState:
     def head(self, bundle: Bundle) -> TrainableHead:
         """A new head of this method for `bundle` holding these numbers; StateError if they do not fit it."""
         head = get_method(self.method).make_head(bundle)
+        if self.new_labels:
+            if not isinstance(head, AdapterHead):
+                raise StateError(f"{self.method} state cannot hold new classes {list(self.new_labels)[:5]}; only skip2lora grows")
+            head = grow(head, bundle.head.num_outputs, len(self.new_labels))
         head.load_state_dict(self.arrays)
         return head
 
     def adapters(self) -> Adapters:
         """The per-tap (A, B) pairs of a skip2lora-family state."""
-        if METHODS[self.method].family != DEFAULT_METHOD:
-            raise StateError(f"{self.method} state has no per-tap (A, B) adapters")
+        if METHODS[self.method].family != DEFAULT_METHOD or self.new_labels:
+            raise StateError(f"{self.method} state{' with new classes' if self.new_labels else ''} has no per-tap (A, B) adapters")
         taps = len(self.arrays) // 2
         return [(self.arrays[f"A.{i}"], self.arrays[f"B.{i}"]) for i in range(taps)]
 
     def save(self, path: str | os.PathLike[str], bundle: Bundle, **meta: Any) -> None:
+        if self.new_labels:
+            meta["new_labels"] = list(self.new_labels)
         save_state(path, self.arrays, bundle, self.method, **meta)
 
 
@@ -73,9 +83,8 @@ def load_head_state(path: str | os.PathLike[str], bundle: Bundle) -> tuple[HeadS
     """Read a state file of any method for `bundle`, checked by loading it into a head of its method;
     StateError if it is unreadable, belongs to another bundle or does not fit the bundle's head."""
     arrays, meta = load_state(path, bundle)
-    if "new_labels" in meta:
-        raise StateError(f"{path}: the adapters add classes {list(meta['new_labels'])[:5]} the bundle does not have")
-    state = HeadState(meta["method"], arrays)
+    new_labels = () if "new_labels" not in meta else check_new_labels(meta["new_labels"], bundle.labels, f"{path}: new_labels")
+    state = HeadState(meta["method"], arrays, new_labels)
     try:
         state.head(bundle)
     except StateError as e:
@@ -116,7 +125,7 @@ def load_adapters(path: str | os.PathLike[str], bundle: Bundle) -> tuple[Adapter
         raise StateError(
             f"{path}: the adapters add classes {list(meta['new_labels'])[:5]} the bundle does not have; "
             "their head has more outputs than the bundle's (per-tap A, B) form: use them with s2rt (train, eval, "
-            "predict, Model.open(..., adapters=...)); exporting them is not supported yet"
+            "predict, serve, Model.open(..., adapters=...)) or s2conv export"
         )
     return _adapters(Path(path), arrays, bundle), meta
 

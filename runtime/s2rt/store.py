@@ -61,6 +61,7 @@ class VersionInfo:
             "origin": self.meta.get("origin"),
             "fleet_round": self.meta.get("fleet_round"),
             "method": self.meta.get("method", DEFAULT_METHOD),
+            "new_labels": list(self.meta.get("new_labels", [])),
             "online": self.meta.get("online"),
             "loadable": self.error is None,
             "error": self.error,

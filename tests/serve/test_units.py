@@ -7,10 +7,13 @@ import io
 import numpy as np
 import pytest
 from s2rt.bundle import InputSignature
+from s2rt.errors import StateError
+from s2rt.serve.db import Database
 from s2rt.serve.errors import ApiError
 from s2rt.serve.gate import held_out
-from s2rt.serve.inputs import labels_from_json, npy_array, samples_from_json, samples_from_npy
+from s2rt.serve.inputs import labels_and_new_classes, labels_from_json, npy_array, samples_from_json, samples_from_npy
 from s2rt.serve.metrics import Metrics
+from s2rt.serve.samples import SampleStore
 
 SIG = InputSignature("x", (2, 3))
 
@@ -48,6 +51,32 @@ def test_json_samples_and_labels():
     with pytest.raises(ApiError) as e:
         labels_from_json(["dog", "cow", 0], labels, 3, False)
     assert e.value.field == "y[1]" and "cow" in e.value.message
+
+
+def test_new_class_names_are_numbered_after_the_known_labels_when_allowed():
+    labels = ("cat", "dog")
+    y, added = labels_and_new_classes(["dog", "cow", "cow", "eel", 3, "cat"], labels, 6, False, allow_new=True)
+    assert y.tolist() == [1, 2, 2, 3, 3, 0] and added == ("cow", "eel")
+    with pytest.raises(ApiError) as e:
+        labels_and_new_classes(["cow"], labels, 1, False)
+    assert e.value.field == "y[0]" and "--allow-new-classes" in e.value.message
+    with pytest.raises(ApiError) as e:
+        labels_and_new_classes(["dog", "z" * 201], labels, 2, False, allow_new=True)
+    assert e.value.status == 422 and e.value.field == "y[1]" and "1..200 characters" in e.value.message
+    with pytest.raises(ApiError, match="outside 0..1"):
+        labels_and_new_classes(2, labels, 1, True, allow_new=True)  # an index names a class that exists
+
+
+def test_new_classes_are_stored_with_their_samples_and_numbered_once(tmp_path):
+    store = SampleStore(Database(tmp_path / "s.sqlite"))
+    x = np.zeros((2, 3), np.float32)
+    store.add("sig", x, np.array([0, 2]), ("cow",), known=0)
+    store.add("sig", x, np.array([3, 2]), ("eel",), known=1)
+    assert store.new_classes("sig") == ("cow", "eel") and store.new_classes("other") == ()
+    with pytest.raises(StateError, match="changed while the samples were labelled"):
+        store.add("sig", x, np.array([4, 4]), ("gnu",), known=1)  # numbered against a stale list
+    assert store.new_classes("sig") == ("cow", "eel") and store.count("sig") == 4  # nothing of it was stored
+    store.db.close()
 
 
 def test_held_out_split_is_fixed_by_content():

@@ -33,10 +33,13 @@ from s2conv.version import PRODUCER, __version__
 log = logging.getLogger(__name__)
 
 
-def onnx_to_tflite(model: onnx.ModelProto) -> bytes:
+def onnx_to_tflite(model: onnx.ModelProto, metadata: Mapping[str, bytes] | None = None) -> bytes:
     """The .tflite file computing `model`'s outputs from its one input (float32, batch first);
-    see `onnx_to_graph`. Only the input and the outputs are named in the file."""
-    return serialize(compact(onnx_to_graph(model)))
+    see `onnx_to_graph`. Only the input and the outputs are named in the file. `metadata`:
+    named byte strings for the Model's metadata table."""
+    graph = onnx_to_graph(model)
+    graph.metadata.update(metadata or {})
+    return serialize(compact(graph))
 
 
 def onnx_to_graph(model: onnx.ModelProto) -> Graph:

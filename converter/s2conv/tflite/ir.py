@@ -115,6 +115,7 @@ class Graph:
     inputs: list[int] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
     description: str = ""
+    metadata: dict[str, bytes] = field(default_factory=dict)  # the Model's named metadata buffers
 
     def add_tensor(self, tensor: Tensor) -> int:
         self.tensors.append(tensor)

@@ -40,7 +40,31 @@ def read_graph(data: bytes) -> Graph:
         graph.operators.append(_operator(subgraph.Operators(i), codes))
     graph.inputs = [int(i) for i in subgraph.InputsAsNumpy()]
     graph.outputs = [int(i) for i in subgraph.OutputsAsNumpy()]
+    graph.metadata = _metadata(model)
     return graph
+
+
+def read_metadata(data: bytes) -> dict[str, bytes]:
+    """The named metadata buffers of a .tflite file (its Model's `metadata` table)."""
+    try:
+        model = Model.GetRootAs(data, 0)
+        return _metadata(model)
+    except ConversionError:
+        raise
+    except Exception as e:  # the generated reader raises whatever a bad offset provokes
+        raise ConversionError(f"not a readable TFLite model: {e}") from e
+
+
+def _metadata(model: Model) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        name, index = (entry.Name() or b"").decode("utf-8", "replace"), int(entry.Buffer())
+        if not 0 <= index < model.BuffersLength():
+            raise ConversionError(f"TFLite metadata {name!r}: buffer {index} out of range (the model has {model.BuffersLength()})")
+        buffer = model.Buffers(index)
+        out[name] = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+    return out
 
 
 def _tensor(model: Model, t: object) -> Tensor:

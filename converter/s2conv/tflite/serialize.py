@@ -22,9 +22,11 @@ import flatbuffers
 import numpy as np
 from tflite.Buffer import BufferAddData, BufferEnd, BufferStart
 from tflite.BuiltinOptions import BuiltinOptions
+from tflite.Metadata import MetadataAddBuffer, MetadataAddName, MetadataEnd, MetadataStart
 from tflite.Model import (
     ModelAddBuffers,
     ModelAddDescription,
+    ModelAddMetadata,
     ModelAddOperatorCodes,
     ModelAddSubgraphs,
     ModelAddVersion,
@@ -88,6 +90,7 @@ def serialize(graph: Graph) -> bytes:
     opcodes = sorted({op.opcode for op in graph.operators})
     opcode_index = {code: i for i, code in enumerate(opcodes)}
     buffers, buffer_index = _buffers(b, graph.tensors)
+    metadata = _metadata(w, graph.metadata, buffers)
     tensors = [_tensor(w, t, buffer_index.get(i, 0)) for i, t in enumerate(graph.tensors)]
     operators = [_operator(w, op, opcode_index[op.opcode]) for op in graph.operators]
     tensor_vec = _offsets(b, tensors)
@@ -110,6 +113,8 @@ def serialize(graph: Graph) -> bytes:
     ModelAddSubgraphs(b, subgraphs)
     if description is not None:
         ModelAddDescription(b, description)
+    if metadata is not None:
+        ModelAddMetadata(b, metadata)
     ModelAddBuffers(b, buffer_vec)
     b.Finish(ModelEnd(b), file_identifier=FILE_IDENTIFIER)
     return bytes(b.Output())
@@ -150,6 +155,24 @@ def _buffers(b: flatbuffers.Builder, tensors: Sequence[Tensor]) -> tuple[list[in
         index[i] = len(buffers)
         buffers.append(BufferEnd(b))
     return buffers, index
+
+
+def _metadata(w: _Writer, metadata: dict[str, bytes], buffers: list[int]) -> int | None:
+    """The Model's `metadata` vector: per entry its name and a new buffer (appended to
+    `buffers`) holding its bytes; None without entries."""
+    b = w.builder
+    entries = []
+    for name, data in metadata.items():
+        vector = _aligned_bytes(b, data)
+        BufferStart(b)
+        BufferAddData(b, vector)
+        buffers.append(BufferEnd(b))
+        text = w.string(name)
+        MetadataStart(b)
+        MetadataAddName(b, text)
+        MetadataAddBuffer(b, len(buffers) - 1)
+        entries.append(int(MetadataEnd(b)))
+    return _offsets(b, entries) if entries else None
 
 
 def _tensor(w: _Writer, tensor: Tensor, buffer: int) -> int:

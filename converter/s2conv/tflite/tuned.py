@@ -6,7 +6,7 @@ branch's bias), ADDs, RELU and a FULLY_CONNECTED to the logits."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from s2rt.errors import ConversionError
@@ -27,10 +27,18 @@ ACTIVATIONS = {
 
 
 def tuned_tflite(
-    segment: bytes, taps: Sequence[str], logits: str, branches: Sequence[Branch], activation: str | None, output_name: str
+    segment: bytes,
+    taps: Sequence[str],
+    logits: str,
+    branches: Sequence[Branch],
+    activation: str | None,
+    output_name: str,
+    metadata: Mapping[str, bytes] | None = None,
 ) -> bytes:
     """`segment` (a .tflite frozen segment with outputs `taps` and `logits`) with the head's
-    `branches` merged in; one output, `output_name`. `activation`: None, "softmax" or "log_softmax"."""
+    `branches` merged in; one output, `output_name`. `activation`: None, "softmax" or "log_softmax".
+    Branches wider than the frozen logits (a head with new classes) get the logits widened
+    with zero columns first (FULLY_CONNECTED by [I | 0]). `metadata`: the Model's named buffers."""
     graph = read_graph(segment)
     outputs = {graph.tensors[i].name: i for i in graph.outputs}
     missing = [name for name in (*taps, logits) if name not in outputs]
@@ -38,6 +46,10 @@ def tuned_tflite(
         raise ConversionError(f"the TFLite segment has no output named {', '.join(repr(m) for m in missing)}")
     classes = int(graph.tensors[outputs[logits]].shape[-1])
     total = outputs[logits]
+    width = max([classes, *(b.width if b.out is None else len(b.out) for b in branches)])
+    if width > classes:
+        total = _fully_connected(graph, total, np.eye(classes, width, dtype=np.float32).T, None, f"{PREFIX}.widen")
+        classes = width
     for index, branch in enumerate(branches):
         tap_outputs = [outputs[tap] if w is not None else -1 for tap, w in zip(taps, branch.weights)]
         total = _add_branch(graph, branch, tap_outputs, total, index, classes)
@@ -51,6 +63,7 @@ def tuned_tflite(
             tensor.name = graph.unique_name(f"{output_name}/frozen")
     graph.tensors[total].name = output_name
     graph.outputs = [total]
+    graph.metadata.update(metadata or {})
     return serialize(compact(graph))
 
 

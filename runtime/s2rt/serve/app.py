@@ -162,7 +162,8 @@ def _health(app: FastAPI, service: Service) -> None:
             "format_version": list(b.format_version),
             "input": {"name": b.input.name, "shape": list(b.input.shape), "dtype": b.input.dtype.name.lower()},
             "signature": serving.deployment.signature,
-            "labels": list(b.labels),
+            "labels": list(serving.labels),
+            "new_labels": list(serving.new_labels),
             "loss": b.head.loss.name.lower(),
             "taps": [{"name": t.name, "layer": t.layer, "shape": list(t.shape), "reduction": t.reduction.name.lower()} for t in b.taps],
             "head": {
@@ -218,8 +219,10 @@ def _samples(app: FastAPI, service: Service) -> None:
         after_id: Annotated[int, Query(ge=0, le=s.MAX_ID)] = 0, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
     ) -> dict[str, Any]:
         """How many samples (per class) the served bundle trains on, and a page of their ids."""
-        sig = service.serving.deployment.signature
-        return {"signature": sig, **service.samples.summary(sig, after_id, limit)}
+        deployment = service.serving.deployment
+        sig = deployment.signature
+        labels = [*deployment.bundle.labels, *service.samples.new_classes(sig)]
+        return {"signature": sig, "labels": labels, **service.samples.summary(sig, after_id, limit)}
 
     @app.get("/v1/samples/{sample_id}", response_model=s.Sample, tags=["samples"])
     def get(sample_id: Id) -> dict[str, Any]:
@@ -234,7 +237,7 @@ def _samples(app: FastAPI, service: Service) -> None:
         if same:
             inp = deployment.bundle.input
             x = np.frombuffer(raw, dtype=inp.dtype.numpy).reshape(inp.shape).tolist()
-        labels = deployment.bundle.labels
+        labels = deployment.bundle.labels + service.samples.new_classes(sig) if same else ()
         return {
             "id": sample_id,
             "signature": sig,

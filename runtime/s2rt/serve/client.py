@@ -155,6 +155,9 @@ def add_client_commands(sub: Subparsers) -> None:
     a.add_argument("--optimizer", choices=["sgd", "adam"])
     a.add_argument("--method", help="fine-tuning method (as s2rt train --method; default: the start version's)")
     a.add_argument("--no-check", action="store_true", help="activate without the held-out accuracy check")
+    a.add_argument(
+        "--no-new-classes", action="store_true", help="train on the start version's classes only, not the new ones samples brought"
+    )
     start = a.add_mutually_exclusive_group()
     start.add_argument("--from-initial", action="store_true", help="start from the bundle's initial head, not the active adapters")
     start.add_argument("--from-version", type=int_at_least(0), metavar="N", help="start from adapter version N, not the active one")
@@ -224,12 +227,20 @@ def _predict(client: Client, args: argparse.Namespace) -> Any:
 
 def _ingest(client: Client, args: argparse.Namespace) -> Any:
     sig, classes = _signature(client)
-    samples = load_samples(args.data, sig, classes, require_labels=True)
+    names: list[str] = []
+
+    def by_name(y: np.ndarray) -> np.ndarray:  # label names go to the daemon as names: it resolves them (and new classes)
+        unique, inverse = np.unique(y, return_inverse=True)
+        names[:] = [str(n) for n in unique]
+        return np.asarray(inverse, np.int64).reshape(-1)
+
+    samples = load_samples(args.data, sig, classes, require_labels=True, label_index=by_name)
     assert samples.y is not None
+    labels = [names[i] for i in samples.y] if names else samples.y.tolist()
     ids: list[int] = []
     for start in range(0, len(samples.x), max(1, args.batch)):
         end = start + max(1, args.batch)
-        ids += client.call("POST", "/v1/samples", {"x": samples.x[start:end].tolist(), "y": samples.y[start:end].tolist()})["ids"]
+        ids += client.call("POST", "/v1/samples", {"x": samples.x[start:end].tolist(), "y": labels[start:end]})["ids"]
     return {"count": len(ids), "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}
 
 
@@ -245,6 +256,7 @@ def _train(client: Client, args: argparse.Namespace) -> Any:
         "check_accuracy": False if args.no_check else None,
         "start_from": "initial" if args.from_initial else args.from_version,
         "commit": "always" if args.commit_always else None,
+        "new_classes": False if args.no_new_classes else None,
     }
     job = client.call("POST", "/v1/jobs", {k: v for k, v in options.items() if v is not None})
     while args.wait and job["state"] == "running":

@@ -79,6 +79,13 @@ def add_serve(sub: Subparsers) -> None:
         "by default uploads are refused unless a trusted key signed them",
     )
     p.add_argument(
+        "--allow-new-classes",
+        action="store_true",
+        help="store samples whose label name the bundle lacks as new classes (POST /v1/samples); the next job grows the "
+        "skip2lora head by a row per class, and the labels served include them once a version with them is active "
+        "(by default such samples are refused)",
+    )
+    p.add_argument(
         "--allow-unauthenticated-control",
         action="store_true",
         help="on TCP without --token-file, let any local process deploy bundles, start or cancel jobs and activate or "

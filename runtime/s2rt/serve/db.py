@@ -16,7 +16,7 @@ from pathlib import Path
 
 from s2rt.errors import StateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the classes table (labels learned on the device, s2rt serve --allow-new-classes)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -26,6 +26,14 @@ CREATE TABLE IF NOT EXISTS samples (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS samples_by_signature ON samples (signature, id);
+CREATE TABLE IF NOT EXISTS classes (
+    signature TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (signature, position),
+    UNIQUE (signature, name)
+);
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     bundle_digest TEXT NOT NULL,

@@ -14,6 +14,8 @@ import numpy as np
 
 from s2rt.cache import sample_keys
 from s2rt.features import CachedFeatures
+from s2rt.heads.grown import PaddedFeatures
+from s2rt.heads.grown_train import RowSubset
 from s2rt.methods import TrainableHead
 from s2rt.trainer import evaluate
 
@@ -42,8 +44,14 @@ class AccuracyGate:
     check: bool  # False: accept without comparing
 
     def accuracy(self, head: TrainableHead) -> float:
+        """Held-out accuracy; a sample of a class the head does not have (one learned since) counts as wrong."""
         assert self.val is not None
-        return float(evaluate(head, self.val, self.y_val, self.batch_size)["accuracy"])
+        known = np.flatnonzero(self.y_val < head.num_outputs)
+        if not len(known):
+            return 0.0
+        source = RowSubset(PaddedFeatures(self.val, head.num_outputs), known)
+        accuracy = evaluate(head, source, self.y_val[known], self.batch_size)["accuracy"]
+        return float(accuracy) * len(known) / len(self.y_val)
 
     def __call__(self, current: Serving) -> dict[str, Any]:
         """The verdict on the new adapters against `current`: accepted, reason, and the figures behind it."""

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from s2rt.bundle.model import InputSignature
+from s2rt.errors import RuntimeInputError
+from s2rt.heads.grown import check_new_labels
 from s2rt.serve.errors import ApiError, invalid
 
 MAX_NPY_HEADER = 10_000
@@ -111,27 +113,51 @@ def checked_batch(arr: np.ndarray, sig: InputSignature, field: str) -> tuple[np.
 
 def labels_from_json(value: Any, labels: tuple[str, ...], n: int, single: bool, field: str = "y") -> np.ndarray:
     """Class indices for `n` samples from an index or label name (one sample) or a list of them."""
-    if single:
-        if isinstance(value, list):
-            raise invalid(field, "x is one sample, so y must be one label (a class index or name), not a list")
-        return np.array([_label(value, labels, field)], np.int64)
-    if not isinstance(value, list):
+    return labels_and_new_classes(value, labels, n, single, field)[0]
+
+
+def labels_and_new_classes(
+    value: Any, labels: tuple[str, ...], n: int, single: bool, field: str = "y", allow_new: bool = False
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """As `labels_from_json`; with `allow_new`, names not in `labels` become new classes: they
+    get the indices after `labels` in the order they first appear, and are returned (second)."""
+    if single and isinstance(value, list):
+        raise invalid(field, "x is one sample, so y must be one label (a class index or name), not a list")
+    if not single and not isinstance(value, list):
         raise invalid(field, f"x is a batch of {n} samples, so y must be a list of {n} labels")
-    if len(value) != n:
+    if not single and len(value) != n:
         raise invalid(field, f"{len(value)} labels for {n} samples")
-    return np.array([_label(v, labels, f"{field}[{i}]") for i, v in enumerate(value)], np.int64)
+    values = [value] if single else value
+    index = {label: i for i, label in enumerate(labels)}
+    added: list[str] = []
+    out = np.empty(len(values), np.int64)
+    for i, v in enumerate(values):
+        where = field if single else f"{field}[{i}]"
+        if isinstance(v, str) and v not in index and allow_new:
+            try:
+                check_new_labels([v], labels, where, RuntimeInputError)
+            except RuntimeInputError as e:
+                raise ApiError(422, "invalid_input", str(e), where) from None
+            index[v] = len(labels) + len(added)
+            added.append(v)
+        out[i] = _label(v, index, len(labels) + len(added), where)
+    return out, tuple(added)
 
 
-def _label(value: Any, labels: tuple[str, ...], field: str) -> int:
+def _label(value: Any, index: dict[str, int], count: int, field: str) -> int:
     if isinstance(value, str):
-        if value in labels:
-            return labels.index(value)
-        raise invalid(field, f"unknown label {value!r}; the bundle's labels are {list(labels)}")
+        if value in index:
+            return index[value]
+        raise invalid(
+            field,
+            f"unknown label {value!r}; the labels are {list(index)[:50]}; "
+            "to learn new classes by name, start the daemon with --allow-new-classes",
+        )
     if isinstance(value, int) and not isinstance(value, bool):
-        if 0 <= value < len(labels):
+        if 0 <= value < count:
             return value
-        raise invalid(field, f"class index {value} is outside 0..{len(labels) - 1}")
+        raise invalid(field, f"class index {value} is outside 0..{count - 1}")
     raise invalid(field, f"expected a class index or label name, found {value!r}")
 
 
-__all__ = ["ApiError", "checked_batch", "labels_from_json", "npy_array", "samples_from_json", "samples_from_npy"]
+__all__ = ["ApiError", "checked_batch", "labels_and_new_classes", "labels_from_json", "npy_array", "samples_from_json", "samples_from_npy"]

@@ -2,7 +2,10 @@
 
 A job trains a copy of the active adapters (or of the bundle's initial head, or of a
 stored version: `start_from`), with that version's method, on a snapshot of the stored samples, minus the held-out
-split (`gate.held_out`); `examples` is how many it trains on. When the run ends, the new
+split (`gate.held_out`); `examples` is how many it trains on. When the samples hold classes
+the bundle lacks (`s2rt serve --allow-new-classes`), the start head grows a row for each
+class it does not have yet and trains in two stages (`s2rt.heads.grown_train`); the new
+version's `new_labels` name them. When the run ends, the new
 adapters are committed and activated only if `gate.AccuracyGate` accepts them: held-out
 accuracy not worse than the version active at that moment; otherwise the active version
 stays and the job says why. With `commit: always` (a fleet round, `serve.fleet`) the new
@@ -21,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +33,13 @@ import numpy as np
 from s2rt.bundle import Bundle, Optimizer
 from s2rt.errors import S2LError, StateError
 from s2rt.features import CachedFeatures
+from s2rt.head import AdapterHead
+from s2rt.heads.grown import GrownHead, PaddedFeatures, grow
+from s2rt.heads.grown_train import train_grown
 from s2rt.methods import METHODS, TrainableHead, get_method
 from s2rt.serve.errors import ApiError, conflict, disk_full, not_found
 from s2rt.serve.gate import AccuracyGate, held_out
+from s2rt.serve.samples import SampleSet
 from s2rt.state import HeadState
 from s2rt.store import UnknownVersionError
 from s2rt.trainer import TrainConfig, evaluate, train
@@ -59,6 +66,7 @@ class JobOptions:
     logit_adjustment: float = 0.0  # TrainConfig.logit_adjustment
     commit: str = "accepted"  # "always": keep the trained adapters as a new version even when the gate keeps the active one
     method: str | None = None  # None: the start version's method (s2rt.methods)
+    new_classes: bool = True  # learn the classes stored samples brought beyond the start version's (grow the head)
 
 
 class JobCancelled(Exception):
@@ -169,6 +177,11 @@ class JobRunner:
         if options.check_accuracy and not options.val_fraction:
             raise ApiError(422, "invalid_input", "val_fraction: must be > 0 when check_accuracy is true", "val_fraction")
         samples = self.service.samples.load(deployment.signature, bundle.input.shape, bundle.input.dtype.numpy)
+        start_version, start = _start(serving, options.start_from)
+        start = _with_method(start, options.method, bundle)
+        if not options.new_classes:  # only the classes the start version has (a fleet round: the global adapters' classes)
+            keep = samples.y < len(bundle.labels) + len(start.new_labels)
+            samples = SampleSet(samples.ids[keep], samples.x[keep], samples.y[keep])
         val = held_out(samples.x, options.val_fraction)
         if not (~val).any():
             raise conflict(
@@ -194,8 +207,7 @@ class JobRunner:
             )
         except S2LError as e:
             raise ApiError(422, "invalid_input", str(e)) from None
-        start_version, start = _start(serving, options.start_from)
-        start = _with_method(start, options.method, bundle)
+        start = _with_new_classes(start, self.service.samples.new_classes(deployment.signature), samples.y, bundle)
         return Plan(
             deployment,
             config,
@@ -219,14 +231,17 @@ class JobRunner:
             train_src = CachedFeatures(deployment.frozen, plan.x_train, plan.y_train, deployment.cache)
             val_src = CachedFeatures(deployment.frozen, plan.x_val, plan.y_val, deployment.cache) if len(plan.y_val) else None
             listener = _Listener(job, head, val_src, plan)
-            report = train(head, train_src, plan.y_train, plan.config, progress=listener)
+            if isinstance(head, GrownHead):  # old classes first, then the new ones with the old pinned
+                report = train_grown(head, train_src, plan.y_train, plan.config, progress=listener)
+            else:
+                report = train(head, train_src, plan.y_train, plan.config, progress=listener)
             if report.diverged:
                 state, message, result = "rejected", f"training diverged: {report.message}; the active version stays", None
             else:
                 gate = AccuracyGate(head, val_src, plan.y_val, len(plan.y_train), plan.config.batch_size, plan.check_accuracy)
                 result = self.service.swap_in(
                     deployment,
-                    HeadState.of(plan.start.method, head),
+                    HeadState.of(plan.start.method, head, plan.start.new_labels),
                     gate,
                     plan.commit_always,
                     job=job.id,
@@ -353,7 +368,7 @@ class _Listener:
     def epoch_end(self, epoch: int, epochs: int, metrics: Any) -> None:
         entry = {"epoch": epoch, "train_loss": _finite(metrics["train_loss"])}
         if self.val is not None:
-            m = evaluate(self.head, self.val, self.plan.y_val, self.plan.config.batch_size)
+            m = evaluate(self.head, PaddedFeatures(self.val, self.head.num_outputs), self.plan.y_val, self.plan.config.batch_size)
             entry |= {"val_loss": _finite(m["loss"]), "val_accuracy": m["accuracy"]}
             self.job.update(val_accuracy=m["accuracy"])
         self.job.append_history(entry)
@@ -385,8 +400,29 @@ def _with_method(start: HeadState, method: str | None, bundle: Bundle) -> HeadSt
     except S2LError as e:
         raise ApiError(422, "invalid_input", f"method: {e}", "method") from None
     if chosen.family == METHODS[start.method].family:
-        return HeadState(chosen.name, start.arrays)
+        return replace(start, method=chosen.name)
     return HeadState.of(chosen.name, chosen.make_head(bundle))
+
+
+def _with_new_classes(start: HeadState, learned: tuple[str, ...], y: np.ndarray, bundle: Bundle) -> HeadState:
+    """`start` grown by the learned classes that stored samples carry and it lacks (the classes
+    list only grows, so a version's new classes are a prefix of it)."""
+    present = max(int(y.max()) + 1 - len(bundle.labels), 0) if len(y) else 0
+    wanted = learned[: max(present, len(start.new_labels))]
+    if wanted[: len(start.new_labels)] != start.new_labels:
+        raise conflict(f"start_from: the version's new classes {list(start.new_labels)} are not the daemon's {list(learned)}", "start_from")
+    if wanted == start.new_labels:
+        return start
+    head = start.head(bundle)
+    if not isinstance(head, (AdapterHead, GrownHead)):
+        raise ApiError(
+            422,
+            "invalid_input",
+            f"method: the samples hold new classes {list(wanted[len(start.new_labels) :])[:5]}, which only skip2lora learns "
+            f"(a head that grows a row per class), not {start.method}; start the job with method skip2lora",
+            "method",
+        )
+    return HeadState.of(start.method, grow(head, len(bundle.labels), len(wanted)), wanted)
 
 
 def _finite(v: Any) -> Any:

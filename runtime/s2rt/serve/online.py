@@ -136,8 +136,12 @@ class OnlineLearner:
         if not len(new.ids):
             return 0
         judges = held_out(new.x, self.options.holdout)
+        classes = len(d.bundle.labels)
         learned = 0
         for i, sample_id in enumerate(new.ids):
+            if new.y[i] >= classes:  # a class learned on the device (--allow-new-classes): the online head does not grow
+                self.through = int(sample_id)
+                continue
             X, F = self.deployment.frozen.run(new.x[i : i + 1])  # one sample at a time: the same bits whatever the batch
             if judges[i]:
                 self._judges.append((X[0], F[0], int(new.y[i])))

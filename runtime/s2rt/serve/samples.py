@@ -4,6 +4,11 @@ A sample belongs to an input signature (input shape, dtype and the class labels)
 to a bundle: a new bundle with the same signature trains on every sample collected so
 far; samples of another signature stay in the database, unused, until a bundle with
 their signature is deployed again. Nothing is ever deleted.
+
+Classes the bundle lacks (`s2rt serve --allow-new-classes`) are kept per signature in the
+`classes` table, in the order they first arrived: the k-th new class of a signature
+whose bundle has C labels is class index C + k in `samples.label`. The list only grows,
+so a stored label index never changes meaning.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from s2rt.bundle.model import Bundle
+from s2rt.errors import StateError
 from s2rt.serve.db import Database
 
 log = logging.getLogger(__name__)
@@ -40,18 +47,34 @@ class SampleStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(self, sig: str, x: np.ndarray, y: np.ndarray) -> list[int]:
-        """Store samples in one transaction; returns their ids once it is committed (durable)."""
+    def add(self, sig: str, x: np.ndarray, y: np.ndarray, new_classes: Sequence[str] = (), known: int = 0) -> list[int]:
+        """Store samples in one transaction; returns their ids once it is committed (durable).
+        `new_classes` are appended to the signature's class list in the same transaction;
+        `known` is how many it had when the caller numbered them (StateError if it changed)."""
         now = time.time()
         rows = np.ascontiguousarray(x).reshape(len(x), -1)
         ids = []
         with self.db.transaction() as c:
+            if new_classes:
+                count = int(c.execute("SELECT COUNT(*) FROM classes WHERE signature = ?", (sig,)).fetchone()[0])
+                if count != known:
+                    raise StateError(f"the new classes of {sig} changed while the samples were labelled ({known} -> {count})")
+                c.executemany(
+                    "INSERT INTO classes (signature, position, name, created) VALUES (?, ?, ?, ?)",
+                    [(sig, known + k, name, now) for k, name in enumerate(new_classes)],
+                )
             for row, label in zip(rows, y):
                 cur = c.execute(
                     "INSERT INTO samples (signature, x, label, created) VALUES (?, ?, ?, ?)", (sig, row.tobytes(), int(label), now)
                 )
                 ids.append(int(cur.lastrowid or 0))
         return ids
+
+    def new_classes(self, sig: str) -> tuple[str, ...]:
+        """The classes learned for `sig` beyond its bundle's labels, in class-index order."""
+        with self.db.reading() as c:
+            rows = c.execute("SELECT name FROM classes WHERE signature = ? ORDER BY position", (sig,)).fetchall()
+        return tuple(str(r[0]) for r in rows)
 
     def count(self, sig: str | None = None) -> int:
         with self.db.reading() as c:

@@ -43,7 +43,12 @@ class ModelInfo(BaseModel):
     format_version: list[int]
     input: dict[str, Any]
     signature: str
-    labels: list[str]
+    labels: list[str] = Field(
+        description="the served classes, in the order of predict's probabilities: the bundle's, then the active version's new_labels"
+    )
+    new_labels: list[str] = Field(
+        [], description="classes the active adapter version learned on the device (s2rt serve --allow-new-classes)"
+    )
     loss: str
     taps: list[dict[str, Any]]
     head: dict[str, Any]
@@ -62,7 +67,7 @@ class PredictRequest(Strict):
 class PredictResponse(BaseModel):
     adapter_version: int = Field(description="the adapter version that made these predictions")
     classes: list[int]
-    labels: list[str]
+    labels: list[str] = Field(description="the class names, from the active version's labels (see /v1/model)")
     probabilities: list[list[float]] | None = None
     outputs: list[list[float]] | None = Field(None, description="regression heads: the outputs")
     learned_samples: int | None = Field(
@@ -72,7 +77,11 @@ class PredictResponse(BaseModel):
 
 class SamplesRequest(Strict):
     x: Samples = Field(min_length=1, description="one sample or a list of samples, as for predict")
-    y: LabelOrLabels = Field(description="class index or label name; a list of them for a list of samples")
+    y: LabelOrLabels = Field(
+        description="class index or label name; a list of them for a list of samples. A name the bundle lacks is refused, "
+        "or with s2rt serve --allow-new-classes stored as a new class (index after the bundle's labels and the earlier "
+        "new classes; see /v1/samples' labels) that the next job learns"
+    )
 
 
 class SamplesCreated(BaseModel):
@@ -84,6 +93,9 @@ class SamplesSummary(BaseModel):
     signature: str
     count: int = Field(description="samples of the served bundle's input signature")
     count_all_signatures: int
+    labels: list[str] = Field(
+        [], description="the names of by_label's class indices: the bundle's labels, then the new classes samples brought"
+    )
     by_label: dict[int, int]
     ids: list[int]
     next_after_id: int | None
@@ -139,6 +151,12 @@ class TrainRequest(Strict):
         description="train on z + tau log(prior of the training samples' classes): a class the device has no sample of "
         "leaves the softmax (a fleet device holding a few classes stops pushing the others down); 0: off",
     )
+    new_classes: bool = Field(
+        True,
+        description="learn the classes that stored samples brought beyond the start version's (s2rt serve --allow-new-classes: "
+        "the skip2lora head grows a row per class); false: train on the start version's classes only, leaving the other "
+        "samples out (a fleet round: the global adapters hold the bundle's classes)",
+    )
     commit: Literal["accepted", "always"] = Field(
         "accepted",
         description="accepted: keep the trained adapters only if the accuracy gate activates them; always: keep them as a new "
@@ -179,6 +197,7 @@ class VersionInfoModel(BaseModel):
     origin: str | None = Field(None, description="where the version came from: 'fleet' for an imported global version")
     fleet_round: int | None = Field(None, description="the fleet round of an imported global version, when its file names one")
     method: str = Field("skip2lora", description="the fine-tuning method whose head the version holds (s2rt train --method)")
+    new_labels: list[str] = Field([], description="classes the version learned beyond the bundle's labels")
     online: dict[str, Any] | None = Field(
         None, description="an online snapshot (--online): samples learned, the last sample id seen, what triggered it"
     )

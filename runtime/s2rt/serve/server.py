@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         trusted_keys=trusted_keys_from(args.trusted_key),
         allow_unsigned_deploy=args.allow_unsigned_deploy,
         fleet_keys=fleet_keys(args.fleet_key),
+        allow_new_classes=args.allow_new_classes,
         online=online_options(args),
     )
     access = Access(bool(tokens), args.uds is not None, args.allow_unauthenticated_control)

@@ -40,11 +40,12 @@ from s2rt.cache import SkipCache
 from s2rt.errors import BackendError, BundleError, RuntimeInputError, S2LError, StateError
 from s2rt.folded import AFFINE_METHODS, fold
 from s2rt.frozen import FrozenModel
+from s2rt.heads.grown import MAX_NEW_CLASSES, pad_logits
 from s2rt.methods import TrainableHead
 from s2rt.serve.db import Database
 from s2rt.serve.deploy import BundleShelf, Copy, better_copy
-from s2rt.serve.errors import ApiError, conflict, not_found
-from s2rt.serve.inputs import labels_from_json, samples_from_json, samples_from_npy
+from s2rt.serve.errors import ApiError, conflict, invalid, not_found
+from s2rt.serve.inputs import labels_and_new_classes, samples_from_json, samples_from_npy
 from s2rt.serve.jobs import JobRunner
 from s2rt.serve.metrics import Metrics
 from s2rt.serve.online import OnlineLearner, OnlineOptions
@@ -69,6 +70,7 @@ class ServiceConfig:
     trusted_keys: tuple[PublicKey, ...] = ()  # when set, only bundles signed by one of them are served (s2rt.trust)
     allow_unsigned_deploy: bool = False  # without trusted keys, accept uploaded bundles anyway (unsigned or unverifiable)
     fleet_keys: tuple[PublicKey, ...] = ()  # who may sign imported global adapter versions (s2rt.serve.fleet); none: imports off
+    allow_new_classes: bool = False  # samples may name classes the bundle lacks; jobs then grow the head (s2rt.heads.grown)
     online: OnlineOptions | None = None  # --online: the served head learns every labelled sample (s2rt.serve.online)
 
 
@@ -105,7 +107,7 @@ class Deployment:
         return state.head(self.bundle)
 
     def serving(self, state: HeadState, version: int) -> Serving:
-        return Serving(self, self.head(state), version, state.method)
+        return Serving(self, self.head(state), version, state.method, new_labels=state.new_labels)
 
     def close(self) -> None:
         self.cache.close()
@@ -118,16 +120,22 @@ class Serving:
     version: int  # the active committed version (with --online, the live head has learned more since)
     method: str
     learned: int | None = None  # with --online: the samples the served head has learned
-    # an affine head as (W, b) for the predict graph; None: the head runs in NumPy
+    new_labels: tuple[str, ...] = ()  # the classes this version learned beyond the bundle's
+    # an affine head as (W, b) for the predict graph; None: the head runs in NumPy (also a grown head: C + K outputs)
     folded: tuple[np.ndarray, np.ndarray] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        affine = self.deployment.graph is not None and self.method in AFFINE_METHODS
+        affine = self.deployment.graph is not None and self.method in AFFINE_METHODS and not self.new_labels
         object.__setattr__(self, "folded", fold(self.head) if affine else None)
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The served classes, in the order of the probabilities: the bundle's, then the version's new ones."""
+        return self.deployment.bundle.labels + self.new_labels
+
     def state(self) -> HeadState:
-        """A copy of the served head's method and numbers."""
-        return HeadState.of(self.method, self.head)
+        """A copy of the served head's method, numbers and new classes."""
+        return HeadState.of(self.method, self.head, self.new_labels)
 
 
 class Service:
@@ -145,9 +153,15 @@ class Service:
         copy = self.shelf.startup(config.bundle)
         if config.online is not None and copy[1].head.loss != Loss.SOFTMAX_CROSS_ENTROPY:
             raise RuntimeInputError(f"--online {config.online.method}: {ONLINE_REGRESSION}")
+        if config.online is not None and config.allow_new_classes:
+            raise RuntimeInputError(
+                f"--online {config.online.method} cannot be combined with --allow-new-classes: the online head does not grow "
+                "new classes (jobs learn them); choose one"
+            )
         deployment = Deployment(copy, self._frozen(copy[1]), self.state_dir, config.cache_capacity)
         deployment.prune_caches()
         self._swap = threading.Lock()
+        self._labelling = threading.Lock()
         self.online = self._learner(deployment)
         self.serving = self._serving(deployment, self.online)
         self.scheduler = Scheduler(self, lambda: self.online, config.online.snapshot_seconds) if config.online else None
@@ -199,7 +213,7 @@ class Service:
         x = deployment.frozen.check_input(x)
         if s.folded is None or deployment.graph is None:
             taps, frozen_logits = deployment.frozen.run_checked(x)
-            z = predict_logits(s.head, taps, frozen_logits)
+            z = predict_logits(s.head, taps, pad_logits(frozen_logits, s.head.num_outputs))
             classes, probabilities = z.argmax(axis=1), softmax(z)
         elif deployment.classify:
             classes, probabilities = deployment.graph.run(x, *s.folded, (CLASSES, PROBABILITIES))
@@ -208,7 +222,7 @@ class Service:
         self.metrics.predictions.inc(len(x))
         if not deployment.classify:
             return {"adapter_version": s.version, "classes": [], "labels": [], "outputs": z.tolist()}
-        labels = deployment.bundle.labels
+        labels = s.labels
         out = {
             "adapter_version": s.version,
             "classes": classes.tolist(),
@@ -220,23 +234,36 @@ class Service:
         return out
 
     def ingest_json(self, x_value: Any, y_value: Any) -> list[int]:
-        """Store labelled samples from a JSON payload: parsed, labelled and stored against one bundle."""
+        """Store labelled samples from a JSON payload: parsed, labelled and stored against one bundle.
+        Label names beyond the bundle's and the classes learned so far become new classes when
+        the daemon allows them (`ServiceConfig.allow_new_classes`), else they are refused."""
         deployment = self.serving.deployment
         x, single = samples_from_json(x_value, deployment.bundle.input)
-        y = labels_from_json(y_value, deployment.bundle.labels, len(x), single)
-        return self.ingest(x, y, deployment)
+        allow = self.config.allow_new_classes and deployment.classify
+        with self._labelling:  # numbering new classes and storing them is one step
+            learned = self.samples.new_classes(deployment.signature)
+            known = deployment.bundle.labels + learned
+            y, added = labels_and_new_classes(y_value, known, len(x), single, allow_new=allow)
+            if len(learned) + len(added) > MAX_NEW_CLASSES:
+                raise invalid("y", f"{len(added)} new classes on top of {len(learned)} would exceed {MAX_NEW_CLASSES}")
+            if added:
+                log.info("new classes %s", list(added), extra={"event": "new_classes", "labels": list(added)})
+            return self.ingest(x, y, deployment, added, len(learned))
 
-    def ingest(self, x: np.ndarray, y: np.ndarray, deployment: Deployment | None = None) -> list[int]:
-        """Store samples whose labels index `deployment`'s classes (default: the bundle serving now)."""
+    def ingest(
+        self, x: np.ndarray, y: np.ndarray, deployment: Deployment | None = None, new_classes: tuple[str, ...] = (), known: int = 0
+    ) -> list[int]:
+        """Store samples whose labels index `deployment`'s classes (default: the bundle serving now),
+        then its learned classes; `new_classes` (numbered after the `known` learned ones) are recorded with them."""
         deployment = deployment or self.serving.deployment
         if not deployment.classify:
             raise conflict("this bundle's head is a regression (MSE) head; the daemon collects class-labelled samples only")
         learner = self.online
         if learner is None or learner.deployment.bundle.digest != deployment.bundle.digest:
-            ids = self.samples.add(deployment.signature, x, y)
+            ids = self.samples.add(deployment.signature, x, y, new_classes, known)
         else:
             with learner.lock:  # stored and learned in id order; answered once the served head has learned them
-                ids = self.samples.add(deployment.signature, x, y)
+                ids = self.samples.add(deployment.signature, x, y, new_classes, known)
                 if learner.catch_up():
                     self._publish(learner)
                 due = learner.snapshot_due()
