@@ -5,12 +5,15 @@ OpenAPI) follow the active version, also through rollback and a restart."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers.daemon import wait_job
+from helpers.keys import test_key
 from s2rt.bundle import write_bundle
+from s2rt.serve.gate import VAL_FRACTION, held_out
 from s2rt.session import Model
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -166,3 +169,19 @@ def test_client_ingests_label_names_and_trains_the_new_classes(serve, open_bundl
     assert kept["state"] == "succeeded" and kept["options"]["new_classes"] is False
     grown = client("train", "--no-check", "--epochs", "2", "--wait")
     assert grown["state"] == "succeeded" and client("model")["new_labels"] == list(first_seen(y[:500]))
+
+
+def test_ridge_statistics_for_a_fleet_leave_the_device_learned_classes_out(serve, open_bundle, open_data, tmp_path):
+    """The fleet's sums hold the bundle's classes only: samples of added classes stay on the device."""
+    test_key(5).save(tmp_path / "fleet")
+    x, y, _, _ = open_data
+    d = serve(str(open_bundle), "--allow-new-classes", "--fleet-key", str(tmp_path / "fleet.pub"), "--allow-unauthenticated-control")
+    assert d.client.post("/v1/samples", json={"x": x.tolist(), "y": y.tolist()}).status_code == 201
+    reply = d.client.post("/v1/fleet/statistics", json={})
+    assert reply.status_code == 200, reply.text
+    with np.load(io.BytesIO(reply.content), allow_pickle=False) as sums:
+        examples, held = int(sums["examples"]), int(sums["held_out.examples"])
+    known = np.isin(y, OLD)
+    assert 0 < known.sum() < len(y)
+    val = held_out(x[known], VAL_FRACTION)
+    assert (examples, held) == (int((~val).sum()), int(val.sum()))

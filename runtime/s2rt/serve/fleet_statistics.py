@@ -25,6 +25,7 @@ from s2rt.heads.sums import RidgeSums, check_width, ridge_sums
 from s2rt.serve.errors import ApiError, conflict
 from s2rt.serve.fleet import check_fleet_allowed
 from s2rt.serve.gate import VAL_FRACTION, held_out
+from s2rt.serve.samples import SampleSet
 
 if TYPE_CHECKING:
     from s2rt.serve.service import Deployment, Service
@@ -45,6 +46,8 @@ def statistics(service: Service, kappa: float) -> bytes:
         raise ApiError(409, "too_large", str(e)) from None
     with service.jobs.exclusive("computing ridge statistics"):  # one writer of the Skip-Cache at a time
         stored = service.samples.load(deployment.signature, bundle.input.shape, bundle.input.dtype.numpy)
+        keep = stored.y < len(bundle.labels)  # classes this device added (--allow-new-classes) stay on the device
+        stored = SampleSet(stored.ids[keep], stored.x[keep], stored.y[keep])
         val = held_out(stored.x, VAL_FRACTION)
         if not (~val).any():
             raise conflict(f"{len(stored.y)} labelled samples stored, {int(val.sum())} of them held out: nothing to sum", "samples")
