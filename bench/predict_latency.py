@@ -22,7 +22,6 @@ for path in (HERE, HERE.parent / "runtime", HERE.parent / "converter", HERE.pare
         sys.path.insert(0, str(path))
 
 import numpy as np  # noqa: E402
-
 from s2lbench.latency import _time_calls, ort_session  # noqa: E402
 from s2lbench.profiles import PROFILES  # noqa: E402
 from s2lbench.workloads import available, load  # noqa: E402
