@@ -47,7 +47,9 @@ class OnnxBackend:
         self.exact_u8s8 = exact_u8s8
         options = session_options(threads, exact_u8s8)
         try:
-            self.session = ort.InferenceSession(bytes(segment.model), sess_options=options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                bytes(segment.model), sess_options=options, providers=["CPUExecutionProvider"]
+            )
         except Exception as e:  # onnxruntime raises its own untyped errors
             raise BackendError(f"onnxruntime cannot load the frozen segment: {e}") from None
         self.input_name = segment.input_name
