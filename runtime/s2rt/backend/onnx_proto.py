@@ -9,6 +9,7 @@ onnx/onnx.proto (the comments name the message and field).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -236,7 +237,7 @@ def float_tensor(tensor_body: bytes) -> tuple[str, np.ndarray] | None:
     else:
         # packed (one LEN field) or not (fixed32 fields one by one): both are little-endian floats
         data = b"".join(f.value for f in items if f.number == TENSOR_FLOAT_DATA and isinstance(f.value, bytes))
-    size = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    size = math.prod(dims)  # Python ints: no overflow for any dims
     if len(data) != 4 * size:
         return None
     return payload(name).decode("utf-8", "replace"), np.frombuffer(data, "<f4").reshape(dims).astype(np.float32)

@@ -115,7 +115,7 @@ def last_layer(bundle: Bundle, segment: Segment, graph: Sequence[pb.Field]) -> L
         return None
     stored = dict(t for t in (pb.float_tensor(pb.payload(f)) for f in graph if f.number == pb.GRAPH_INITIALIZER) if t is not None)
     weight, bias = stored.get(args[1]), stored.get(args[2])
-    if weight is None or bias is None or bias.size != classes:
+    if weight is None or bias is None or bias.shape not in ((classes,), (1, classes)):
         return None
     if attributes.get("transB", 0) == 1:
         weight = weight.T
