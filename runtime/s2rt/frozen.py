@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from s2rt.backend import Backend
@@ -34,9 +32,10 @@ class FrozenModel:
         if x.dtype.kind not in "fiu":
             raise RuntimeInputError(f"input {self.bundle.input.name!r}: expected numbers, got dtype {x.dtype}")
         x = np.ascontiguousarray(x, dtype=self.input_dtype)
-        # One float64 sum is finite exactly when every float32 value is (NaN and inf
-        # propagate, finite float32 values cannot overflow it): one call instead of two.
-        if x.dtype.kind == "f" and not math.isfinite(x.sum(dtype=np.float64)) and not np.isfinite(x).all():
+        # isfinite().all() rather than one float64 sum: the sum's cast costs 2-4x more from a
+        # few thousand values on (64 x 561: 13.6 against 3.8 us; 64 x 784: 18.7 against 9.2;
+        # HAR's 64 x 48: 1.9 against 1.2), ~0.1 us less for one small sample
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
             bad = int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0])
             raise RuntimeInputError(f"input {self.bundle.input.name!r}: sample {bad} contains NaN or Inf")
         return x

@@ -5,7 +5,7 @@
 - `AdapterHead.merged_weight` folds the adapters into one matrix; `Model.logits` uses it
   and notices when the head's weights change behind its back;
 - the vectorised `SkipCache.put` keeps the first record of a key seen twice in one call;
-- `FrozenModel.check_input`'s one-sum finiteness check accepts huge finite values.
+- `FrozenModel.check_input`'s finiteness check accepts huge finite values.
 """
 
 from __future__ import annotations

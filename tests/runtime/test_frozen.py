@@ -41,3 +41,17 @@ def test_unknown_backend_and_threads():
         open_backend(b, "tpu")
     with pytest.raises(BackendError, match="threads"):
         open_backend(b, "onnx", 0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_every_non_finite_value_is_found_and_its_sample_named(bad, dtype):
+    """Whatever the finiteness check computes, a lone NaN, inf or -inf anywhere is caught."""
+    _, f = frozen()
+    x = np.full((5, 6), min(np.finfo(dtype).max, np.finfo(np.float32).max), dtype)  # huge finite values pass
+    assert f.check_input(x).shape == (5, 6)
+    for sample, column in ((0, 0), (3, 2), (4, 5)):
+        y = x.copy()
+        y[sample, column] = bad
+        with pytest.raises(RuntimeInputError, match=f"sample {sample} contains NaN or Inf"):
+            f.check_input(y)

@@ -236,3 +236,85 @@ def test_oselm_folds_its_standardization_into_the_map():
     rf = get_method("oselm-rf").make_head(bundle)
     with pytest.raises(RuntimeInputError, match="not affine"):
         rf.affine()
+
+
+def _with_segment_model(bundle: Bundle, edit) -> Bundle:
+    """The bundle with its segment's ONNX model changed by `edit(onnx.ModelProto)`."""
+    segment = bundle.segments[0]
+    model = onnx.load_from_string(bytes(segment.model))
+    edit(model)
+    return dataclasses.replace(bundle, segments=(dataclasses.replace(segment, model=model.SerializeToString()), *bundle.segments[1:]))
+
+
+def _logits_gemm(model: onnx.ModelProto) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if "s2l.logits" in n.output)
+
+
+def _trans_b(model: onnx.ModelProto) -> None:
+    """The logits layer's weight stored transposed, with transB=1 (what torch exports)."""
+    node = _logits_gemm(model)
+    init = next(i for i in model.graph.initializer if i.name == node.input[1])
+    init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init).T.copy(), init.name))
+    node.attribute.append(onnx.helper.make_attribute("transB", 1))
+
+
+def _float_data(model: onnx.ModelProto) -> None:
+    """The logits layer's weight and bias in TensorProto.float_data instead of raw_data."""
+    node = _logits_gemm(model)
+    for init in model.graph.initializer:
+        if init.name in node.input[1:]:
+            values = onnx.numpy_helper.to_array(init).ravel().tolist()
+            init.ClearField("raw_data")
+            init.float_data.extend(values)
+
+
+def _alpha(model: onnx.ModelProto) -> None:
+    _logits_gemm(model).attribute.append(onnx.helper.make_attribute("alpha", 0.5))
+
+
+def _weight_from_a_node(model: onnx.ModelProto) -> None:
+    """The logits layer's weight computed by a node, not stored: nothing to fold."""
+    node = _logits_gemm(model)
+    model.graph.node.insert(0, onnx.helper.make_node("Identity", [node.input[1]], ["s2l.test.w"]))
+    node.input[1] = "s2l.test.w"
+
+
+@pytest.mark.parametrize(
+    ("edit", "folds"),
+    [(lambda m: None, True), (_trans_b, True), (_float_data, True), (_alpha, False), (_weight_from_a_node, False)],
+    ids=["plain", "transB", "float_data", "alpha", "computed-weight"],
+)
+def test_the_logits_layer_folds_into_the_bound_weight_only_when_it_is_a_plain_gemm(edit, folds):
+    bundle = _with_segment_model(normalised(tiny_bundle()), edit)
+    model = Model(bundle)
+    trained(model)
+    x = inputs(bundle)
+    expected = numpy_path(model, x)
+    graph = model._predict_graph()
+    assert (graph.last_layer is not None) == folds  # type: ignore[union-attr]
+    np.testing.assert_allclose(model.logits(x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(model.classify(x)[0], expected.argmax(axis=1))
+    ops = [n.op_type for n in onnx.load_from_string(predict_model(bundle, bundle.segments[0])).graph.node]
+    segment_ops = [n.op_type for n in onnx.load_from_string(bytes(bundle.segments[0].model)).graph.node]
+    if folds:  # the segment's logits Gemm is replaced by the head's: no Add, no second Gemm
+        assert ops.count("Gemm") == segment_ops.count("Gemm") and ops.count("Add") == segment_ops.count("Add")
+    else:
+        assert ops.count("Gemm") == segment_ops.count("Gemm") + 1 and ops.count("Add") == segment_ops.count("Add") + 1
+
+
+def test_converted_models_fold_their_logits_layer():
+    bundle = digits_cnn()
+    graph = PredictGraph(bundle, bundle.segments[0])
+    assert graph.last_layer is not None
+    last = bundle.taps[-1]
+    assert graph.last_layer.rows == slice(sum(t.size for t in bundle.taps[:-1]), sum(t.size for t in bundle.taps))
+    assert graph.last_layer.weight.shape == (last.size, bundle.head.num_outputs)
+
+
+def test_a_new_adapter_version_rebinds_the_folded_weight():
+    """The bound W' is made from W when W changes; the old binding's W' is not reused."""
+    model = Model(tiny_bundle())
+    x = inputs(model.bundle)
+    for seed in (1, 2, 3):
+        trained(model, seed=seed)
+        np.testing.assert_allclose(model.logits(x), numpy_path(model, x), rtol=1e-5, atol=1e-5)

@@ -9,6 +9,7 @@ onnx/onnx.proto (the comments name the message and field).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -179,3 +180,64 @@ def rank(value_info: bytes) -> int | None:
     """The number of dimensions of a ValueInfoProto's tensor, or None when it has no shape."""
     shape = first(_tensor_type(value_info), TENSOR_TYPE_SHAPE)
     return None if shape is None else sum(1 for f in fields(payload(shape)) if f.number == SHAPE_DIM)
+
+
+# -- decoding what the predict graph folds into ----------------------------------------
+ATTR_F = 2  # AttributeProto.f
+TENSOR_FLOAT_DATA = 4  # TensorProto.float_data
+
+
+def strings(message_body: bytes, number: int) -> list[str]:
+    """A repeated string field of one message (a node's inputs or outputs)."""
+    return [payload(f).decode("utf-8", "replace") for f in fields(message_body) if f.number == number]
+
+
+def attributes(node_body: bytes) -> dict[str, int | float | None]:
+    """A node's attributes: an INT's or FLOAT's value, None for any other kind."""
+    out: dict[str, int | float | None] = {}
+    for f in fields(node_body):
+        if f.number != NODE_ATTRIBUTE:
+            continue
+        attr = fields(payload(f))
+        name = first(attr, ATTR_NAME)
+        if name is None:
+            continue
+        i, x = first(attr, ATTR_I), first(attr, ATTR_F)
+        value: int | float | None = None
+        if i is not None and isinstance(i.value, int):
+            value = i.value - (1 << 64) if i.value >= 1 << 63 else i.value
+        elif x is not None and isinstance(x.value, bytes) and len(x.value) == 4:
+            value = float(np.frombuffer(x.value, "<f4")[0])
+        out[payload(name).decode("utf-8", "replace")] = value
+    return out
+
+
+def float_tensor(tensor_body: bytes) -> tuple[str, np.ndarray] | None:
+    """(name, values) of a float32 TensorProto stored in the file (raw or float data), else None."""
+    items = fields(tensor_body)
+    name, dtype = first(items, TENSOR_NAME), first(items, TENSOR_DATA_TYPE)
+    if name is None or dtype is None or dtype.value != FLOAT:
+        return None
+    dims: list[int] = []
+    for f in items:
+        if f.number != TENSOR_DIMS:
+            continue
+        if isinstance(f.value, int):
+            dims.append(f.value)
+        else:  # packed
+            pos, body = 0, f.value
+            while pos < len(body):
+                d, pos = _varint(body, pos)
+                dims.append(d)
+    if any(d >= 1 << 31 for d in dims):
+        return None
+    raw = first(items, TENSOR_RAW)
+    if raw is not None:
+        data = payload(raw)
+    else:
+        # packed (one LEN field) or not (fixed32 fields one by one): both are little-endian floats
+        data = b"".join(f.value for f in items if f.number == TENSOR_FLOAT_DATA and isinstance(f.value, bytes))
+    size = math.prod(dims)  # Python ints: no overflow for any dims
+    if len(data) != 4 * size:
+        return None
+    return payload(name).decode("utf-8", "replace"), np.frombuffer(data, "<f4").reshape(dims).astype(np.float32)

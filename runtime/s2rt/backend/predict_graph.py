@@ -11,6 +11,11 @@ frozen segment plus
 with W and b as graph *inputs*: a new adapter version is two new arrays, not a new
 session, and a daemon swaps them atomically with the rest of what it serves. The segment
 is extended at the protobuf level (`onnx_proto`), so the device needs no onnx package.
+
+When the segment's logits come from a float Gemm of the last tap, F = h W_L + b_L with h
+the last tap, so F + X W + b = X W' + b' with W' = W plus W_L on h's rows and b' = b + b_L:
+that Gemm is replaced by Gemm(X, W', b') and the Add goes (`LastLayer`; `PredictGraph`
+binds W' and b', made from W and b when they change).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,8 +48,28 @@ def enabled() -> bool:
     return os.environ.get(DISABLE_ENV, "") in ("", "0")
 
 
+@dataclass(frozen=True)
+class LastLayer:
+    """The segment's logits layer, Gemm(last tap, B, C), that the predict graph folds W's last block into."""
+
+    node: bytes  # the GRAPH_NODE field, as encoded, that the predict graph leaves out
+    weight: np.ndarray  # K x C: B, transposed when the Gemm has transB
+    bias: np.ndarray  # C
+    rows: slice  # the last tap's rows of the fused tap row X
+
+    def fold(self, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(W', b') that the predict graph binds for the head's fold (W, b)."""
+        merged = np.array(weight, np.float32, order="C")
+        merged[self.rows] += self.weight
+        return merged, np.ascontiguousarray(bias + self.bias, np.float32)
+
+
 def predict_model(bundle: Bundle, segment: Segment) -> bytes:
     """The segment's ONNX model extended into the predict graph (raises BackendError on a malformed segment)."""
+    return _build(bundle, segment)[0]
+
+
+def _build(bundle: Bundle, segment: Segment) -> tuple[bytes, LastLayer | None]:
     model = pb.fields(bytes(segment.model))
     graph_field = pb.first(model, pb.MODEL_GRAPH)
     if graph_field is None:
@@ -56,15 +82,49 @@ def predict_model(bundle: Bundle, segment: Segment) -> bytes:
         if pb.elem_type(outputs[name]) != pb.FLOAT:
             raise BackendError(f"the frozen segment's output {name!r} is not float32; the predict graph needs float32 taps and logits")
 
-    kept = [f.raw for f in graph if f.number not in (pb.GRAPH_INPUT, pb.GRAPH_OUTPUT)]
+    last = last_layer(bundle, segment, graph)
+    dropped = b"" if last is None else last.node
+    kept = [f.raw for f in graph if f.number not in (pb.GRAPH_INPUT, pb.GRAPH_OUTPUT) and f.raw != dropped]
     inputs = [pb.payload(f) for f in graph if f.number == pb.GRAPH_INPUT]
     graph_inputs, normalise = _inputs(bundle, segment, inputs)
     # the normalisation nodes come first and the head's last, so that nodes stay in topological order
     logits_rank = pb.rank(outputs[segment.logits_output])
-    head = _head_nodes(bundle, segment, flatten_logits=logits_rank != 2) + _head_io(bundle)
+    head = _head_nodes(bundle, segment, flatten_logits=logits_rank != 2, folded=last is not None) + _head_io(bundle)
     new_graph = normalise + b"".join(kept) + graph_inputs + head
     rest = b"".join(f.raw for f in model if f.number != pb.MODEL_GRAPH)
-    return rest + pb.message(pb.MODEL_GRAPH, new_graph)
+    return rest + pb.message(pb.MODEL_GRAPH, new_graph), last
+
+
+def last_layer(bundle: Bundle, segment: Segment, graph: Sequence[pb.Field]) -> LastLayer | None:
+    """The segment's logits layer when it is a plain float Gemm of the last tap with stored B and C, else None."""
+    tap = bundle.taps[-1]
+    classes = bundle.head.num_outputs
+    nodes = [(f.raw, pb.payload(f)) for f in graph if f.number == pb.GRAPH_NODE]
+    makers = [(raw, body) for raw, body in nodes if segment.logits_output in pb.strings(body, pb.NODE_OUTPUT)]
+    readers = [body for _, body in nodes if segment.logits_output in pb.strings(body, pb.NODE_INPUT)]
+    if len(makers) != 1 or readers or len(tap.shape) != 1:
+        return None
+    raw, body = makers[0]
+    op = pb.first(pb.fields(body), pb.NODE_OP_TYPE)
+    args = pb.strings(body, pb.NODE_INPUT)
+    if op is None or pb.payload(op) != b"Gemm" or len(args) != 3 or args[0] not in _names_of(tap.name, nodes):
+        return None
+    attributes = pb.attributes(body)
+    defaults = {"transA": 0, "transB": 0, "alpha": 1.0, "beta": 1.0}
+    if any(name not in defaults or (name != "transB" and value != defaults[name]) for name, value in attributes.items()):
+        return None
+    stored = dict(t for t in (pb.float_tensor(pb.payload(f)) for f in graph if f.number == pb.GRAPH_INITIALIZER) if t is not None)
+    weight, bias = stored.get(args[1]), stored.get(args[2])
+    if weight is None or bias is None or bias.shape not in ((classes,), (1, classes)):
+        return None
+    if attributes.get("transB", 0) == 1:
+        weight = weight.T
+    elif attributes.get("transB", 0) != 0:
+        return None
+    if weight.shape != (tap.size, classes):
+        return None
+    start = sum(t.size for t in bundle.taps[:-1])
+    return LastLayer(raw, np.ascontiguousarray(weight), bias.reshape(classes).copy(), slice(start, start + tap.size))
 
 
 def _inputs(bundle: Bundle, segment: Segment, inputs: Sequence[bytes]) -> tuple[bytes, bytes]:
@@ -85,7 +145,17 @@ def _inputs(bundle: Bundle, segment: Segment, inputs: Sequence[bytes]) -> tuple[
     return graph_inputs, nodes
 
 
-def _head_nodes(bundle: Bundle, segment: Segment, flatten_logits: bool) -> bytes:
+def _names_of(tap: str, nodes: Sequence[tuple[bytes, bytes]]) -> set[str]:
+    """The tap's name and, when an Identity makes the tap, its source's name (the same values)."""
+    names = {tap}
+    for _, body in nodes:
+        op = pb.first(pb.fields(body), pb.NODE_OP_TYPE)
+        if op is not None and pb.payload(op) == b"Identity" and pb.strings(body, pb.NODE_OUTPUT) == [tap]:
+            names.update(pb.strings(body, pb.NODE_INPUT))
+    return names
+
+
+def _head_nodes(bundle: Bundle, segment: Segment, flatten_logits: bool, folded: bool) -> bytes:
     out, columns = b"", []
     for i, tap in enumerate(bundle.taps):
         if len(tap.shape) == 1:
@@ -97,12 +167,15 @@ def _head_nodes(bundle: Bundle, segment: Segment, flatten_logits: bool) -> bytes
     if len(columns) > 1:
         fused = "s2l.predict.x"
         out += pb.node("Concat", columns, [fused], axis=1)
-    out += pb.node("Gemm", [fused, WEIGHT, BIAS], ["s2l.predict.delta"])
-    frozen = segment.logits_output
-    if flatten_logits:
-        out += pb.node("Flatten", [frozen], ["s2l.predict.frozen"], axis=1)
-        frozen = "s2l.predict.frozen"
-    out += pb.node("Add", [frozen, "s2l.predict.delta"], [LOGITS])
+    if folded:  # the segment's logits layer is left out: its weight is in W
+        out += pb.node("Gemm", [fused, WEIGHT, BIAS], [LOGITS])
+    else:
+        out += pb.node("Gemm", [fused, WEIGHT, BIAS], ["s2l.predict.delta"])
+        frozen = segment.logits_output
+        if flatten_logits:
+            out += pb.node("Flatten", [frozen], ["s2l.predict.frozen"], axis=1)
+            frozen = "s2l.predict.frozen"
+        out += pb.node("Add", [frozen, "s2l.predict.delta"], [LOGITS])
     if bundle.head.loss == Loss.SOFTMAX_CROSS_ENTROPY:
         out += pb.node("Softmax", [LOGITS], [PROBABILITIES], axis=1)
         out += pb.node("ArgMax", [LOGITS], [CLASSES], axis=1, keepdims=0)
@@ -134,8 +207,9 @@ class PredictGraph:
         from s2rt.backend.onnx import needs_exact_u8s8, session_options
 
         options = session_options(threads, needs_exact_u8s8(bundle))
+        model, self.last_layer = _build(bundle, segment)
         try:
-            self.session = ort.InferenceSession(predict_model(bundle, segment), sess_options=options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
         except BackendError:
             raise
         except Exception as e:  # onnxruntime raises its own untyped errors
@@ -165,10 +239,11 @@ class PredictGraph:
             import onnxruntime as ort
 
             binding = self.session.io_binding()
+            bound = (weight, bias) if self.last_layer is None else self.last_layer.fold(weight, bias)
             # the OrtValues wrap the arrays' memory: `made` keeps the arrays alive while they are bound
-            binding.bind_ortvalue_input(WEIGHT, ort.OrtValue.ortvalue_from_numpy(weight))
-            binding.bind_ortvalue_input(BIAS, ort.OrtValue.ortvalue_from_numpy(bias))
-            made = bindings[outputs] = [weight, bias, binding, -1]
+            binding.bind_ortvalue_input(WEIGHT, ort.OrtValue.ortvalue_from_numpy(bound[0]))
+            binding.bind_ortvalue_input(BIAS, ort.OrtValue.ortvalue_from_numpy(bound[1]))
+            made = bindings[outputs] = [weight, bias, binding, -1, bound]
         binding = made[2]
         if made[3] != rows:  # onnxruntime reuses bound outputs, which have the last call's batch size
             binding.clear_binding_outputs()
