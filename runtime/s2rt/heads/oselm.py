@@ -34,7 +34,7 @@ from s2rt.errors import RuntimeInputError, StateError
 from s2rt.head import FLOAT, FlatParameters
 from s2rt.heads.branches import Branch, fold_standardization
 from s2rt.heads.rls import RecursiveRidge, ridge_solve
-from s2rt.heads.standardize import Standardizer, chunks
+from s2rt.heads.standardize import Standardizer, chunks, safe_std
 from s2rt.lora_init import lora_a
 
 RANDOM_FEATURES = 256  # oselm-rf (files written with another count, e.g. the earlier 1,024, still load)
@@ -133,9 +133,13 @@ class OSELMHead(FlatParameters):
             inner = np.random.default_rng(config.seed)
             fit_pos, held_pos = split_indices(targets[train_idx], HOLDOUT, inner, stratify=True)
             fit_idx, held_idx, final_idx = train_idx[fit_pos], train_idx[held_pos], train_idx
-        self.standardizer.fit(source, final_idx, self.tap_sizes)
         t0 = time.perf_counter()
-        acc = _Accumulator(self, source, targets, fit_idx, held_idx)
+        if self._rf is None and len(fit_idx) >= self.dim:  # standardization and Gram in the same pass
+            acc: _Accumulator = _OnePass(self, source, targets, fit_idx, held_idx, held_in_moments=not len(val_idx))
+        else:
+            self.standardizer.fit(source, final_idx, self.tap_sizes)
+            t0 = time.perf_counter()
+            acc = _Accumulator(self, source, targets, fit_idx, held_idx)
         report.time_features = acc.seconds_features
         kappa, lam, val = self._select(acc)
         gram, cy, cf = acc.gram, acc.cross_y, acc.cross_f
@@ -359,3 +363,89 @@ class _Accumulator:
         t2 = kappa * kappa * self.sq_y - 2 * kappa * self.sq_yf + self.sq_f
         sse = float(np.vdot(beta, self.gram @ beta)) - 2 * float(np.vdot(beta, cross)) + t2
         return max(sse, 0.0) / max(self.rows * beta.shape[1], 1)
+
+
+class _OnePass(_Accumulator):
+    """`_Accumulator`'s sums for oselm (no random features, at least as many fit rows as
+    features) from the same single pass that measures the standardization: raw float64 sums
+    of z = x - x0 (x0: the first row, so a constant feature stays exactly 0 and the centring
+    below cancels nothing large), then, with c = mean - x0 and s = the sum of z,
+
+        sum (x - mean)(x - mean)^T = Z^T Z - c s^T - s c^T + n c c^T,
+
+    scaled by 1/std on both sides: the Gram matrix of the standardized rows without a second
+    pass over the cache. The held-out rows (few) are standardized and kept as `_Accumulator`
+    keeps them. `held_in_moments`: the held-out rows are part of the final fit (the
+    standardization is over them too)."""
+
+    def __init__(
+        self, head: OSELMHead, source: object, targets: np.ndarray, fit_idx: np.ndarray, held_idx: np.ndarray, *, held_in_moments: bool
+    ) -> None:
+        width, c, n_fit = head.tap_width, head.num_outputs, len(fit_idx)
+        zz, zs, zy, zf = np.zeros((width, width)), np.zeros(width), np.zeros((width, c)), np.zeros((width, c))
+        ys, fs = np.zeros(c), np.zeros(c)
+        held_s, held_sq = np.zeros(width), np.zeros(width)
+        self.sq_y = self.sq_yf = self.sq_f = 0.0
+        self.rows = n_fit
+        held_x: list[np.ndarray] = []
+        held_f: list[np.ndarray] = []
+        held_y0: list[np.ndarray] = []
+        x0: np.ndarray | None = None
+        at = 0
+        for part, X, F in chunks(source, np.concatenate([fit_idx, held_idx])):
+            z = X.astype(np.float64)
+            if x0 is None:
+                x0 = z[0].copy()
+            z -= x0
+            F64 = F.astype(np.float64)
+            y0 = head.residual_target(np.zeros_like(F64), targets[part], kappa=1.0)
+            k = min(max(n_fit - at, 0), len(part))  # the fit rows come first
+            at += len(part)
+            if k:
+                p, py, pf = z[:k], y0[:k], F64[:k]
+                zz += p.T @ p
+                zs += p.sum(axis=0)
+                zy += p.T @ py
+                zf += p.T @ pf
+                ys += py.sum(axis=0)
+                fs += pf.sum(axis=0)
+                self.sq_y += float(np.vdot(py, py))
+                self.sq_yf += float(np.vdot(py, pf))
+                self.sq_f += float(np.vdot(pf, pf))
+            if k < len(part):
+                h = z[k:]
+                held_s += h.sum(axis=0)
+                held_sq += np.einsum("ij,ij->j", h, h)
+                held_x.append(X[k:])
+                held_f.append(F64[k:])
+                held_y0.append(y0[k:])
+        if x0 is None:
+            raise ValueError("oselm's pass needs at least one sample")
+        n = n_fit + (len(held_idx) if held_in_moments else 0)
+        total = zs + held_s if held_in_moments else zs
+        square = np.diagonal(zz) + held_sq if held_in_moments else np.diagonal(zz).copy()
+        mean_z = total / n
+        std = np.sqrt(np.maximum(square / n - mean_z * mean_z, 0.0))
+        head.standardizer.set(x0 + mean_z, safe_std(std, head.tap_sizes))
+        shift = head.standardizer.mean.astype(np.float64) - x0
+        inv = head.standardizer.inv_std.astype(np.float64)
+        dim = head.dim
+        self.gram, self.cross_y, self.cross_f = np.zeros((dim, dim)), np.zeros((dim, c)), np.zeros((dim, c))
+        centred = zz - np.outer(shift, zs)
+        centred -= np.outer(zs, shift)
+        centred += n_fit * np.outer(shift, shift)
+        self.gram[:width, :width] = centred * inv[:, None] * inv[None, :]
+        self.gram[:width, width] = self.gram[width, :width] = inv * (zs - n_fit * shift)
+        self.gram[width, width] = n_fit
+        for cross, raw, sums in ((self.cross_y, zy, ys), (self.cross_f, zf, fs)):
+            cross[:width] = inv[:, None] * (raw - np.outer(shift, sums))
+            cross[width] = sums
+        self.held_phi = head.phi(head.split_taps(np.concatenate(held_x))[0]).astype(np.float64) if held_x else np.zeros((0, dim))
+        self.held_f = np.concatenate(held_f) if held_f else np.zeros((0, c))
+        self.held_y = targets[held_idx]
+        hy = np.concatenate(held_y0) if held_y0 else np.zeros((0, c))
+        self.held_gram = self.held_phi.T @ self.held_phi
+        self.held_cross_y, self.held_cross_f = self.held_phi.T @ hy, self.held_phi.T @ self.held_f
+        self.fit_phi = None
+        self.fit_y0 = self.fit_f = np.zeros((0, c))
+        self.seconds_features = 0.0
