@@ -141,13 +141,14 @@ class OSELMHead(FlatParameters):
             t0 = time.perf_counter()
             acc = _Accumulator(self, source, targets, fit_idx, held_idx)
         report.time_features = acc.seconds_features
-        kappa, lam, val = self._select(acc)
+        spectrum = _spectrum(acc)
+        kappa, lam, val = _pick(acc, spectrum)
         gram, cy, cf = acc.gram, acc.cross_y, acc.cross_f
         if not len(val_idx):  # the held-out part trains the final solution too
             gram, cy, cf = gram + acc.held_gram, cy + acc.held_cross_y, cf + acc.held_cross_f
         self.kappa, self.lam = kappa, lam
         cross = kappa * cy - cf
-        beta = ridge_solve(gram, cross, lam)
+        beta = _final_solution(acc, spectrum, gram, cross, lam, with_held=not len(val_idx))
         if not np.all(np.isfinite(beta)):
             raise RuntimeInputError("oselm: the ridge solution is not finite (check the features for NaN/inf)")
         self.beta[...] = beta
@@ -168,24 +169,7 @@ class OSELMHead(FlatParameters):
 
     def _select(self, acc: _Accumulator | _Held) -> tuple[float, float, dict[str, float]]:
         """(kappa, lam, validation metrics) with the best validation accuracy (ties: lower loss)."""
-        e, q, wy, wf = _spectrum(acc)
-        scale = float(np.trace(acc.gram)) / acc.gram.shape[0]
-        kappas = np.array(KAPPAS)[:, None, None]
-        rows = np.arange(len(acc.held_y))
-        best: tuple[float, float, float, float] | None = None  # (acc, -loss, kappa, lam)
-        for tau in LAMBDAS:
-            lam = tau * scale
-            d = (1.0 / np.maximum(e + lam, lam))[:, None]
-            gy, gf = q @ (d * wy), acc.held_f - q @ (d * wf)
-            z = gf + kappas * gy  # every kappa at once: K x N x C
-            z -= z.max(axis=2, keepdims=True)
-            losses = np.mean(np.log(np.exp(z).sum(axis=2)) - z[:, rows, acc.held_y], axis=1)
-            accuracies = np.mean(z.argmax(axis=2) == acc.held_y, axis=1)
-            for k, kappa in enumerate(KAPPAS):
-                if best is None or (accuracies[k], -losses[k]) > best[:2]:
-                    best = (float(accuracies[k]), -float(losses[k]), kappa, lam)
-        assert best is not None
-        return best[2], best[3], {"val_loss": -best[1], "val_accuracy": best[0]}
+        return _pick(acc, _spectrum(acc))
 
     # -- online: one RLS step per labelled sample -----------------------------------------
     def learn(self, X: np.ndarray, F: np.ndarray, y: np.ndarray) -> None:
@@ -279,18 +263,87 @@ class OSELMHead(FlatParameters):
         self._set_features(features)
 
 
-def _spectrum(acc: _Accumulator | _Held) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(e, q, wy, wf): every ridge fit of `_select` in one eigenbasis, so that the held-out rows'
-    fitted residual is q diag(1 / (e + lam)) (kappa wy - wf). From the smaller side: the
-    dim x dim Gram matrix, or, when fewer rows are fitted than there are features (random
-    features on a small fine-tune set), the rows' kernel matrix Phi Phi^T, since
-    (Phi^T Phi + lam I)^-1 Phi^T = Phi^T (Phi Phi^T + lam I)^-1: the same predictions, an
-    eigendecomposition of rows^3 instead of dim^3."""
+@dataclass(frozen=True)
+class _Spectrum:
+    """Every ridge fit of the selection in one eigenbasis: the held-out rows' fitted residual is
+    q diag(1 / (e + lam)) (kappa wy - wf). `v` and `live`: the Gram side's eigenvectors and the
+    features they span (None on the kernel side)."""
+
+    e: np.ndarray
+    q: np.ndarray
+    wy: np.ndarray
+    wf: np.ndarray
+    v: np.ndarray | None = None
+    live: np.ndarray | None = None
+
+
+def _spectrum(acc: _Accumulator | _Held) -> _Spectrum:
+    """From the smaller side: the dim x dim Gram matrix, or, when fewer rows are fitted than
+    there are features (random features on a small fine-tune set), the rows' kernel matrix
+    Phi Phi^T, since (Phi^T Phi + lam I)^-1 Phi^T = Phi^T (Phi Phi^T + lam I)^-1: the same
+    predictions, an eigendecomposition of rows^3 instead of dim^3. Features that are 0 on
+    every fit row (a zero diagonal entry of a Gram matrix zeroes its row and column, and their
+    cross sums are 0) have no say in any fit: they are left out of the decomposition."""
     if isinstance(acc, _Accumulator) and acc.fit_phi is not None:
         e, u = np.linalg.eigh(acc.fit_phi @ acc.fit_phi.T)
-        return e, (acc.held_phi @ acc.fit_phi.T) @ u, u.T @ acc.fit_y0, u.T @ acc.fit_f
-    e, v = np.linalg.eigh(acc.gram)
-    return e, acc.held_phi @ v, v.T @ acc.cross_y, v.T @ acc.cross_f
+        return _Spectrum(e, (acc.held_phi @ acc.fit_phi.T) @ u, u.T @ acc.fit_y0, u.T @ acc.fit_f)
+    live = np.flatnonzero(np.diagonal(acc.gram) != 0)
+    if len(live) == len(acc.gram):
+        e, v = np.linalg.eigh(acc.gram)
+        return _Spectrum(e, acc.held_phi @ v, v.T @ acc.cross_y, v.T @ acc.cross_f, v, live)
+    e, v = np.linalg.eigh(acc.gram[np.ix_(live, live)])
+    return _Spectrum(e, acc.held_phi[:, live] @ v, v.T @ acc.cross_y[live], v.T @ acc.cross_f[live], v, live)
+
+
+def _pick(acc: _Accumulator | _Held, s: _Spectrum) -> tuple[float, float, dict[str, float]]:
+    """Every (lam, kappa) of the grid scored on the held-out rows from the spectrum: one GEMM
+    for all lambdas (n_val x dim x 2C each), kappa by broadcasting. The first best in
+    (lam, kappa) order by validation accuracy, ties by lower loss."""
+    scale = float(np.trace(acc.gram)) / acc.gram.shape[0]
+    lams = np.array(LAMBDAS) * scale
+    c, n = acc.held_f.shape[1], len(acc.held_y)
+    d = 1.0 / np.maximum(s.e[None, :] + lams[:, None], lams[:, None])  # L x r
+    w = np.concatenate([s.wy, s.wf], axis=1)  # r x 2C
+    g = ((w.T[:, None, :] * d[None, :, :]).reshape(-1, len(s.e)) @ s.q.T).reshape(2 * c, len(lams), n)
+    # classes first (C x K x L x N): the softmax reduces over the outer axis, elementwise
+    z = (acc.held_f.T[:, None, :] - g[c:])[:, None] + np.array(KAPPAS)[None, :, None, None] * g[:c, None]
+    z -= z.max(axis=0)
+    picked = z[acc.held_y, :, :, np.arange(n)]  # N x K x L
+    losses = np.mean(np.log(np.exp(z).sum(axis=0)), axis=2) - np.mean(picked, axis=0)  # K x L
+    accuracies = np.mean(z.argmax(axis=0) == acc.held_y, axis=2)
+    best: tuple[float, float, float, float] | None = None  # (acc, -loss, kappa, lam)
+    for j, lam in enumerate(lams):
+        for k, kappa in enumerate(KAPPAS):
+            if best is None or (accuracies[k, j], -losses[k, j]) > best[:2]:
+                best = (float(accuracies[k, j]), -float(losses[k, j]), kappa, float(lam))
+    assert best is not None
+    return best[2], best[3], {"val_loss": -best[1], "val_accuracy": best[0]}
+
+
+def _final_solution(acc: _Accumulator, s: _Spectrum, gram: np.ndarray, cross: np.ndarray, lam: float, *, with_held: bool) -> np.ndarray:
+    """(gram + lam I)^-1 cross, where gram is the fit rows' Gram matrix (+ the held-out rows'
+    when `with_held`). From the selection's eigenbasis when that is cheaper than a solve:
+    without the held-out rows it is v diag(1 / (e + lam)) v^T cross; with them (n_held < dim / 2),
+    by the matrix inversion lemma in that basis, an n_held x n_held solve. The kernel side
+    has no basis of the features: a solve."""
+    if s.v is None or s.live is None or (with_held and 2 * len(acc.held_phi) >= len(gram)):  # else a solve costs less
+        return ridge_solve(gram, cross, lam)
+    live = s.live
+    dead = np.setdiff1d(np.arange(len(gram)), live)
+    e = np.concatenate([s.e, np.zeros(len(dead))])
+    inv = 1.0 / np.maximum(e + lam, lam)
+    b = np.concatenate([s.v.T @ cross[live], cross[dead]])
+    if with_held:  # (A + H^T H)^-1 = A^-1 - A^-1 H^T (I + H A^-1 H^T)^-1 H A^-1, A diagonal here
+        h = np.concatenate([s.q, acc.held_phi[:, dead]], axis=1)
+        hd = h * inv
+        small = hd @ h.T
+        small[np.diag_indices_from(small)] += 1.0
+        b = b - h.T @ np.linalg.solve(small, hd @ b)
+    w = inv[:, None] * b
+    out = np.empty_like(cross)
+    out[live] = s.v @ w[: len(live)]
+    out[dead] = w[len(live) :]
+    return out
 
 
 @dataclass(frozen=True)
