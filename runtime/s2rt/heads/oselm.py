@@ -302,22 +302,26 @@ def _pick(acc: _Accumulator | _Held, s: _Spectrum) -> tuple[float, float, dict[s
     scale = float(np.trace(acc.gram)) / acc.gram.shape[0]
     lams = np.array(LAMBDAS) * scale
     c, n = acc.held_f.shape[1], len(acc.held_y)
+    if not n:  # nothing to score: the grid's first pair
+        return KAPPAS[0], float(lams[0]), {"val_loss": math.nan, "val_accuracy": math.nan}
     d = 1.0 / np.maximum(s.e[None, :] + lams[:, None], lams[:, None])  # L x r
     w = np.concatenate([s.wy, s.wf], axis=1)  # r x 2C
     g = ((w.T[:, None, :] * d[None, :, :]).reshape(-1, len(s.e)) @ s.q.T).reshape(2 * c, len(lams), n)
     # classes first (C x K x L x N): the softmax reduces over the outer axis, elementwise
     z = (acc.held_f.T[:, None, :] - g[c:])[:, None] + np.array(KAPPAS)[None, :, None, None] * g[:c, None]
-    z -= z.max(axis=0)
-    picked = z[acc.held_y, :, :, np.arange(n)]  # N x K x L
-    losses = np.mean(np.log(np.exp(z).sum(axis=0)), axis=2) - np.mean(picked, axis=0)  # K x L
-    accuracies = np.mean(z.argmax(axis=0) == acc.held_y, axis=2)
-    best: tuple[float, float, float, float] | None = None  # (acc, -loss, kappa, lam)
-    for j, lam in enumerate(lams):
-        for k, kappa in enumerate(KAPPAS):
-            if best is None or (accuracies[k, j], -losses[k, j]) > best[:2]:
-                best = (float(accuracies[k, j]), -float(losses[k, j]), kappa, float(lam))
+    accuracies = np.mean(z.argmax(axis=0) == acc.held_y, axis=2)  # K x L
+    # the loss only breaks ties between the most accurate pairs: the softmax for those alone
+    ks, ls = np.nonzero(accuracies == accuracies.max())
+    top = z[:, ks, ls, :]  # C x M x N
+    top -= top.max(axis=0)
+    picked = top[acc.held_y, :, np.arange(n)]  # N x M
+    losses = np.mean(np.log(np.exp(top).sum(axis=0)), axis=1) - np.mean(picked, axis=0)
+    best: tuple[float, float, float] | None = None  # (loss, kappa, lam)
+    for m in sorted(range(len(ks)), key=lambda m: (ls[m], ks[m])):  # (lam, kappa) order: the first lowest loss
+        if best is None or losses[m] < best[0]:
+            best = (float(losses[m]), KAPPAS[ks[m]], float(lams[ls[m]]))
     assert best is not None
-    return best[2], best[3], {"val_loss": -best[1], "val_accuracy": best[0]}
+    return best[1], best[2], {"val_loss": best[0], "val_accuracy": float(accuracies.max())}
 
 
 def _final_solution(acc: _Accumulator, s: _Spectrum, gram: np.ndarray, cross: np.ndarray, lam: float, *, with_held: bool) -> np.ndarray:
@@ -422,7 +426,7 @@ class _OnePass(_Accumulator):
     """`_Accumulator`'s sums for oselm (no random features, at least as many fit rows as
     features) from the same single pass that measures the standardization: raw float64 sums
     of z = x - x0 (x0: the first row, so a constant feature stays exactly 0 and the centring
-    below cancels nothing large), then, with c = mean - x0 and s = the sum of z,
+    below cancels nothing large), then, with c = mean - x0 and s = the sum of z over the fit rows,
 
         sum (x - mean)(x - mean)^T = Z^T Z - c s^T - s c^T + n c c^T,
 
@@ -484,10 +488,12 @@ class _OnePass(_Accumulator):
         inv = head.standardizer.inv_std.astype(np.float64)
         dim = head.dim
         self.gram, self.cross_y, self.cross_f = np.zeros((dim, dim)), np.zeros((dim, c)), np.zeros((dim, c))
-        centred = zz - np.outer(shift, zs)
-        centred -= np.outer(zs, shift)
-        centred += n_fit * np.outer(shift, shift)
-        self.gram[:width, :width] = centred * inv[:, None] * inv[None, :]
+        # Z^T Z - c s^T - s c^T + n c c^T = Z^T Z - c t^T - t c^T with t = s - n c / 2, scaled in place
+        zz *= inv[:, None]
+        zz *= inv
+        a, b = inv * shift, inv * (zs - 0.5 * n_fit * shift)
+        zz -= np.stack([a, b], axis=1) @ np.stack([b, a])
+        self.gram[:width, :width] = zz
         self.gram[:width, width] = self.gram[width, :width] = inv * (zs - n_fit * shift)
         self.gram[width, width] = n_fit
         for cross, raw, sums in ((self.cross_y, zy, ys), (self.cross_f, zf, fs)):
