@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +64,7 @@ class OSELMHead(FlatParameters):
         self.kappa, self.lam = 1.0, 1.0
         self.standardizer = Standardizer(self.tap_width)
         self._set_features(features)
-        self._gram: tuple[np.ndarray, np.ndarray, int] | None = None  # for `learn`: Phi^T Phi, Phi^T T, rows
+        self._gram: tuple[Callable[[], np.ndarray], np.ndarray, int] | None = None  # for `learn`: Phi^T Phi (made on use), Phi^T T, rows
         self._rls: RecursiveRidge | None = None
 
     def _set_features(self, features: int) -> None:
@@ -143,16 +143,19 @@ class OSELMHead(FlatParameters):
         report.time_features = acc.seconds_features
         spectrum = _spectrum(acc)
         kappa, lam, val = _pick(acc, spectrum)
-        gram, cy, cf = acc.gram, acc.cross_y, acc.cross_f
-        if not len(val_idx):  # the held-out part trains the final solution too
-            gram, cy, cf = gram + acc.held_gram, cy + acc.held_cross_y, cf + acc.held_cross_f
+        with_held = not len(val_idx)  # the held-out part trains the final solution too
+        cy, cf = (acc.cross_y + acc.held_cross_y, acc.cross_f + acc.held_cross_f) if with_held else (acc.cross_y, acc.cross_f)
         self.kappa, self.lam = kappa, lam
         cross = kappa * cy - cf
-        beta = _final_solution(acc, spectrum, gram, cross, lam, with_held=not len(val_idx))
+
+        def gram() -> np.ndarray:
+            return acc.gram + acc.held_phi.T @ acc.held_phi if with_held else acc.gram
+
+        beta = _final_solution(acc, spectrum, gram, cross, lam, with_held=with_held)
         if not np.all(np.isfinite(beta)):
             raise RuntimeInputError("oselm: the ridge solution is not finite (check the features for NaN/inf)")
         self.beta[...] = beta
-        self._gram, self._rls = (gram, cross, len(final_idx)), None
+        self._gram, self._rls = (gram, cross, len(final_idx)), None  # the Gram matrix only if `learn` needs it
         report.time_steps = time.perf_counter() - t0 - acc.seconds_features  # the solve: its one "step"
         report.epochs_run, report.best_epoch = 1, 1
         report.history = [{"epoch": 1, "train_loss": acc.fit_loss(beta, kappa), **val}]
@@ -185,7 +188,7 @@ class OSELMHead(FlatParameters):
             if self._gram is None:
                 raise RuntimeInputError("oselm.learn: fit the head first (its kappa, lambda and Gram matrix come from fit)")
             gram, cross, rows = self._gram
-            self._rls = RecursiveRidge.from_gram(gram, cross, self.lam, rows)
+            self._rls = RecursiveRidge.from_gram(gram(), cross, self.lam, rows)
         return self._rls
 
     def resume(self, rls: RecursiveRidge) -> None:
@@ -324,16 +327,19 @@ def _pick(acc: _Accumulator | _Held, s: _Spectrum) -> tuple[float, float, dict[s
     return best[1], best[2], {"val_loss": best[0], "val_accuracy": float(accuracies.max())}
 
 
-def _final_solution(acc: _Accumulator, s: _Spectrum, gram: np.ndarray, cross: np.ndarray, lam: float, *, with_held: bool) -> np.ndarray:
-    """(gram + lam I)^-1 cross, where gram is the fit rows' Gram matrix (+ the held-out rows'
-    when `with_held`). From the selection's eigenbasis when that is cheaper than a solve:
+def _final_solution(
+    acc: _Accumulator, s: _Spectrum, gram: Callable[[], np.ndarray], cross: np.ndarray, lam: float, *, with_held: bool
+) -> np.ndarray:
+    """(gram() + lam I)^-1 cross, where gram() is the fit rows' Gram matrix (+ the held-out rows'
+    when `with_held`), made only for a solve. From the selection's eigenbasis when that is cheaper than a solve:
     without the held-out rows it is v diag(1 / (e + lam)) v^T cross; with them (n_held < dim / 2),
     by the matrix inversion lemma in that basis, an n_held x n_held solve. The kernel side
     has no basis of the features: a solve."""
-    if s.v is None or s.live is None or (with_held and 2 * len(acc.held_phi) >= len(gram)):  # else a solve costs less
-        return ridge_solve(gram, cross, lam)
+    dim = len(acc.gram)
+    if s.v is None or s.live is None or (with_held and 2 * len(acc.held_phi) >= dim):  # else a solve costs less
+        return ridge_solve(gram(), cross, lam)
     live = s.live
-    dead = np.setdiff1d(np.arange(len(gram)), live)
+    dead = np.setdiff1d(np.arange(dim), live)
     e = np.concatenate([s.e, np.zeros(len(dead))])
     inv = 1.0 / np.maximum(e + lam, lam)
     b = np.concatenate([s.v.T @ cross[live], cross[dead]])
@@ -361,15 +367,16 @@ class _Held:
 
 
 class _Accumulator:
-    """One chunked pass: Phi^T Phi, Phi^T Y0 and Phi^T F (float64) of the fit rows and of
-    the held-out rows separately; the held-out rows' Phi, F and labels are kept for selection,
+    """One chunked pass: Phi^T Phi, Phi^T Y0 and Phi^T F (float64) of the fit rows, Phi^T Y0
+    and Phi^T F of the held-out rows; the held-out rows' Phi, F and labels are kept for selection
+    (and their Gram matrix for the final fit),
     and the fit rows' Phi, F and centred one-hot too when they are fewer than the features
     (`_spectrum` then decomposes their kernel matrix; they take no more room than the Gram)."""
 
     def __init__(self, head: OSELMHead, source: object, targets: np.ndarray, fit_idx: np.ndarray, held_idx: np.ndarray) -> None:
         dim, c = head.dim, head.num_outputs
         self.gram, self.cross_y, self.cross_f = np.zeros((dim, dim)), np.zeros((dim, c)), np.zeros((dim, c))
-        self.held_gram, self.held_cross_y, self.held_cross_f = np.zeros((dim, dim)), np.zeros((dim, c)), np.zeros((dim, c))
+        self.held_cross_y, self.held_cross_f = np.zeros((dim, c)), np.zeros((dim, c))
         self.sq_y = self.sq_yf = self.sq_f = 0.0
         self.rows = len(fit_idx)
         held_phi, held_f = [], []
@@ -388,15 +395,14 @@ class _Accumulator:
             held = is_held[at : at + len(part)]
             at += len(part)
             self.seconds_features += clock() - t0
-            for mask, g, cy, cf in (
-                (~held, self.gram, self.cross_y, self.cross_f),
-                (held, self.held_gram, self.held_cross_y, self.held_cross_f),
-            ):
-                if mask.any():
-                    p = phi[mask]
-                    g += p.T @ p
-                    cy += p.T @ y0[mask]
-                    cf += p.T @ F64[mask]
+            if (~held).any():
+                p = phi[~held]
+                self.gram += p.T @ p
+                self.cross_y += p.T @ y0[~held]
+                self.cross_f += p.T @ F64[~held]
+            if held.any():  # their Gram matrix is made from held_phi when the final fit needs it
+                self.held_cross_y += phi[held].T @ y0[held]
+                self.held_cross_f += phi[held].T @ F64[held]
             if fit_rows is not None and (~held).any():
                 fit_rows.append((phi[~held], y0[~held], F64[~held]))
             if (~held).any():
@@ -438,8 +444,10 @@ class _OnePass(_Accumulator):
     def __init__(
         self, head: OSELMHead, source: object, targets: np.ndarray, fit_idx: np.ndarray, held_idx: np.ndarray, *, held_in_moments: bool
     ) -> None:
-        width, c, n_fit = head.tap_width, head.num_outputs, len(fit_idx)
-        zz, zs, zy, zf = np.zeros((width, width)), np.zeros(width), np.zeros((width, c)), np.zeros((width, c))
+        width, c, n_fit, dim = head.tap_width, head.num_outputs, len(fit_idx), head.dim
+        self.gram, self.cross_y, self.cross_f = np.zeros((dim, dim)), np.zeros((dim, c)), np.zeros((dim, c))
+        zz = self.gram[:width, :width]  # accumulated and standardized in place
+        zs, zy, zf = np.zeros(width), np.zeros((width, c)), np.zeros((width, c))
         ys, fs = np.zeros(c), np.zeros(c)
         held_s, held_sq = np.zeros(width), np.zeros(width)
         self.sq_y = self.sq_yf = self.sq_f = 0.0
@@ -450,10 +458,9 @@ class _OnePass(_Accumulator):
         x0: np.ndarray | None = None
         at = 0
         for part, X, F in chunks(source, np.concatenate([fit_idx, held_idx])):
-            z = X.astype(np.float64)
             if x0 is None:
-                x0 = z[0].copy()
-            z -= x0
+                x0 = X[0].astype(np.float64)
+            z = np.subtract(X, x0, dtype=np.float64)
             F64 = F.astype(np.float64)
             y0 = head.residual_target(np.zeros_like(F64), targets[part], kappa=1.0)
             k = min(max(n_fit - at, 0), len(part))  # the fit rows come first
@@ -486,14 +493,11 @@ class _OnePass(_Accumulator):
         head.standardizer.set(x0 + mean_z, safe_std(std, head.tap_sizes))
         shift = head.standardizer.mean.astype(np.float64) - x0
         inv = head.standardizer.inv_std.astype(np.float64)
-        dim = head.dim
-        self.gram, self.cross_y, self.cross_f = np.zeros((dim, dim)), np.zeros((dim, c)), np.zeros((dim, c))
         # Z^T Z - c s^T - s c^T + n c c^T = Z^T Z - c t^T - t c^T with t = s - n c / 2, scaled in place
         zz *= inv[:, None]
         zz *= inv
         a, b = inv * shift, inv * (zs - 0.5 * n_fit * shift)
         zz -= np.stack([a, b], axis=1) @ np.stack([b, a])
-        self.gram[:width, :width] = zz
         self.gram[:width, width] = self.gram[width, :width] = inv * (zs - n_fit * shift)
         self.gram[width, width] = n_fit
         for cross, raw, sums in ((self.cross_y, zy, ys), (self.cross_f, zf, fs)):
@@ -503,7 +507,6 @@ class _OnePass(_Accumulator):
         self.held_f = np.concatenate(held_f) if held_f else np.zeros((0, c))
         self.held_y = targets[held_idx]
         hy = np.concatenate(held_y0) if held_y0 else np.zeros((0, c))
-        self.held_gram = self.held_phi.T @ self.held_phi
         self.held_cross_y, self.held_cross_f = self.held_phi.T @ hy, self.held_phi.T @ self.held_f
         self.fit_phi = None
         self.fit_y0 = self.fit_f = np.zeros((0, c))
