@@ -339,7 +339,9 @@ def _final_solution(
     if s.v is None or s.live is None or (with_held and 2 * len(acc.held_phi) >= dim):  # else a solve costs less
         return ridge_solve(gram(), cross, lam)
     live = s.live
-    dead = np.setdiff1d(np.arange(dim), live)
+    is_dead = np.ones(dim, bool)
+    is_dead[live] = False
+    dead = np.flatnonzero(is_dead)
     e = np.concatenate([s.e, np.zeros(len(dead))])
     inv = 1.0 / np.maximum(e + lam, lam)
     b = np.concatenate([s.v.T @ cross[live], cross[dead]])
