@@ -8,12 +8,14 @@ The target is what the frozen logits F miss: kappa times a centred one-hot, minu
 and b (K) are drawn from the bundle's seed with `lora_a`'s SplitMix64 rule (streams beyond
 the taps' indices), so they are regenerated on every device, never stored.
 
-`fit` (the trainer's closed-form hook) reads the cache twice, in chunks: once for the
-standardization, once to accumulate Phi^T Phi and Phi^T T in float64 (the one learning
-pass). kappa and lam are picked on the validation split (the trainer's, or 20% of the
-training split held out here) from one eigendecomposition of the fit part's Gram matrix:
-every (lam, kappa) pair then costs two small GEMMs. The final beta is the ridge solution
-over all training rows. That batch solution is, by the matrix inversion lemma, exactly
+`fit` (the trainer's closed-form hook) reads the cache once, in chunks, for oselm: raw
+float64 sums give both the standardization and Phi^T Phi, Phi^T T (`_OnePass`); oselm-rf
+(its features need the standardization first) and fine-tune sets smaller than the features
+read it twice (`Standardizer.fit`, then `_Accumulator`). kappa and lam are picked on the
+validation split (the trainer's, or 20% of the training split held out here) from one
+eigendecomposition of the fit part's Gram matrix: the whole grid then costs one GEMM and
+a softmax. The final beta is the ridge solution over all training rows, from the same
+eigenbasis when that is cheaper than a solve. That batch solution is, by the matrix inversion lemma, exactly
 what recursive least squares reaches (`s2rt.heads.rls`, tested); `learn` continues from
 it by RLS, one sample or chunk at a time (OS-ELM's online sequential phase).
 """
