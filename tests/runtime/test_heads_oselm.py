@@ -10,8 +10,20 @@ import pytest
 from helpers.tiny import tiny_bundle, tiny_weights
 from s2rt.data import Samples
 from s2rt.errors import RuntimeInputError, StateError
-from s2rt.heads.oselm import KAPPAS, MAX_RANDOM_FEATURES, RANDOM_FEATURES, OSELMHead, _Accumulator, random_features
-from s2rt.heads.rls import RecursiveRidge
+from s2rt.heads.oselm import (
+    KAPPAS,
+    LAMBDAS,
+    MAX_RANDOM_FEATURES,
+    RANDOM_FEATURES,
+    OSELMHead,
+    _Accumulator,
+    _final_solution,
+    _Held,
+    _OnePass,
+    _spectrum,
+    random_features,
+)
+from s2rt.heads.rls import RecursiveRidge, ridge_solve
 from s2rt.heads.standardize import safe_std
 from s2rt.session import Model
 from s2rt.trainer import TrainConfig, split_indices
@@ -139,7 +151,7 @@ def test_the_model_trains_oselm_in_one_pass_and_round_trips_its_state(tmp_path):
     y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
     before = np.mean(model.classify(x)[0] == y)
     result = model.fine_tune(Samples(x, y), TrainConfig(epochs=20))
-    assert result.report.epochs_run == 1 and (result.cache_misses, result.cache_hits) == (96, 96)  # statistics, then Gram
+    assert result.report.epochs_run == 1 and (result.cache_misses, result.cache_hits) == (96, 0)  # one pass: statistics and Gram together
     assert np.mean(model.classify(x)[0] == y) > before + 0.2
     model.save_adapters(tmp_path / "o.npz")
     again = Model(tiny_bundle(tiny_weights()))
@@ -231,3 +243,71 @@ def test_enough_fit_rows_keep_no_copy_of_them():
     head = OSELMHead((5, 7), 3, 32, seed=3)
     head.standardizer.fit(ArraySource(X, F), np.arange(150), head.tap_sizes)
     assert _Accumulator(head, ArraySource(X, F), y, np.arange(110), np.arange(110, 150)).fit_phi is None
+
+
+def test_the_one_pass_sums_equal_standardizing_first_then_accumulating():
+    """_OnePass measures the standardization and the Gram matrix in the same pass (raw sums,
+    centred afterwards): the same mean, std and sums as a moments pass followed by a pass over
+    the standardized rows, a constant feature included (data() has one, and an offset of 3)."""
+    X, F, y = data(n=150)
+    fit, held = np.arange(110), np.arange(110, 150)
+    for held_in_moments, moment_rows in ((True, np.arange(150)), (False, fit)):
+        slow, fast = OSELMHead((5, 7), 3, 0), OSELMHead((5, 7), 3, 0)
+        slow.standardizer.fit(ArraySource(X, F), moment_rows, slow.tap_sizes)
+        want = _Accumulator(slow, ArraySource(X, F), y, fit, held)
+        got = _OnePass(fast, ArraySource(X, F), y, fit, held, held_in_moments=held_in_moments)
+        np.testing.assert_allclose(fast.standardizer.mean, slow.standardizer.mean, rtol=1e-6)
+        np.testing.assert_allclose(fast.standardizer.std, slow.standardizer.std, rtol=1e-6)
+        assert fast.standardizer.std[2] == 1.0  # the constant feature
+        for name in ("gram", "cross_y", "cross_f", "held_cross_y", "held_cross_f", "held_phi", "held_f"):
+            a, b = getattr(got, name), getattr(want, name)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name)
+        assert got.gram[2].tolist() == [0.0] * len(got.gram)  # exactly: it drops out of the eigendecomposition
+        for name in ("sq_y", "sq_yf", "sq_f", "rows"):
+            assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-9)
+
+
+def brute_force_pick(acc):
+    """The straightforward selection: one ridge solve and one held-out prediction per (lam, kappa)."""
+    scale = np.trace(acc.gram) / len(acc.gram)
+    best = None
+    for tau in LAMBDAS:
+        lam = tau * scale
+        for kappa in KAPPAS:
+            z = acc.held_f + acc.held_phi @ ridge_solve(acc.gram, kappa * acc.cross_y - acc.cross_f, lam)
+            z = z - z.max(axis=1, keepdims=True)
+            loss = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(z)), acc.held_y]))
+            accuracy = float(np.mean(z.argmax(axis=1) == acc.held_y))
+            if best is None or (accuracy, -loss) > best[:2]:
+                best = (accuracy, -loss, kappa, lam)
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_eigenbasis_selection_picks_what_a_solve_per_grid_point_picks(seed):
+    X, F, y = data(n=150, seed=seed)
+    head = OSELMHead((5, 7), 3, 0)
+    acc = _OnePass(head, ArraySource(X, F), y, np.arange(110), np.arange(110, 150), held_in_moments=True)
+    kappa, lam, val = head._select(acc)
+    accuracy, neg_loss, want_kappa, want_lam = brute_force_pick(acc)
+    assert (kappa, lam) == (want_kappa, pytest.approx(want_lam, rel=1e-12))
+    assert val["val_accuracy"] == accuracy and val["val_loss"] == pytest.approx(-neg_loss, rel=1e-8)
+
+
+@pytest.mark.parametrize("with_held", [False, True])
+def test_the_final_solution_from_the_eigenbasis_is_the_ridge_solve(with_held):
+    """Without the held-out rows: v diag(1/(e + lam)) v^T cross; with a few of them (fewer than
+    dim / 2): the matrix inversion lemma. A feature that is 0 on every fit row but not on the
+    held-out ones (left out of the eigendecomposition) included."""
+    rng = np.random.default_rng(4)
+    fit_phi, held_phi = rng.normal(size=(80, 14)), rng.normal(size=(5, 14))
+    fit_phi[:, 3] = 0.0
+    target = rng.normal(size=(80, 3))
+    acc = _Held(fit_phi.T @ fit_phi, fit_phi.T @ target, np.zeros((14, 3)), held_phi, np.zeros((5, 3)), np.zeros(5, np.int64))
+    spectrum = _spectrum(acc)
+    assert spectrum.live is not None and 3 not in spectrum.live
+    gram = acc.gram + held_phi.T @ held_phi if with_held else acc.gram
+    cross = acc.cross_y + held_phi.T @ rng.normal(size=(5, 3)) if with_held else acc.cross_y
+    for lam in (1e-3, 0.7, 40.0):
+        got = _final_solution(acc, spectrum, lambda: gram, cross, lam, with_held=with_held)  # type: ignore[arg-type]
+        np.testing.assert_allclose(got, ridge_solve(gram, cross, lam), rtol=1e-8, atol=1e-10)
