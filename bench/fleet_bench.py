@@ -1,6 +1,6 @@
 """The fleet table: HAR's fine-tune samples over N simulated devices, through Flower's Simulation Engine.
 
-    make fleet-bench                      # N = 10 and 100, then N = 1000 with exact averaging
+    make fleet-bench                      # N = 10 and 100, then N = 1000, then the split by subject and by recording
     .venv-fleet/bin/python bench/fleet_bench.py --devices 10 --json out/fleet.json
 
 Per N and partition: the global adapters' accuracy on the shifted test split after each
@@ -9,7 +9,10 @@ beside them each device alone and all samples in one place (same epochs in all).
 label-sorted shards, the options measured against plain exact averaging: 20 local epochs,
 a server step of 3, local logit adjustment (TrainConfig.logit_adjustment) and a closed-form
 first round (`--start ridge`, s2fleet.ridge) followed by exact rounds. The bundle has
-rank 8 >= 7 classes, so exact averaging is exact (s2fleet.aggregate).
+rank 8 >= 7 classes, so exact averaging is exact (s2fleet.aggregate). Split by who recorded
+the samples (the fine-tune file's `subject` and `recording` arrays, s2fleet.partition): one
+device per subject (N = 5) and per recording (N = 70: one subject, wrist and exercise each),
+exact and the ridge round then exact.
 Wall time per simulation (Ray's start-up included), the median round, the server
 process's peak RSS and the largest peak RSS a device process reported (a Ray worker that
 runs the simulated devices' ClientApps one after another).
@@ -46,6 +49,7 @@ OPTIONS: tuple[dict[str, Any], ...] = (  # on the shards, beside plain exact ave
     {"aggregation": "exact", "start": "ridge", "learning_rate": 0.001},
 )
 LARGE: tuple[dict[str, Any], ...] = ({"aggregation": "exact"}, OPTIONS[-1])
+BY_SOURCE: tuple[tuple[int, str], ...] = ((5, "subject"), (70, "recording"))  # one device per subject / recording of HAR's ft data
 
 
 def make_bundle(out: Path) -> str:
@@ -78,6 +82,9 @@ def main() -> int:
         "--large", type=int, default=1000, help="one more fleet size, on the shards: exact, and the ridge round then exact (0: none)"
     )
     parser.add_argument("--partitions", nargs="*", default=["shards", "iid"])
+    parser.add_argument(
+        "--by-source", action=argparse.BooleanOptionalAction, default=True, help="the subject (N = 5) and recording (N = 70) rows"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=5)
     parser.add_argument("--json", default=str(RESULTS))
@@ -88,7 +95,7 @@ def main() -> int:
         bundle = make_bundle(Path(tmp))
         data = load_data(DATA / "har_ft.npz", DATA / "har_test.npz", Model.open(bundle))
         rows: list[dict[str, Any]] = []
-        for n, part, options in plan(args.devices, args.partitions, args.large):
+        for n, part, options in plan(args.devices, args.partitions, args.large, args.by_source):
             run = FleetRun(bundle, n, part, **{"rounds": args.rounds, "local_epochs": args.local_epochs, **options})
             print(f"N={n} {part} {label(asdict(run))} ...", file=sys.stderr, flush=True)
             result = one(run, data)
@@ -106,11 +113,13 @@ def main() -> int:
     return 0
 
 
-def plan(devices: list[int], partitions: list[str], large: int) -> list[tuple[int, str, dict[str, Any]]]:
+def plan(devices: list[int], partitions: list[str], large: int, by_source: bool = True) -> list[tuple[int, str, dict[str, Any]]]:
     out = [(n, p, options) for n in devices for p in partitions for options in AGGREGATIONS]
     out += [(n, "shards", options) for n in devices for options in OPTIONS]
     if large:
         out += [(large, "shards", options) for options in LARGE]
+    if by_source:
+        out += [(n, p, options) for n, p in BY_SOURCE for options in LARGE]
     return out
 
 

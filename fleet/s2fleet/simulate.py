@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from s2rt.trainer import TrainConfig
 
 from s2fleet.aggregate import Adapters, Aggregation
 from s2fleet.device import global_accuracy, local_update
-from s2fleet.partition import partition
+from s2fleet.partition import NAMES, SOURCE_PARTITIONS, partition
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,10 @@ class Data:
     y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
+    sources: dict[str, np.ndarray] = field(default_factory=dict)  # per-sample ids of x, e.g. subject (s2fleet.partition)
+
+    def parts(self, run: FleetRun) -> list[np.ndarray]:
+        return partition(run.partition, self.y, run.devices, run.seed, self.sources)
 
 
 _MODELS: dict[str, Model] = {}  # one per bundle in each worker process: the backend session is built once
@@ -81,7 +85,7 @@ def federated(run: FleetRun, data: Data, device_bundles: Sequence[str] | None = 
 
     from s2fleet.apps import AdapterStrategy, DeviceData, RidgeStart, client_app, run_rounds
 
-    parts = partition(run.partition, data.y, run.devices, run.seed)
+    parts = data.parts(run)
 
     def load(context: Any) -> tuple[Model, Samples]:
         k = int(context.node_config["partition-id"])
@@ -149,7 +153,7 @@ def alone(run: FleetRun, data: Data) -> float:
     """Each device trains alone for as many epochs as the fleet's rounds give it; mean test accuracy."""
     model = Model.open(run.bundle)
     scores = []
-    for k, index in enumerate(partition(run.partition, data.y, run.devices, run.seed)):
+    for k, index in enumerate(data.parts(run)):
         update = local_update(
             model,
             Samples(data.x[index], data.y[index]),
@@ -180,6 +184,7 @@ def load_data(ft: Path, test: Path, model: Model) -> Data:
             f["y"].astype(np.int64),
             t["x"].astype(np.float32).reshape(-1, *shape),
             t["y"].astype(np.int64),
+            {name: f[name] for name in SOURCE_PARTITIONS if name in f.files},
         )
 
 
@@ -191,7 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="fine-tune samples (.npz with x, y), split over the devices")
     parser.add_argument("--test", required=True, help="test samples (.npz with x, y) scored after each round")
     parser.add_argument("--devices", type=int, default=10, help="simulated devices (default 10)")
-    parser.add_argument("--partition", default="shards", choices=["iid", "shards"], help="how samples are split (default shards)")
+    parser.add_argument(
+        "--partition",
+        default="shards",
+        choices=NAMES,
+        help="how samples are split (default shards); subject/recording read that array of --data and need "
+        "--devices a multiple of its distinct ids (HAR: 5 subjects, 70 recordings), see s2fleet.partition",
+    )
     parser.add_argument("--aggregation", default="exact", choices=[a.value for a in Aggregation], help="default exact")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=5)
@@ -224,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         logit_adjustment=args.logit_adjustment,
     )
     data = load_data(Path(args.data), Path(args.test), Model.open(run.bundle))
+    try:
+        data.parts(run)
+    except ValueError as e:
+        parser.error(f"{args.data}: {e}")
     result: dict[str, Any] = {"run": asdict(run), "federated": federated(run, data)}
     del result["federated"]["adapters"]
     if args.baselines:

@@ -15,6 +15,7 @@ from s2models.data import digits, fan, har
 MODELS = Path(__file__).resolve().parents[2] / "models"
 INDEX = json.loads((MODELS / "models.json").read_text())
 LOADERS = {"har": har.load, "digits": digits.load, "fan": fan.load}
+SOURCES = {"har": ["recording", "subject"]}  # who recorded each sample, beside x and y (Split.sources)
 EXPECTED_OPS = {
     "har": ["Sub", "Div", "Gemm", "Relu", "Gemm", "Relu", "Gemm"],
     "digits": ["Gemm", "Relu", "Gemm", "Relu", "Gemm"],
@@ -48,8 +49,9 @@ def test_device_npz_has_the_documented_arrays(name, split):
     path = MODELS / entry["data"][split]
     assert path.stat().st_size < 1_000_000
     data = load_npz(path)
-    assert sorted(data) == ["labels", "x", "y"]
+    assert sorted(data) == sorted(["labels", "x", "y", *SOURCES.get(name, [])])
     n, features = data["x"].shape
+    assert all(data[s].dtype == np.int64 and data[s].shape == (n,) for s in SOURCES.get(name, []))
     assert data["x"].dtype == np.float32 and features == entry["input"]["shape"][1]
     assert n == entry["samples"][split] and data["y"].shape == (n,) and data["y"].dtype == np.int64
     assert data["labels"].dtype.kind == "U" and data["labels"].tolist() == entry["classes"]
@@ -92,3 +94,6 @@ def test_committed_data_is_what_the_code_builds(name):
         built = getattr(workload, split)
         np.testing.assert_allclose(data["x"], built.x, rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(data["y"], built.y)
+        assert sorted(built.sources) == SOURCES.get(name, [])
+        for source, ids in built.sources.items():
+            np.testing.assert_array_equal(data[source], ids)

@@ -174,6 +174,24 @@ def test_save_npz_round_trips_without_pickle_and_is_byte_stable(tmp_path: Path):
         assert data["labels"].tolist() == ["left", "right"]
 
 
+def test_save_npz_writes_the_sources_beside_x_and_y(tmp_path: Path):
+    sources = {"subject": np.array([6, 6, 7]), "recording": np.array([70, 71, 80])}
+    split = Split(np.zeros((3, 2), np.float32), np.array([0, 1, 1]), np.arange(3), sources)
+    save_npz(tmp_path / "a.npz", split, ("left", "right"))
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as data:
+        assert sorted(data.files) == ["labels", "recording", "subject", "x", "y"]
+        np.testing.assert_array_equal(data["subject"], sources["subject"])
+        np.testing.assert_array_equal(data["recording"], sources["recording"])
+
+
+@pytest.mark.parametrize(
+    "name, ids", [("subject", np.zeros(2, np.int64)), ("subject", np.zeros(3, np.int32)), ("y", np.zeros(3, np.int64))]
+)
+def test_split_rejects_a_bad_source(name, ids):
+    with pytest.raises(ValueError, match=f"sources\\['{name}'\\]"):
+        Split(np.zeros((3, 2), np.float32), np.zeros(3, np.int64), np.zeros(3, np.int64), {name: ids})
+
+
 def test_split_rejects_wrong_dtypes():
     with pytest.raises(ValueError, match="float32"):
         Split(np.zeros((2, 2)), np.zeros(2, np.int64), np.zeros(2, np.int64))

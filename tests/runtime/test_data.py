@@ -87,3 +87,12 @@ def test_missing_file_and_unknown_type(tmp_path):
     (tmp_path / "d.json").write_text("{}")
     with pytest.raises(RuntimeInputError, match="unknown data file type"):
         load_samples(tmp_path / "d.json", SIG)
+
+
+def test_npz_with_per_sample_ids_beside_x_and_y_is_read(tmp_path):
+    """The committed device files carry `labels`, `subject` and `recording` too (s2models); s2rt reads x and y."""
+    p = tmp_path / "d.npz"
+    ids = {"subject": np.array([6, 6, 7]), "recording": np.arange(3)}
+    np.savez(p, x=np.ones((3, 4)), y=np.array([0, 1, 2]), labels=np.array(["a", "b", "c"]), **ids)
+    s = load_samples(p, SIG, num_classes=3, require_labels=True)
+    assert s.x.shape == (3, 4) and s.y.tolist() == [0, 1, 2]

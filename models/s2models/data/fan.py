@@ -142,7 +142,8 @@ def record(
 
 
 def concat(parts: list[Split]) -> Split:
-    return Split(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "y", "group")))
+    x, y, group = (np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "y", "group"))
+    return Split(x, y, group)
 
 
 def load(config: FanConfig = FanConfig()) -> Workload:

@@ -190,8 +190,9 @@ def assemble(features: list[np.ndarray], recordings: Recordings, entries: list[t
     """Concatenate the planned windows of each recording into one split."""
     parts = [features[i][windows] for i, windows in entries]
     y = [np.full(len(part), recordings.y[i], dtype=np.int64) for part, (i, _) in zip(parts, entries)]
-    group = [np.full(len(part), i, dtype=np.int64) for part, (i, _) in zip(parts, entries)]
-    return Split(np.concatenate(parts).astype(np.float32), np.concatenate(y), np.concatenate(group))
+    group = np.concatenate([np.full(len(part), i, dtype=np.int64) for part, (i, _) in zip(parts, entries)])
+    sources = {"subject": recordings.subject[group], "recording": group}
+    return Split(np.concatenate(parts).astype(np.float32), np.concatenate(y), group, sources)
 
 
 def load(config: HarConfig = HarConfig()) -> Workload:

@@ -21,11 +21,14 @@ class Split:
     x: float32 (N, F) features (or (N, C, H, W) images for a CNN); y: int64 (N,) class indices;
     group: int64 (N,) the source each row came from (a recording for HAR, an image for
     digits), so tests can check that no source lands in two splits.
+    sources: named int64 (N,) arrays written beside x and y in the device files, saying who
+    recorded each sample (HAR: `subject`, `recording`), so a fleet can be split by device.
     """
 
     x: np.ndarray
     y: np.ndarray
     group: np.ndarray
+    sources: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.x.dtype != np.float32 or self.x.ndim < 2:
@@ -34,6 +37,9 @@ class Split:
             raise ValueError(f"Split.y: expected int64 ({len(self.x)},), found {self.y.dtype} {self.y.shape}")
         if self.group.shape != self.y.shape:
             raise ValueError(f"Split.group: expected shape {self.y.shape}, found {self.group.shape}")
+        for name, ids in self.sources.items():
+            if name in ("x", "y", "labels") or ids.dtype != np.int64 or ids.shape != self.y.shape:
+                raise ValueError(f"Split.sources[{name!r}]: expected a new name and int64 {self.y.shape}, found {ids.dtype} {ids.shape}")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -65,13 +71,13 @@ class Workload:
 
 
 def save_npz(path: Path, split: Split, labels: tuple[str, ...], named: bool = False) -> None:
-    """Write `x` (float32), `y` (int64, or with `named` each sample's label name, unicode)
-    and `labels` (unicode) as a compressed npz.
+    """Write `x` (float32), `y` (int64, or with `named` each sample's label name, unicode),
+    `labels` (unicode) and the split's `sources` (int64 each) as a compressed npz.
 
     Readable with np.load(path, allow_pickle=False); the bytes depend only on the arrays.
     """
     names = np.array(labels, dtype=np.str_)
-    arrays = {"x": split.x, "y": names[split.y] if named else split.y, "labels": names}
+    arrays = {"x": split.x, "y": names[split.y] if named else split.y, "labels": names, **split.sources}
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, array in arrays.items():
             buffer = io.BytesIO()
