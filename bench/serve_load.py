@@ -54,14 +54,16 @@ def convert_har(out: Path) -> Path:
 
 
 class Daemon:
-    def __init__(self, bundle: Path, state: Path, log: Path, **extra_env: str) -> None:
+    """One `s2rt serve` process on a free loopback port (control open: the benches start jobs over TCP)."""
+
+    def __init__(self, bundle: Path, state: Path, log: Path, *flags: str, **extra_env: str) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime"), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **extra_env}
         self.log = log
         self.log_file = open(log, "wb")  # noqa: SIM115
         self.started = time.perf_counter()
         command = [sys.executable, "-m", "s2rt", "serve", str(bundle), "--state-dir", str(state), "--port", "0"]
         command.append("--allow-unauthenticated-control")  # the load runs jobs over loopback TCP without a token
-        self.proc = subprocess.Popen(command, env=env, stderr=self.log_file)
+        self.proc = subprocess.Popen([*command, *flags], env=env, stderr=self.log_file)
         self.port = self._port()
         self.url = f"http://127.0.0.1:{self.port}"
         while True:

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,32 +41,17 @@ for _sub in ("runtime", "converter", "bench"):
 from s2conv import ConvertOptions, convert  # noqa: E402
 from s2lbench.workloads import load  # noqa: E402
 from s2rt.bundle import write_bundle  # noqa: E402
+from serve_load import Daemon as DaemonProcess  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "serve_prequential.json"
 
 
-class Daemon:
-    """One `s2rt serve` process on a free loopback port (control open: the bench starts jobs over TCP)."""
+class Daemon(DaemonProcess):
+    """A daemon the stream talks to: predict a sample, then send its label; jobs waited for."""
 
     def __init__(self, bundle: Path, state: Path, *flags: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime"), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        self.log = state.with_suffix(".log")
-        self.log_file = open(self.log, "wb")  # noqa: SIM115  # closed in stop()
-        command = [sys.executable, "-m", "s2rt", "serve", str(bundle), "--state-dir", str(state), "--port", "0"]
-        self.proc = subprocess.Popen([*command, "--allow-unauthenticated-control", *flags], env=env, stderr=self.log_file)
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self._port()}", timeout=120)
-
-    def _port(self) -> int:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            for line in self.log.read_text().splitlines():
-                event = json.loads(line)
-                if event.get("event") == "ready":
-                    return int(event["port"])
-            if self.proc.poll() is not None:
-                raise SystemExit(f"daemon exited:\n{self.log.read_text()}")
-            time.sleep(0.01)
-        raise SystemExit("daemon not ready in 120 s")
+        super().__init__(bundle, state, state.with_suffix(".log"), *flags)
+        self.client = httpx.Client(base_url=self.url, timeout=120)
 
     def predict(self, x: np.ndarray) -> int:
         r = self.client.post("/v1/predict", json={"x": x.tolist()})
@@ -90,11 +73,9 @@ class Daemon:
             job = self.client.get(f"/v1/jobs/{job['id']}").json()
         return job
 
-    def stop(self) -> None:
+    def stop(self) -> int:
         self.client.close()
-        self.proc.terminate()
-        self.proc.wait(60)
-        self.log_file.close()
+        return super().stop()
 
 
 def run(name: str, every: int, epochs: int, seed: int, root: Path, online_flags: tuple[str, ...] = ()) -> dict[str, Any]:
